@@ -1,0 +1,143 @@
+//! Model servers behind one small trait. Only this module speaks HTTP.
+
+use std::time::Duration;
+
+/// A chat role.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    System,
+    User,
+    Assistant,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::System => "system",
+            Role::User => "user",
+            Role::Assistant => "assistant",
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Message {
+    pub role: Role,
+    pub content: String,
+}
+
+impl Message {
+    pub fn new(role: Role, content: impl Into<String>) -> Message {
+        Message {
+            role,
+            content: content.into(),
+        }
+    }
+}
+
+/// One call to the model.
+#[derive(Clone, Debug)]
+pub struct ChatRequest {
+    pub messages: Vec<Message>,
+    /// The context size the server must use for this call (Ollama's `num_ctx`).
+    pub num_ctx: usize,
+    /// Upper bound on generated tokens (the room reserved for the answer).
+    pub max_tokens: usize,
+    pub temperature: Option<f32>,
+}
+
+/// What the model said, with the server's own token accounting when it reports one.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct ChatResponse {
+    pub text: String,
+    /// Ollama `prompt_eval_count`, OpenAI `usage.prompt_tokens`.
+    pub prompt_tokens: Option<u64>,
+    /// Ollama `eval_count`, OpenAI `usage.completion_tokens`.
+    pub completion_tokens: Option<u64>,
+    /// Why generation stopped, as the server said it (`stop`, `length`, ...).
+    pub done_reason: Option<String>,
+}
+
+/// What `uctx doctor` learns about a backend.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Health {
+    /// Where the server is (base URL), or "built-in".
+    pub endpoint: String,
+    /// Models the server offers (empty when it cannot list them).
+    pub models: Vec<String>,
+    /// Whether the requested model is among them (true when the server cannot list).
+    pub model_present: bool,
+    /// The context length the server reports for the model, if any.
+    pub context_length: Option<usize>,
+}
+
+/// Errors a user can meet when talking to a model server; each says how to fix it.
+#[derive(Debug, thiserror::Error)]
+pub enum BackendError {
+    #[error("cannot reach {what} at {url} ({detail}) — {fix}")]
+    Unreachable {
+        what: String,
+        url: String,
+        detail: String,
+        fix: String,
+    },
+    #[error("model {model:?} is not available on {url} — {fix}")]
+    ModelMissing {
+        model: String,
+        url: String,
+        fix: String,
+    },
+    #[error("{url} refused the API key (HTTP {status}) — {fix}")]
+    Auth {
+        url: String,
+        status: u16,
+        fix: String,
+    },
+    #[error("{url} answered HTTP {status}: {body}")]
+    Http {
+        url: String,
+        status: u16,
+        body: String,
+    },
+    #[error("the stream from {url} ended early: {detail} — check the server's log; retry the turn")]
+    StreamBroken { url: String, detail: String },
+    #[error("{url} sent something uctx cannot read: {detail}")]
+    Protocol { url: String, detail: String },
+    #[error("unknown model spec {spec:?} — use `ollama/MODEL`, `openai/MODEL` or `reader`")]
+    BadSpec { spec: String },
+}
+
+/// A model server. The rest of the engine never knows which one it talks to.
+pub trait Backend: Send + Sync {
+    /// The model spec this backend was made from (`ollama/qwen2.5`, `reader`, ...).
+    fn spec(&self) -> String;
+
+    /// The model's context length in tokens, as the server reports it.
+    fn context_length(&self) -> Result<usize, BackendError>;
+
+    /// Reachability and model presence, for `uctx doctor`.
+    fn health(&self) -> Result<Health, BackendError>;
+
+    /// Run one chat turn, streaming: `on_text` receives each piece of text as it arrives.
+    fn chat(
+        &self,
+        req: &ChatRequest,
+        on_text: &mut dyn FnMut(&str),
+    ) -> Result<ChatResponse, BackendError>;
+}
+
+/// How to reach servers, from flags and the environment.
+#[derive(Clone, Debug, Default)]
+pub struct BackendOptions {
+    /// Ollama host (`OLLAMA_HOST`), e.g. `127.0.0.1:11434` or `http://host:port`.
+    pub ollama_host: Option<String>,
+    /// OpenAI-compatible base URL (`OPENAI_BASE_URL`), e.g. `http://127.0.0.1:8080/v1`.
+    pub openai_base_url: Option<String>,
+    /// API key (`OPENAI_API_KEY`).
+    pub openai_api_key: Option<String>,
+    /// Context length to assume when a server does not report one (and for `reader`).
+    pub context_override: Option<usize>,
+    /// Network timeout for connecting and between streamed chunks.
+    pub timeout: Option<Duration>,
+}

@@ -1,0 +1,60 @@
+//! One error type for the engine; every message a user can meet names the fix.
+
+use std::path::PathBuf;
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{context}: {source}")]
+    Io {
+        context: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("invalid input: {what}")]
+    InvalidInput { what: String },
+    #[error("the pool at {path} is locked by {holder} — close that process first, or open the pool read-only")]
+    Locked { path: PathBuf, holder: String },
+    #[error("the pool at {path} is corrupt: {detail} — run `uctx doctor --pool {path}` or restore a copy")]
+    Corrupt { path: PathBuf, detail: String },
+    #[error("the pool at {path} has format version {found}; this uctx reads version {supported} — {fix}")]
+    Version {
+        path: PathBuf,
+        found: u32,
+        supported: u32,
+        fix: String,
+    },
+    #[error("vector dimension mismatch: expected {expected}, got {got}")]
+    DimMismatch { expected: usize, got: usize },
+    #[error("the pool was written with encoder {pool} but the current encoder is {current} — pass the same --encoder, or run `uctx reembed` to re-encode the pool")]
+    EncoderMismatch { pool: String, current: String },
+    #[error("encoder: {0}")]
+    Encoder(String),
+    #[error("{0}")]
+    Backend(#[from] crate::backend::BackendError),
+    #[error("the window of {window} tokens cannot hold {needed} tokens of {what} — {fix}")]
+    WindowTooSmall {
+        window: usize,
+        needed: usize,
+        what: String,
+        fix: String,
+    },
+    #[error("the pool is read-only: {0}")]
+    ReadOnly(String),
+    #[error("cancelled")]
+    Cancelled,
+}
+
+impl Error {
+    pub fn io(context: impl Into<String>, source: std::io::Error) -> Error {
+        Error::Io {
+            context: context.into(),
+            source,
+        }
+    }
+
+    pub fn invalid(what: impl Into<String>) -> Error {
+        Error::InvalidInput { what: what.into() }
+    }
+}

@@ -1,0 +1,1 @@
+//! Retention per slice and eviction: pure functions of slice metadata.
