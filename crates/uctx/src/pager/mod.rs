@@ -1,1 +1,431 @@
-//! pager
+//! The slice loader: a background thread that keeps a warm cache of slices.
+//!
+//! While the model streams its answer, the session feeds each piece of output
+//! to [`Pager::observe_output`]; the pager thread searches the pool with the
+//! latest output and loads the hits (text included) into an LRU cache. When
+//! the next input arrives, [`Pager::page_in`] searches once more with the
+//! input (on the pager thread, while the session syncs the input to disk) and
+//! ranks the cache. A slice chosen for the window that was already in the cache
+//! before the input arrived is a *hit*: prefetch predicted it. One that only
+//! the input's own search found is a *miss*.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::mpsc::{self, Receiver, Sender};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+
+use crate::memory::Memory;
+use crate::pool::Scope;
+use crate::slice::Slice;
+use crate::Result;
+
+/// How the pager searches.
+#[derive(Clone, Debug)]
+pub struct PagerConfig {
+    /// Namespace searched; `None` searches the whole (shared) pool.
+    pub namespace: Option<String>,
+    /// Slices fetched per search.
+    pub k: usize,
+    /// Slices kept warm.
+    pub capacity: usize,
+    /// Output characters accumulated between two prefetch searches.
+    pub prefetch_every_chars: usize,
+}
+
+impl Default for PagerConfig {
+    fn default() -> Self {
+        PagerConfig {
+            namespace: None,
+            k: 8,
+            capacity: 256,
+            prefetch_every_chars: 240,
+        }
+    }
+}
+
+/// Counters the pager reports.
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize)]
+pub struct PagerStats {
+    /// Slices placed in a window that prefetch had already loaded.
+    pub hits: u64,
+    /// Slices placed in a window that only the input's own search found.
+    pub misses: u64,
+    /// Searches run by the pager thread.
+    pub searches: u64,
+    /// Slices warm in the cache now.
+    pub cached: u64,
+    /// Search or load failures (the pager keeps going; the last one is kept).
+    pub errors: u64,
+    pub last_error: Option<String>,
+}
+
+impl PagerStats {
+    /// hits / (hits + misses), or `None` before any slice was paged in.
+    pub fn hit_rate(&self) -> Option<f64> {
+        let n = self.hits + self.misses;
+        (n > 0).then(|| self.hits as f64 / n as f64)
+    }
+}
+
+/// A slice ranked for the next window.
+#[derive(Clone, Debug)]
+pub struct Candidate {
+    pub slice: Slice,
+    /// Fused rank score (higher is better).
+    pub score: f32,
+    /// Whether prefetch had loaded it before the input arrived.
+    pub prefetched: bool,
+}
+
+struct Entry {
+    slice: Slice,
+    /// Fused score from output-driven prefetch searches.
+    prefetch_score: f32,
+    last_touch: u64,
+}
+
+#[derive(Default)]
+struct State {
+    cache: HashMap<u64, Entry>,
+    tick: u64,
+    stats: PagerStats,
+    /// Ranking from the latest input search, best first.
+    input_ranking: Vec<(u64, f32)>,
+}
+
+enum Msg {
+    Output(String),
+    EndOfOutput,
+    Input(String),
+    Sync(Sender<()>),
+    Forget,
+}
+
+/// A handle on the pager thread; dropping it stops the thread.
+pub struct Pager {
+    tx: Option<Sender<Msg>>,
+    state: Arc<Mutex<State>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Pager {
+    pub fn start(memory: Arc<Memory>, config: PagerConfig) -> Pager {
+        let (tx, rx) = mpsc::channel();
+        let state = Arc::new(Mutex::new(State::default()));
+        let worker = Worker {
+            memory,
+            config,
+            state: Arc::clone(&state),
+            output: String::new(),
+            unsearched: 0,
+        };
+        let thread = std::thread::Builder::new()
+            .name("uctx-pager".into())
+            .spawn(move || worker.run(rx))
+            .ok();
+        Pager {
+            tx: Some(tx),
+            state,
+            thread,
+        }
+    }
+
+    /// Feed a piece of the model's streaming output.
+    pub fn observe_output(&self, text: &str) {
+        self.send(Msg::Output(text.to_string()));
+    }
+
+    /// The answer is complete: search with whatever output is still unsearched.
+    pub fn end_of_output(&self) {
+        self.send(Msg::EndOfOutput);
+    }
+
+    /// Start the search for a new input without waiting for it.
+    pub fn observe_input(&self, input: &str) {
+        self.send(Msg::Input(input.to_string()));
+    }
+
+    /// Drop every warm slice (after the pool was cleared).
+    pub fn forget(&self) {
+        self.send(Msg::Forget);
+    }
+
+    /// Wait until the pager has processed everything sent so far.
+    pub fn sync(&self) {
+        let (tx, rx) = mpsc::channel();
+        if self
+            .tx
+            .as_ref()
+            .is_some_and(|t| t.send(Msg::Sync(tx)).is_ok())
+        {
+            let _ = rx.recv();
+        }
+    }
+
+    /// Ids warm in the cache right now.
+    pub fn warm_ids(&self) -> HashSet<u64> {
+        lock(&self.state).cache.keys().copied().collect()
+    }
+
+    /// After [`Pager::observe_input`] and [`Pager::sync`]: candidates for the
+    /// window, best first, fusing the input's ranking (weighted 2) with
+    /// prefetch scores. `warm_before` is [`Pager::warm_ids`] taken before the
+    /// input was observed.
+    pub fn candidates(&self, warm_before: &HashSet<u64>) -> Vec<Candidate> {
+        let st = lock(&self.state);
+        let mut fused: HashMap<u64, f32> = HashMap::new();
+        for (rank, (id, _)) in st.input_ranking.iter().enumerate() {
+            *fused.entry(*id).or_default() += 2.0 / (RRF_K + rank as f32 + 1.0);
+        }
+        let mut prefetch: Vec<(&u64, &Entry)> = st
+            .cache
+            .iter()
+            .filter(|(_, e)| e.prefetch_score > 0.0)
+            .collect();
+        prefetch.sort_by(|a, b| b.1.prefetch_score.total_cmp(&a.1.prefetch_score));
+        for (rank, (id, _)) in prefetch.iter().enumerate() {
+            *fused.entry(**id).or_default() += 1.0 / (RRF_K + rank as f32 + 1.0);
+        }
+        let mut out: Vec<Candidate> = fused
+            .into_iter()
+            .filter_map(|(id, score)| {
+                st.cache.get(&id).map(|e| Candidate {
+                    slice: e.slice.clone(),
+                    score,
+                    prefetched: warm_before.contains(&id),
+                })
+            })
+            .collect();
+        out.sort_by(|a, b| {
+            b.score
+                .total_cmp(&a.score)
+                .then(a.slice.meta.id.cmp(&b.slice.meta.id))
+        });
+        out
+    }
+
+    /// Count the slices a window actually used.
+    pub fn record_use(&self, hits: u64, misses: u64) {
+        let mut st = lock(&self.state);
+        st.stats.hits += hits;
+        st.stats.misses += misses;
+    }
+
+    pub fn stats(&self) -> PagerStats {
+        let st = lock(&self.state);
+        let mut s = st.stats.clone();
+        s.cached = st.cache.len() as u64;
+        s
+    }
+
+    fn send(&self, msg: Msg) {
+        if let Some(tx) = &self.tx {
+            let _ = tx.send(msg);
+        }
+    }
+}
+
+impl Drop for Pager {
+    fn drop(&mut self) {
+        self.tx.take();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+const RRF_K: f32 = 60.0;
+
+fn lock(state: &Mutex<State>) -> MutexGuard<'_, State> {
+    state.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+struct Worker {
+    memory: Arc<Memory>,
+    config: PagerConfig,
+    state: Arc<Mutex<State>>,
+    /// Output of the answer being streamed.
+    output: String,
+    /// Output characters since the last prefetch search.
+    unsearched: usize,
+}
+
+impl Worker {
+    fn run(mut self, rx: Receiver<Msg>) {
+        while let Ok(msg) = rx.recv() {
+            match msg {
+                Msg::Output(text) => {
+                    self.unsearched += text.chars().count();
+                    self.output.push_str(&text);
+                    if self.unsearched >= self.config.prefetch_every_chars {
+                        self.prefetch();
+                    }
+                }
+                Msg::EndOfOutput => {
+                    if self.unsearched > 0 {
+                        self.prefetch();
+                    }
+                    self.output.clear();
+                }
+                Msg::Input(text) => {
+                    let ranking = self.search_many(&queries_for(&text));
+                    lock(&self.state).input_ranking = ranking;
+                }
+                Msg::Sync(done) => {
+                    let _ = done.send(());
+                }
+                Msg::Forget => {
+                    let mut st = lock(&self.state);
+                    st.cache.clear();
+                    st.input_ranking.clear();
+                }
+            }
+        }
+    }
+
+    /// Search with the tail of the output so far and warm the cache.
+    fn prefetch(&mut self) {
+        self.unsearched = 0;
+        let tail = tail_chars(&self.output, self.config.prefetch_every_chars * 2);
+        let ranking = self.search_many(&[tail.to_string()]);
+        let mut st = lock(&self.state);
+        for (rank, (id, _)) in ranking.iter().enumerate() {
+            if let Some(e) = st.cache.get_mut(id) {
+                e.prefetch_score = e.prefetch_score.max(1.0 / (RRF_K + rank as f32 + 1.0));
+            }
+        }
+    }
+
+    /// Run each query, fuse the rankings, load every hit into the cache.
+    fn search_many(&mut self, queries: &[String]) -> Vec<(u64, f32)> {
+        let scope = match &self.config.namespace {
+            Some(ns) => Scope::Namespace(ns.as_str()),
+            None => Scope::All,
+        };
+        let mut fused: HashMap<u64, f32> = HashMap::new();
+        for q in queries {
+            match self.memory.search(q, self.config.k, scope) {
+                Ok(hits) => {
+                    for (rank, hit) in hits.iter().enumerate() {
+                        *fused.entry(hit.meta.id).or_default() += 1.0 / (RRF_K + rank as f32 + 1.0);
+                    }
+                }
+                Err(e) => self.note_error(e.to_string()),
+            }
+        }
+        lock(&self.state).stats.searches += queries.len() as u64;
+        let mut ranking: Vec<(u64, f32)> = fused.into_iter().collect();
+        ranking.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+        if let Err(e) = self.load(&ranking) {
+            self.note_error(e.to_string());
+        }
+        ranking
+    }
+
+    /// Make sure every ranked id is warm; evict least recently touched beyond capacity.
+    fn load(&self, ranking: &[(u64, f32)]) -> Result<()> {
+        let missing: Vec<u64> = {
+            let st = lock(&self.state);
+            ranking
+                .iter()
+                .map(|(id, _)| *id)
+                .filter(|id| !st.cache.contains_key(id))
+                .collect()
+        };
+        let mut loaded = Vec::new();
+        for id in missing {
+            if let Some(slice) = self.memory.pool().get(id)? {
+                loaded.push(slice);
+            }
+        }
+        let mut st = lock(&self.state);
+        st.tick += 1;
+        let tick = st.tick;
+        for slice in loaded {
+            st.cache.insert(
+                slice.meta.id,
+                Entry {
+                    slice,
+                    prefetch_score: 0.0,
+                    last_touch: tick,
+                },
+            );
+        }
+        for (id, _) in ranking {
+            if let Some(e) = st.cache.get_mut(id) {
+                e.last_touch = tick;
+            }
+        }
+        let capacity = self.config.capacity.max(self.config.k);
+        if st.cache.len() > capacity {
+            let mut by_age: Vec<(u64, u64)> =
+                st.cache.iter().map(|(id, e)| (e.last_touch, *id)).collect();
+            by_age.sort_unstable();
+            let excess = st.cache.len() - capacity;
+            for (_, id) in by_age.into_iter().take(excess) {
+                st.cache.remove(&id);
+            }
+        }
+        Ok(())
+    }
+
+    fn note_error(&self, e: String) {
+        let mut st = lock(&self.state);
+        st.stats.errors += 1;
+        st.stats.last_error = Some(e);
+    }
+}
+
+/// The queries an input is searched with: the whole text, and each question in it.
+pub fn queries_for(input: &str) -> Vec<String> {
+    let mut out = vec![input.to_string()];
+    let mut sentence = String::new();
+    for c in input.chars() {
+        sentence.push(c);
+        if matches!(c, '?' | '.' | '!' | '\n') {
+            let s = sentence.trim();
+            if s.ends_with('?') && s.len() < input.trim().len() {
+                out.push(s.to_string());
+            }
+            sentence.clear();
+        }
+    }
+    out.truncate(9);
+    out
+}
+
+fn tail_chars(s: &str, n: usize) -> &str {
+    match s.char_indices().rev().nth(n.saturating_sub(1)) {
+        Some((i, _)) => &s[i..],
+        None => s,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn questions_become_extra_queries() {
+        let q = queries_for("Set up the proxy. Which gateway port is used? And the region?");
+        assert_eq!(q.len(), 3);
+        assert_eq!(q[1], "Which gateway port is used?");
+        assert_eq!(q[2], "And the region?");
+        assert_eq!(queries_for("Just a statement."), vec!["Just a statement."]);
+    }
+
+    #[test]
+    fn tail_respects_char_boundaries() {
+        assert_eq!(tail_chars("héllo wörld", 5), "wörld");
+        assert_eq!(tail_chars("ab", 10), "ab");
+    }
+
+    #[test]
+    fn hit_rate_is_none_before_use() {
+        let mut s = PagerStats::default();
+        assert_eq!(s.hit_rate(), None);
+        s.hits = 3;
+        s.misses = 1;
+        assert_eq!(s.hit_rate(), Some(0.75));
+    }
+}

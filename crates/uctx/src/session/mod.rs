@@ -1,1 +1,706 @@
-//! session
+//! A conversation with paged memory: the per-turn loop.
+//!
+//! Each turn: the input is written to the pool (durable) while the pager
+//! searches with it; the window is assembled under the backend's real context
+//! size — system prompt, pinned slices, paged-in slices with provenance, the
+//! most recent turns that fit, room for the answer — and sent; the answer is
+//! streamed through the pager (prefetch) and written to the pool. Whatever no
+//! longer fits the window is already in the pool.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+
+use crate::backend::{Backend, ChatRequest, Message, Role};
+use crate::memory::{Memory, Unit};
+use crate::pager::{Candidate, Pager, PagerConfig, PagerStats};
+use crate::pool::{Scope, WitnessEvent};
+use crate::slice::{Slice, Source};
+use crate::{Error, Result};
+
+mod tokens;
+pub use tokens::Calibration;
+
+/// How a session behaves.
+#[derive(Clone, Debug)]
+pub struct SessionConfig {
+    /// The namespace this session writes to (and reads, unless `shared`).
+    pub namespace: String,
+    pub system_prompt: String,
+    /// Context size to use; `None` asks the backend.
+    pub window: Option<usize>,
+    /// Tokens reserved for the answer; `None` takes a quarter of the window, at most 1024.
+    pub answer_tokens: Option<usize>,
+    /// Share of the free window given to paged-in memory (the rest to recent turns).
+    pub memory_share: f32,
+    /// Page memory in. Off, the session is a plain sliding window (still written to the pool).
+    pub paging: bool,
+    /// Search every namespace of the pool, not just this session's.
+    pub shared: bool,
+    /// Slices fetched per search.
+    pub k: usize,
+    /// Reload the namespace's latest turns from the pool on open.
+    pub resume: bool,
+    pub temperature: Option<f32>,
+}
+
+impl Default for SessionConfig {
+    fn default() -> Self {
+        SessionConfig {
+            namespace: "default".into(),
+            system_prompt: "You are a helpful assistant. Earlier parts of this conversation that \
+                            no longer fit are shown as labelled memory blocks; trust them."
+                .into(),
+            window: None,
+            answer_tokens: None,
+            memory_share: 0.4,
+            paging: true,
+            shared: false,
+            k: 8,
+            resume: false,
+            temperature: None,
+        }
+    }
+}
+
+/// One turn of the conversation, as the session keeps it in memory.
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct Turn {
+    pub role: Role,
+    pub text: String,
+    pub turn: u64,
+    /// Raw tokens by the encoder's tokenizer.
+    pub tokens: usize,
+}
+
+/// A slice placed in a window.
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct Paged {
+    pub id: u64,
+    pub turn: u64,
+    pub source: Source,
+    pub score: f32,
+    pub prefetched: bool,
+}
+
+/// What was sent to the model for one turn.
+#[derive(Clone, Debug)]
+pub struct Window {
+    pub messages: Vec<Message>,
+    /// Estimated prompt tokens (calibrated to the backend's tokenizer).
+    pub est_tokens: usize,
+    pub memory: Vec<Paged>,
+    /// Earlier turns included verbatim (the latest input excluded).
+    pub recent_turns: usize,
+    /// Whether the latest input itself was too long and only its tail was sent.
+    pub input_cut: bool,
+}
+
+/// What one turn did.
+#[derive(Clone, Debug)]
+pub struct TurnReport {
+    pub turn: u64,
+    pub answer: String,
+    pub window: Window,
+    pub prompt_tokens_reported: Option<u64>,
+    pub completion_tokens: Option<u64>,
+    /// Paged-in slices whose content showed up in the answer.
+    pub used: Vec<u64>,
+}
+
+/// Running totals for `/status`.
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize)]
+pub struct SessionStats {
+    pub turns: u64,
+    pub prompt_tokens_est: u64,
+    pub prompt_tokens_reported: u64,
+    pub completion_tokens: u64,
+    pub paged_slices: u64,
+    pub used_slices: u64,
+    /// Turns whose reported prompt exceeded the window (must stay 0).
+    pub overflows: u64,
+    pub token_scale: f64,
+}
+
+pub struct Session {
+    memory: Arc<Memory>,
+    backend: Arc<dyn Backend>,
+    pager: Option<Pager>,
+    cfg: SessionConfig,
+    window: usize,
+    answer_tokens: usize,
+    history: Vec<Turn>,
+    next_turn: u64,
+    calib: Calibration,
+    stats: SessionStats,
+    /// Pinned slices of this namespace, in pin order.
+    pinned: Vec<Slice>,
+}
+
+/// Room kept free beyond the estimate, against tokenizer differences.
+fn safety_margin(window: usize) -> usize {
+    window / 32 + 16
+}
+
+impl Session {
+    pub fn open(
+        memory: Arc<Memory>,
+        backend: Arc<dyn Backend>,
+        cfg: SessionConfig,
+    ) -> Result<Session> {
+        if cfg.namespace.trim().is_empty() {
+            return Err(Error::invalid(
+                "the namespace is empty; pass --namespace NAME",
+            ));
+        }
+        let window = match cfg.window {
+            Some(w) => w,
+            None => backend.context_length()?,
+        };
+        let answer_tokens = cfg.answer_tokens.unwrap_or((window / 4).min(1024));
+        let floor = answer_tokens + safety_margin(window) + 64;
+        if window < floor {
+            return Err(Error::WindowTooSmall {
+                window,
+                needed: floor,
+                what: "the answer reserve and a minimal prompt".into(),
+                fix: "use a larger --ctx, or a smaller answer reserve".into(),
+            });
+        }
+        let pager = cfg.paging.then(|| {
+            Pager::start(
+                Arc::clone(&memory),
+                PagerConfig {
+                    namespace: (!cfg.shared).then(|| cfg.namespace.clone()),
+                    k: cfg.k,
+                    ..PagerConfig::default()
+                },
+            )
+        });
+        let mut s = Session {
+            memory,
+            backend,
+            pager,
+            cfg,
+            window,
+            answer_tokens,
+            history: Vec::new(),
+            next_turn: 1,
+            calib: Calibration::default(),
+            stats: SessionStats::default(),
+            pinned: Vec::new(),
+        };
+        s.load_from_pool()?;
+        Ok(s)
+    }
+
+    /// Pinned slices, the next turn number, and (with `resume`) the latest turns.
+    fn load_from_pool(&mut self) -> Result<()> {
+        let pool = self.memory.pool();
+        let metas = pool.metas(Scope::Namespace(&self.cfg.namespace));
+        self.next_turn = metas.iter().map(|m| m.turn).max().unwrap_or(0) + 1;
+        for m in metas.iter().filter(|m| m.pinned) {
+            if let Some(s) = pool.get(m.id)? {
+                self.pinned.push(s);
+            }
+        }
+        if self.cfg.resume {
+            let mut turns: Vec<Turn> = Vec::new();
+            let mut budget = self.window * 2;
+            for m in metas.iter().rev() {
+                let role = match m.source {
+                    Source::User => Role::User,
+                    Source::Assistant => Role::Assistant,
+                    _ => continue,
+                };
+                let Some(slice) = pool.get(m.id)? else {
+                    continue;
+                };
+                match turns.last_mut() {
+                    Some(t) if t.turn == m.turn && t.role == role => {
+                        t.text = format!("{}\n\n{}", slice.text, t.text);
+                        t.tokens += m.tokens as usize;
+                    }
+                    _ => turns.push(Turn {
+                        role,
+                        text: slice.text,
+                        turn: m.turn,
+                        tokens: m.tokens as usize,
+                    }),
+                }
+                budget = budget.saturating_sub(m.tokens as usize);
+                if budget == 0 {
+                    break;
+                }
+            }
+            turns.reverse();
+            self.history = turns;
+        }
+        Ok(())
+    }
+
+    pub fn window_size(&self) -> usize {
+        self.window
+    }
+
+    pub fn namespace(&self) -> &str {
+        &self.cfg.namespace
+    }
+
+    pub fn memory(&self) -> &Arc<Memory> {
+        &self.memory
+    }
+
+    pub fn history(&self) -> &[Turn] {
+        &self.history
+    }
+
+    pub fn stats(&self) -> SessionStats {
+        let mut s = self.stats.clone();
+        s.token_scale = self.calib.scale();
+        s
+    }
+
+    pub fn pager_stats(&self) -> Option<PagerStats> {
+        self.pager.as_ref().map(Pager::stats)
+    }
+
+    fn scope(&self) -> Scope<'_> {
+        if self.cfg.shared {
+            Scope::All
+        } else {
+            Scope::Namespace(&self.cfg.namespace)
+        }
+    }
+
+    /// Pin a fact: written to the pool, never fades, always in the window.
+    pub fn pin(&mut self, text: &str) -> Result<u64> {
+        let text = text.trim();
+        if text.is_empty() {
+            return Err(Error::invalid("nothing to pin; use /pin TEXT"));
+        }
+        let ids = self.memory.write(&[Unit {
+            namespace: &self.cfg.namespace,
+            source: Source::Pinned,
+            text,
+            turn: 0,
+            ext_id: None,
+        }])?;
+        let events: Vec<WitnessEvent> = ids.iter().map(|&id| WitnessEvent::Pin(id)).collect();
+        self.memory.pool().record(&events)?;
+        for id in &ids {
+            if let Some(s) = self.memory.pool().get(*id)? {
+                self.pinned.push(s);
+            }
+        }
+        ids.first()
+            .copied()
+            .ok_or_else(|| Error::invalid("nothing to pin; use /pin TEXT"))
+    }
+
+    /// Search this session's memory (or the whole pool when shared).
+    pub fn recall(&self, query: &str, k: usize) -> Result<Vec<crate::memory::Recalled>> {
+        self.memory.recall(query, k, self.scope())
+    }
+
+    /// Forget this session: delete its namespace from the pool and its history.
+    pub fn clear(&mut self) -> Result<u64> {
+        let n = self.memory.pool().delete_namespace(&self.cfg.namespace)?;
+        self.history.clear();
+        self.pinned.clear();
+        self.next_turn = 1;
+        if let Some(p) = &self.pager {
+            p.forget();
+        }
+        Ok(n)
+    }
+
+    /// Run one turn: page in, assemble, stream the answer, write it.
+    pub fn turn(&mut self, input: &str, on_text: &mut dyn FnMut(&str)) -> Result<TurnReport> {
+        if input.trim().is_empty() {
+            return Err(Error::invalid("the input is empty"));
+        }
+        let turn = self.next_turn;
+        self.next_turn += 1;
+        let warm_before = self.pager.as_ref().map(Pager::warm_ids).unwrap_or_default();
+        if let Some(p) = &self.pager {
+            p.observe_input(input);
+        }
+        // The pager searches while the input is written and synced.
+        self.memory.write(&[Unit {
+            namespace: &self.cfg.namespace,
+            source: Source::User,
+            text: input,
+            turn,
+            ext_id: None,
+        }])?;
+        self.push_history(Role::User, input, turn);
+        let candidates = match &self.pager {
+            Some(p) => {
+                p.sync();
+                p.candidates(&warm_before)
+            }
+            None => Vec::new(),
+        };
+        let window = self.assemble(&candidates)?;
+
+        let req = ChatRequest {
+            messages: window.messages.clone(),
+            num_ctx: self.window,
+            max_tokens: self.answer_tokens,
+            temperature: self.cfg.temperature,
+        };
+        let pager = self.pager.as_ref();
+        let mut stream = |t: &str| {
+            if let Some(p) = pager {
+                p.observe_output(t);
+            }
+            on_text(t);
+        };
+        let resp = self.backend.chat(&req, &mut stream);
+        if let Some(p) = &self.pager {
+            p.end_of_output();
+        }
+        let resp = resp?;
+
+        self.memory.write(&[Unit {
+            namespace: &self.cfg.namespace,
+            source: Source::Assistant,
+            text: &resp.text,
+            turn,
+            ext_id: None,
+        }])?;
+        self.push_history(Role::Assistant, &resp.text, turn);
+
+        // Accounting: estimate vs what the server counted.
+        self.stats.turns += 1;
+        self.stats.prompt_tokens_est += window.est_tokens as u64;
+        if let Some(reported) = resp.prompt_tokens {
+            self.stats.prompt_tokens_reported += reported;
+            if reported as usize > self.window {
+                self.stats.overflows += 1;
+            }
+            self.calib
+                .observe(self.raw_tokens(&window.messages), reported as usize);
+        }
+        self.stats.completion_tokens += resp.completion_tokens.unwrap_or(0);
+
+        // The witness: what was paged in is relevant again; what the answer used hardens.
+        let used = used_slices(&window.memory, &candidates, &resp.text, input);
+        let mut events: Vec<WitnessEvent> = window
+            .memory
+            .iter()
+            .map(|p| WitnessEvent::Recalled(p.id))
+            .collect();
+        events.extend(used.iter().map(|&id| WitnessEvent::Used(id)));
+        if !events.is_empty() {
+            self.memory.pool().record(&events)?;
+        }
+        self.stats.paged_slices += window.memory.len() as u64;
+        self.stats.used_slices += used.len() as u64;
+        if let Some(p) = &self.pager {
+            let hits = window.memory.iter().filter(|m| m.prefetched).count() as u64;
+            p.record_use(hits, window.memory.len() as u64 - hits);
+        }
+
+        Ok(TurnReport {
+            turn,
+            answer: resp.text,
+            window,
+            prompt_tokens_reported: resp.prompt_tokens,
+            completion_tokens: resp.completion_tokens,
+            used,
+        })
+    }
+
+    fn push_history(&mut self, role: Role, text: &str, turn: u64) {
+        let tokens = self.memory.count_tokens(text);
+        self.history.push(Turn {
+            role,
+            text: text.to_string(),
+            turn,
+            tokens,
+        });
+        // Older turns live in the pool; keep a few windows' worth in memory.
+        let mut total = 0;
+        let keep_from = self
+            .history
+            .iter()
+            .rposition(|t| {
+                total += t.tokens;
+                total > self.window * 4
+            })
+            .map_or(0, |i| i + 1);
+        if keep_from > 0 {
+            self.history.drain(..keep_from);
+        }
+    }
+
+    /// Raw (uncalibrated) token count of a prompt, with per-message overhead.
+    fn raw_tokens(&self, messages: &[Message]) -> usize {
+        messages
+            .iter()
+            .map(|m| self.memory.count_tokens(&m.content) + tokens::MESSAGE_OVERHEAD)
+            .sum()
+    }
+
+    fn est(&self, text: &str) -> usize {
+        self.calib
+            .estimate(self.memory.count_tokens(text) + tokens::MESSAGE_OVERHEAD)
+    }
+
+    /// Build the window for the latest input (the last entry of the history).
+    fn assemble(&self, candidates: &[Candidate]) -> Result<Window> {
+        let budget = self
+            .window
+            .saturating_sub(self.answer_tokens + safety_margin(self.window));
+        let mut system = self.cfg.system_prompt.clone();
+        if !self.pinned.is_empty() {
+            system.push_str("\n\nPinned facts:");
+            for p in &self.pinned {
+                system.push_str("\n- ");
+                system.push_str(&p.text);
+            }
+        }
+        let fixed = self.est(&system);
+        if fixed > budget {
+            return Err(Error::WindowTooSmall {
+                window: self.window,
+                needed: fixed + self.answer_tokens,
+                what: "the system prompt and pinned facts".into(),
+                fix: "unpin facts (start a new namespace) or use a model with a larger context (--ctx)"
+                    .into(),
+            });
+        }
+        let mut free = budget - fixed;
+
+        // The latest input always goes in; if it alone is too long, its tail goes in
+        // and the rest is in the pool (written this turn), said so in the window.
+        let latest = self
+            .history
+            .last()
+            .ok_or_else(|| Error::invalid("no input to answer"))?;
+        let (latest_text, input_cut) = self.fit_input(latest, free / 2 + free / 4)?;
+        free -= self.est(&latest_text).min(free);
+
+        let memory_budget = if self.pager.is_some() {
+            (free as f32 * self.cfg.memory_share) as usize
+        } else {
+            0
+        };
+        // Recent turns first with what memory leaves them...
+        let earlier = &self.history[..self.history.len() - 1];
+        let mut recent_free = free - memory_budget;
+        let mut first_recent = earlier.len();
+        while first_recent > 0 {
+            let t = self.est(&earlier[first_recent - 1].text);
+            if t > recent_free {
+                break;
+            }
+            recent_free -= t;
+            first_recent -= 1;
+        }
+        let in_window: HashSet<u64> = earlier[first_recent..]
+            .iter()
+            .map(|t| t.turn)
+            .chain([latest.turn])
+            .collect();
+
+        // ...then memory, skipping turns already there verbatim...
+        let mut memory_free = memory_budget;
+        let mut chosen: Vec<(&Candidate, String)> = Vec::new();
+        for c in candidates {
+            let m = &c.slice.meta;
+            if m.namespace == self.cfg.namespace && in_window.contains(&m.turn) && m.turn > 0 {
+                continue;
+            }
+            if m.pinned {
+                continue;
+            }
+            let block = memory_block(&c.slice);
+            let t = self.calib.estimate(self.memory.count_tokens(&block) + 1);
+            if t > memory_free {
+                continue;
+            }
+            memory_free -= t;
+            chosen.push((c, block));
+        }
+        // ...and what memory left over goes to older turns.
+        let memory_turns: HashSet<u64> = chosen
+            .iter()
+            .filter(|(c, _)| c.slice.meta.namespace == self.cfg.namespace)
+            .map(|(c, _)| c.slice.meta.turn)
+            .collect();
+        recent_free += memory_free;
+        while first_recent > 0 {
+            let prev = &earlier[first_recent - 1];
+            let t = self.est(&prev.text);
+            if t > recent_free || memory_turns.contains(&prev.turn) {
+                break;
+            }
+            recent_free -= t;
+            first_recent -= 1;
+        }
+
+        chosen.sort_by_key(|(c, _)| c.slice.meta.id);
+        if !chosen.is_empty() {
+            system
+                .push_str("\n\nMemory paged in from earlier (each block says where it came from):");
+            for (_, block) in &chosen {
+                system.push('\n');
+                system.push_str(block);
+            }
+        }
+        let mut messages = vec![Message::new(Role::System, system)];
+        for t in &earlier[first_recent..] {
+            messages.push(Message::new(t.role, t.text.clone()));
+        }
+        messages.push(Message::new(Role::User, latest_text));
+        let est_tokens = messages.iter().map(|m| self.est(&m.content)).sum();
+        Ok(Window {
+            messages,
+            est_tokens,
+            memory: chosen
+                .iter()
+                .map(|(c, _)| Paged {
+                    id: c.slice.meta.id,
+                    turn: c.slice.meta.turn,
+                    source: c.slice.meta.source,
+                    score: c.score,
+                    prefetched: c.prefetched,
+                })
+                .collect(),
+            recent_turns: earlier.len() - first_recent,
+            input_cut,
+        })
+    }
+
+    /// The latest input, or its tail when it alone exceeds `limit` tokens.
+    fn fit_input(&self, latest: &Turn, limit: usize) -> Result<(String, bool)> {
+        if self.est(&latest.text) <= limit {
+            return Ok((latest.text.clone(), false));
+        }
+        let count = |s: &str| self.memory.count_tokens(s);
+        let pieces = crate::chunk::split(&latest.text, self.memory.slice_tokens(), &count);
+        let mut kept: Vec<&str> = Vec::new();
+        let mut used = self.est("[The first part of this message is in memory.]");
+        for p in pieces.iter().rev() {
+            let t = self.calib.estimate(count(p) + 1);
+            if used + t > limit {
+                break;
+            }
+            used += t;
+            kept.push(p);
+        }
+        if kept.is_empty() {
+            return Err(Error::WindowTooSmall {
+                window: self.window,
+                needed: self.est(&latest.text),
+                what: "the latest input".into(),
+                fix: "use a model with a larger context (--ctx)".into(),
+            });
+        }
+        kept.reverse();
+        let skipped = pieces.len() - kept.len();
+        Ok((
+            format!(
+                "[The first {skipped} part(s) of this message are in memory (turn {}).]\n\n{}",
+                latest.turn,
+                kept.join("\n\n")
+            ),
+            true,
+        ))
+    }
+}
+
+/// A paged-in slice as the model sees it: `[memory 123 · turn 14 · user] text`.
+pub fn memory_block(slice: &Slice) -> String {
+    let m = &slice.meta;
+    let place = match (&m.ext_id, m.turn) {
+        (Some(id), _) => id.clone(),
+        (None, 0) => m.namespace.clone(),
+        (None, t) => format!("turn {t}"),
+    };
+    format!(
+        "[memory {} · {} · {}] {}",
+        m.id, place, m.source, slice.text
+    )
+}
+
+/// Paged-in slices whose distinctive words appear in the answer but not in the input.
+fn used_slices(paged: &[Paged], candidates: &[Candidate], answer: &str, input: &str) -> Vec<u64> {
+    let answer_words = distinctive_words(answer);
+    let input_words = distinctive_words(input);
+    let by_id: HashMap<u64, &Candidate> = candidates.iter().map(|c| (c.slice.meta.id, c)).collect();
+    paged
+        .iter()
+        .filter(|p| {
+            by_id.get(&p.id).is_some_and(|c| {
+                distinctive_words(&c.slice.text)
+                    .iter()
+                    .any(|w| answer_words.contains(w) && !input_words.contains(w))
+            })
+        })
+        .map(|p| p.id)
+        .collect()
+}
+
+/// Words that identify content: containing a digit, or long and not common.
+fn distinctive_words(text: &str) -> HashSet<String> {
+    text.split(|c: char| !(c.is_alphanumeric() || matches!(c, '-' | '_' | '.' | ':' | '/')))
+        .map(|w| {
+            w.trim_matches(|c: char| !c.is_alphanumeric())
+                .to_lowercase()
+        })
+        .filter(|w| {
+            let has_digit = w.chars().any(|c| c.is_ascii_digit());
+            (has_digit && !w.is_empty()) || w.chars().count() >= 8
+        })
+        .collect()
+}
+
+/// Drive an autonomous task: the model works step by step until it says DONE.
+pub fn run_task(
+    session: &mut Session,
+    task: &str,
+    max_steps: usize,
+    on_text: &mut dyn FnMut(&str),
+    on_step: &mut dyn FnMut(usize, &TurnReport),
+) -> Result<(usize, bool)> {
+    let mut input = format!(
+        "Task: {task}\n\nWork through this task one step at a time. In each reply, do the next \
+         step and say briefly what you did. When the whole task is complete, end your reply \
+         with a line that says DONE."
+    );
+    for step in 1..=max_steps {
+        let report = session.turn(&input, on_text)?;
+        let done = report
+            .answer
+            .lines()
+            .any(|l| l.trim().trim_matches(|c: char| !c.is_alphanumeric()) == "DONE");
+        on_step(step, &report);
+        if done {
+            return Ok((step, true));
+        }
+        input = format!(
+            "Continue with the next step of the task (step {} of at most {max_steps}). When \
+             the task is complete, end your reply with a line that says DONE.",
+            step + 1
+        );
+    }
+    Ok((max_steps, false))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn distinctive_words_pick_values() {
+        let w = distinctive_words("The gateway port is 8443, region eu-west-3; bootstrap.");
+        assert!(w.contains("8443"));
+        assert!(w.contains("eu-west-3"));
+        assert!(w.contains("bootstrap"));
+        assert!(!w.contains("the"));
+        assert!(!w.contains("gateway"));
+    }
+}
