@@ -1,0 +1,5 @@
+//! The benchmarks behind `uctx bench`. Each module has an `Args` struct, a
+//! `run` function and a serializable report with a `table()` for humans; the
+//! CLI only parses flags and prints.
+
+pub mod drift;
