@@ -64,7 +64,7 @@ fn fit(para: &str, max_tokens: usize, count: &dyn Fn(&str) -> usize) -> Vec<Stri
             parts.push(sentence);
             continue;
         }
-        for word_run in cut_at(sentence, |s, i| s.as_bytes()[i].is_ascii_whitespace()) {
+        for word_run in word_runs(sentence, byte_cap / 2) {
             if word_run.len() <= byte_cap && count(word_run) <= max_tokens {
                 parts.push(word_run);
             } else {
@@ -79,6 +79,32 @@ fn is_sentence_end(s: &str, i: usize) -> bool {
     let b = s.as_bytes();
     matches!(b[i], b'.' | b'!' | b'?' | b'\n')
         && b.get(i + 1).is_none_or(|c| c.is_ascii_whitespace())
+}
+
+/// Runs of whole words of at most `max_bytes` each (a longer single word is a run of its own).
+fn word_runs(s: &str, max_bytes: usize) -> Vec<&str> {
+    let mut out = Vec::new();
+    let mut start: Option<usize> = None;
+    let mut end = 0;
+    for (i, w) in s
+        .split_ascii_whitespace()
+        .map(|w| (w.as_ptr() as usize - s.as_ptr() as usize, w))
+    {
+        let w_end = i + w.len();
+        match start {
+            Some(st) if w_end - st > max_bytes => {
+                out.push(&s[st..end]);
+                start = Some(i);
+            }
+            None => start = Some(i),
+            _ => {}
+        }
+        end = w_end;
+    }
+    if let Some(st) = start {
+        out.push(&s[st..end]);
+    }
+    out
 }
 
 /// Split after every byte position where `at` holds, keeping separators with the left part.
