@@ -100,12 +100,33 @@ pub enum BackendError {
         status: u16,
         body: String,
     },
-    #[error("the stream from {url} ended early: {detail} — check the server's log; retry the turn")]
+    #[error(
+        "the stream from {url} ended early: {detail} — check the server's log; retry the turn"
+    )]
     StreamBroken { url: String, detail: String },
     #[error("{url} sent something uctx cannot read: {detail}")]
     Protocol { url: String, detail: String },
     #[error("unknown model spec {spec:?} — use `ollama/MODEL`, `openai/MODEL` or `reader`")]
     BadSpec { spec: String },
+    #[error("{url} reported an error: {message} — {fix}")]
+    Server {
+        url: String,
+        message: String,
+        fix: String,
+    },
+    #[error("{url} answered HTTP {status} for {path} — {fix}")]
+    Endpoint {
+        url: String,
+        path: String,
+        status: u16,
+        fix: String,
+    },
+    #[error("{url} does not report the context length of model {model:?} — {fix}")]
+    NoContextLength {
+        url: String,
+        model: String,
+        fix: String,
+    },
 }
 
 /// A model server. The rest of the engine never knows which one it talks to.
@@ -140,4 +161,73 @@ pub struct BackendOptions {
     pub context_override: Option<usize>,
     /// Network timeout for connecting and between streamed chunks.
     pub timeout: Option<Duration>,
+}
+
+mod http;
+pub mod ollama;
+pub mod openai;
+pub mod reader;
+
+pub use http::LineReader;
+
+/// Where Ollama listens when `OLLAMA_HOST` is not set.
+pub const DEFAULT_OLLAMA_HOST: &str = "127.0.0.1:11434";
+/// Where an OpenAI-compatible server is assumed when `OPENAI_BASE_URL` is not set
+/// (llama.cpp's `llama-server` listens here by default).
+pub const DEFAULT_OPENAI_BASE_URL: &str = "http://127.0.0.1:8080/v1";
+
+impl BackendOptions {
+    /// Options read from the environment only (`OLLAMA_HOST`, `OPENAI_BASE_URL`,
+    /// `OPENAI_API_KEY`).
+    pub fn from_env() -> BackendOptions {
+        BackendOptions::default().with_env()
+    }
+
+    /// Fill every field that is still unset from the environment; flags win over the
+    /// environment. Empty variables count as unset.
+    pub fn with_env(self) -> BackendOptions {
+        self.with_env_from(|name| std::env::var(name).ok())
+    }
+
+    /// As [`BackendOptions::with_env`], reading variables through `get` (testable without
+    /// touching the process environment).
+    pub fn with_env_from(mut self, get: impl Fn(&str) -> Option<String>) -> BackendOptions {
+        let var = |name: &str| {
+            get(name)
+                .map(|v| v.trim().to_string())
+                .filter(|v| !v.is_empty())
+        };
+        if self.ollama_host.is_none() {
+            self.ollama_host = var("OLLAMA_HOST");
+        }
+        if self.openai_base_url.is_none() {
+            self.openai_base_url = var("OPENAI_BASE_URL");
+        }
+        if self.openai_api_key.is_none() {
+            self.openai_api_key = var("OPENAI_API_KEY");
+        }
+        self
+    }
+}
+
+/// Make a backend from a model spec: `ollama/MODEL` (e.g. `ollama/qwen2.5:7b`),
+/// `openai/MODEL`, or `reader`. Nothing is contacted here; the first call does that.
+pub fn from_spec(spec: &str, opts: &BackendOptions) -> Result<Box<dyn Backend>, BackendError> {
+    let bad = || BackendError::BadSpec {
+        spec: spec.to_string(),
+    };
+    let spec = spec.trim();
+    if spec == "reader" {
+        return Ok(Box::new(reader::ReaderBackend::new(opts)));
+    }
+    let (kind, model) = spec.split_once('/').ok_or_else(bad)?;
+    let model = model.trim();
+    if model.is_empty() {
+        return Err(bad());
+    }
+    match kind {
+        "ollama" => Ok(Box::new(ollama::OllamaBackend::new(model, opts))),
+        "openai" => Ok(Box::new(openai::OpenAiBackend::new(model, opts))),
+        _ => Err(bad()),
+    }
 }

@@ -1,0 +1,462 @@
+//! OpenAI-compatible servers (llama.cpp's `llama-server`, vLLM, LM Studio, hosted APIs):
+//! streaming `{base}/chat/completions` over server-sent events, `{base}/models` and
+//! llama.cpp's `/props` for the context length.
+
+use serde_json::{json, Value};
+
+use super::http::{self, Failure, LineReader};
+use super::{
+    Backend, BackendError, BackendOptions, ChatRequest, ChatResponse, Health,
+    DEFAULT_OPENAI_BASE_URL,
+};
+
+const FIX_START: &str =
+    "start the server (llama.cpp: `llama-server -m MODEL.gguf --port 8080`), or set OPENAI_BASE_URL";
+const FIX_KEY: &str = "set OPENAI_API_KEY or pass --api-key";
+
+/// A model behind an OpenAI-compatible API.
+pub struct OpenAiBackend {
+    model: String,
+    base: String,
+    key: Option<String>,
+    agent: ureq::Agent,
+    context_override: Option<usize>,
+}
+
+impl OpenAiBackend {
+    /// `model` as the server names it; the base URL comes from `opts.openai_base_url`,
+    /// else [`DEFAULT_OPENAI_BASE_URL`]; the key from `opts.openai_api_key`.
+    pub fn new(model: &str, opts: &BackendOptions) -> OpenAiBackend {
+        let base = opts
+            .openai_base_url
+            .as_deref()
+            .unwrap_or(DEFAULT_OPENAI_BASE_URL)
+            .trim()
+            .trim_end_matches('/');
+        let base = if base.contains("://") {
+            base.to_string()
+        } else {
+            format!("http://{base}")
+        };
+        OpenAiBackend {
+            model: model.to_string(),
+            base,
+            key: opts.openai_api_key.clone().filter(|k| !k.is_empty()),
+            agent: http::agent(opts),
+            context_override: opts.context_override,
+        }
+    }
+
+    /// The base URL (`http://127.0.0.1:8080/v1`).
+    pub fn base_url(&self) -> &str {
+        &self.base
+    }
+
+    pub fn model(&self) -> &str {
+        &self.model
+    }
+
+    fn fail(&self, f: Failure, url: &str) -> BackendError {
+        match f {
+            Failure::Transport { detail } => BackendError::Unreachable {
+                what: "the OpenAI-compatible server".to_string(),
+                url: self.base.clone(),
+                detail,
+                fix: FIX_START.to_string(),
+            },
+            Failure::Status { status, body } => {
+                let message = http::error_message(&body);
+                match status {
+                    401 | 403 => BackendError::Auth {
+                        url: self.base.clone(),
+                        status,
+                        fix: FIX_KEY.to_string(),
+                    },
+                    404 if message.to_lowercase().contains("model") => self.missing(),
+                    404 => BackendError::Endpoint {
+                        url: self.base.clone(),
+                        path: url.strip_prefix(&self.base).unwrap_or(url).to_string(),
+                        status,
+                        fix: "check OPENAI_BASE_URL (it usually ends in /v1)".to_string(),
+                    },
+                    _ => BackendError::Http {
+                        url: url.to_string(),
+                        status,
+                        body: message,
+                    },
+                }
+            }
+        }
+    }
+
+    fn missing(&self) -> BackendError {
+        BackendError::ModelMissing {
+            model: self.model.clone(),
+            url: self.base.clone(),
+            fix: "use a model name the server lists (`uctx doctor` shows them)".to_string(),
+        }
+    }
+
+    fn get(&self, url: &str) -> Result<Value, BackendError> {
+        let mut r = self.agent.get(url);
+        if let Some(key) = &self.key {
+            r = r.set("Authorization", &format!("Bearer {key}"));
+        }
+        let resp = r.call().map_err(|e| self.fail(e.into(), url))?;
+        http::read_json(resp, url)
+    }
+
+    /// `{base}/models`: the listed model entries.
+    fn model_entries(&self) -> Result<Vec<Value>, BackendError> {
+        let v = self.get(&format!("{}/models", self.base))?;
+        Ok(v.get("data")
+            .or_else(|| v.get("models"))
+            .and_then(Value::as_array)
+            .cloned()
+            .unwrap_or_default())
+    }
+
+    /// The model ids the server lists.
+    pub fn list_models(&self) -> Result<Vec<String>, BackendError> {
+        Ok(self
+            .model_entries()?
+            .iter()
+            .filter_map(|m| m.get("id").or_else(|| m.get("name")))
+            .filter_map(Value::as_str)
+            .map(str::to_string)
+            .collect())
+    }
+
+    fn post_chat(&self, body: &Value, url: &str) -> Result<ureq::Response, BackendError> {
+        let mut r = self
+            .agent
+            .post(url)
+            .set("Content-Type", "application/json")
+            .set("Accept", "text/event-stream");
+        if let Some(key) = &self.key {
+            r = r.set("Authorization", &format!("Bearer {key}"));
+        }
+        r.send_string(&body.to_string())
+            .map_err(|e| self.fail(e.into(), url))
+    }
+}
+
+/// The context length in one `{base}/models` entry: llama.cpp's `meta.n_ctx_train`,
+/// vLLM's `max_model_len`, or a `context_length`-like field.
+pub fn context_length_from_model_entry(entry: &Value) -> Option<usize> {
+    [
+        "/meta/n_ctx_train",
+        "/meta/n_ctx",
+        "/max_model_len",
+        "/context_length",
+        "/max_context_length",
+        "/context_window",
+    ]
+    .iter()
+    .find_map(|p| entry.pointer(p).and_then(Value::as_u64))
+    .and_then(|n| usize::try_from(n).ok())
+    .filter(|&n| n > 0)
+}
+
+/// The running window from llama.cpp's `/props`.
+pub fn context_length_from_props(props: &Value) -> Option<usize> {
+    ["/default_generation_settings/n_ctx", "/n_ctx"]
+        .iter()
+        .find_map(|p| props.pointer(p).and_then(Value::as_u64))
+        .and_then(|n| usize::try_from(n).ok())
+        .filter(|&n| n > 0)
+}
+
+/// Server-sent events assembled from lines: `data:` lines joined, dispatched on a blank line.
+#[derive(Default)]
+struct SseEvent {
+    data: Option<String>,
+}
+
+impl SseEvent {
+    /// Feed one line; returns the event's data when the line completes an event.
+    fn feed(&mut self, line: &str) -> Option<String> {
+        if line.is_empty() {
+            return self.data.take();
+        }
+        if line.starts_with(':') {
+            return None;
+        }
+        let (field, value) = match line.split_once(':') {
+            Some((f, v)) => (f, v.strip_prefix(' ').unwrap_or(v)),
+            None => (line, ""),
+        };
+        if field == "data" {
+            match &mut self.data {
+                Some(d) => {
+                    d.push('\n');
+                    d.push_str(value);
+                }
+                None => self.data = Some(value.to_string()),
+            }
+        }
+        None
+    }
+}
+
+impl Backend for OpenAiBackend {
+    fn spec(&self) -> String {
+        format!("openai/{}", self.model)
+    }
+
+    fn context_length(&self) -> Result<usize, BackendError> {
+        // The running window first (llama.cpp's `-c`), then the model's trained length.
+        match self.get(&format!("{}/props", http::origin(&self.base))) {
+            Ok(props) => {
+                if let Some(n) = context_length_from_props(&props) {
+                    return Ok(n);
+                }
+            }
+            Err(e @ BackendError::Unreachable { .. }) => return Err(e),
+            Err(_) => {}
+        }
+        match self.model_entries() {
+            Ok(entries) => {
+                let entry = entries
+                    .iter()
+                    .find(|m| m.get("id").and_then(Value::as_str) == Some(self.model.as_str()))
+                    .or(if entries.len() == 1 {
+                        entries.first()
+                    } else {
+                        None
+                    });
+                if let Some(n) = entry.and_then(context_length_from_model_entry) {
+                    return Ok(n);
+                }
+            }
+            Err(e @ (BackendError::Unreachable { .. } | BackendError::Auth { .. })) => {
+                return Err(e)
+            }
+            Err(_) => {}
+        }
+        self.context_override
+            .ok_or_else(|| BackendError::NoContextLength {
+                url: self.base.clone(),
+                model: self.model.clone(),
+                fix: "pass --ctx N with the window the server runs".to_string(),
+            })
+    }
+
+    fn health(&self) -> Result<Health, BackendError> {
+        let entries = match self.model_entries() {
+            Ok(entries) => entries,
+            Err(BackendError::Endpoint { .. }) => Vec::new(),
+            Err(e) => return Err(e),
+        };
+        let models: Vec<String> = entries
+            .iter()
+            .filter_map(|m| m.get("id").and_then(Value::as_str))
+            .map(str::to_string)
+            .collect();
+        // llama-server serves its one model under any name.
+        let single_llamacpp = entries.len() == 1
+            && entries[0].get("owned_by").and_then(Value::as_str) == Some("llamacpp");
+        let model_present = models.is_empty() || single_llamacpp || models.contains(&self.model);
+        Ok(Health {
+            endpoint: self.base.clone(),
+            models,
+            model_present,
+            context_length: self.context_length().ok(),
+        })
+    }
+
+    fn chat(
+        &self,
+        req: &ChatRequest,
+        on_text: &mut dyn FnMut(&str),
+    ) -> Result<ChatResponse, BackendError> {
+        let url = format!("{}/chat/completions", self.base);
+        let mut body = json!({
+            "model": self.model,
+            "messages": req.messages,
+            "stream": true,
+            "stream_options": {"include_usage": true},
+        });
+        if req.max_tokens > 0 {
+            body["max_tokens"] = json!(req.max_tokens);
+        }
+        if let Some(t) = req.temperature {
+            body["temperature"] = json!(t);
+        }
+        let resp = match self.post_chat(&body, &url) {
+            // Some servers refuse `stream_options`; ask once more without it.
+            Err(BackendError::Http {
+                status: 400,
+                body: msg,
+                ..
+            }) if msg.contains("stream_options") => {
+                if let Some(o) = body.as_object_mut() {
+                    o.remove("stream_options");
+                }
+                self.post_chat(&body, &url)?
+            }
+            other => other?,
+        };
+        if resp.content_type() == "application/json" {
+            // A server that ignored `stream: true` sent the whole completion.
+            let v = http::read_json(resp, &url)?;
+            return self.whole(&v, &url, on_text);
+        }
+        self.stream(resp, &url, on_text)
+    }
+}
+
+impl OpenAiBackend {
+    fn check_error(&self, v: &Value, url: &str) -> Result<(), BackendError> {
+        match http::json_error(v) {
+            None => Ok(()),
+            Some(message)
+                if message.to_lowercase().contains("model") && message.contains("not") =>
+            {
+                Err(self.missing())
+            }
+            Some(message) => Err(BackendError::Server {
+                url: url.to_string(),
+                message,
+                fix: "check the server's log".to_string(),
+            }),
+        }
+    }
+
+    fn whole(
+        &self,
+        v: &Value,
+        url: &str,
+        on_text: &mut dyn FnMut(&str),
+    ) -> Result<ChatResponse, BackendError> {
+        self.check_error(v, url)?;
+        let text = v
+            .pointer("/choices/0/message/content")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string();
+        if !text.is_empty() {
+            on_text(&text);
+        }
+        Ok(ChatResponse {
+            text,
+            prompt_tokens: v.pointer("/usage/prompt_tokens").and_then(Value::as_u64),
+            completion_tokens: v
+                .pointer("/usage/completion_tokens")
+                .and_then(Value::as_u64),
+            done_reason: v
+                .pointer("/choices/0/finish_reason")
+                .and_then(Value::as_str)
+                .map(str::to_string),
+        })
+    }
+
+    fn stream(
+        &self,
+        resp: ureq::Response,
+        url: &str,
+        on_text: &mut dyn FnMut(&str),
+    ) -> Result<ChatResponse, BackendError> {
+        let broken = |detail: String| BackendError::StreamBroken {
+            url: url.to_string(),
+            detail,
+        };
+        let mut lines = LineReader::new(resp.into_reader());
+        let mut event = SseEvent::default();
+        let mut out = ChatResponse::default();
+        loop {
+            let (data, at_end) = match lines.next_line() {
+                Ok(Some(line)) => {
+                    let line = String::from_utf8(line).map_err(|_| BackendError::Protocol {
+                        url: url.to_string(),
+                        detail: "a streamed line is not valid UTF-8".to_string(),
+                    })?;
+                    (event.feed(&line), false)
+                }
+                Ok(None) => (event.data.take(), true),
+                Err(e) => return Err(broken(e.to_string())),
+            };
+            if let Some(data) = data {
+                let data = data.trim();
+                if data == "[DONE]" {
+                    return Ok(out);
+                }
+                if !data.is_empty() {
+                    let v: Value =
+                        serde_json::from_str(data).map_err(|e| BackendError::Protocol {
+                            url: url.to_string(),
+                            detail: format!("an event is not JSON: {e}"),
+                        })?;
+                    self.check_error(&v, url)?;
+                    let choices = v.get("choices").and_then(Value::as_array);
+                    for choice in choices.into_iter().flatten() {
+                        if let Some(text) = choice.pointer("/delta/content").and_then(Value::as_str)
+                        {
+                            if !text.is_empty() {
+                                on_text(text);
+                                out.text.push_str(text);
+                            }
+                        }
+                        if let Some(reason) = choice.get("finish_reason").and_then(Value::as_str) {
+                            out.done_reason = Some(reason.to_string());
+                        }
+                    }
+                    if let Some(usage) = v.get("usage").filter(|u| u.is_object()) {
+                        out.prompt_tokens = usage.get("prompt_tokens").and_then(Value::as_u64);
+                        out.completion_tokens =
+                            usage.get("completion_tokens").and_then(Value::as_u64);
+                    }
+                }
+            }
+            if at_end {
+                // Some servers close without `[DONE]`; a finish reason means the answer is whole.
+                return if out.done_reason.is_some() {
+                    Ok(out)
+                } else {
+                    Err(broken(
+                        "the stream ended before a finish reason or `[DONE]`".to_string(),
+                    ))
+                };
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sse_events_join_data_lines_and_skip_comments() {
+        let mut ev = SseEvent::default();
+        assert_eq!(ev.feed(": keep-alive"), None);
+        assert_eq!(ev.feed("data: {\"a\":"), None);
+        assert_eq!(ev.feed("data:1}"), None);
+        assert_eq!(ev.feed("event: message"), None);
+        assert_eq!(ev.feed(""), Some("{\"a\":\n1}".to_string()));
+        assert_eq!(ev.feed(""), None);
+    }
+
+    #[test]
+    fn context_lengths_from_llama_cpp_and_vllm() {
+        let e = json!({"id": "m", "meta": {"n_ctx_train": 8192}});
+        assert_eq!(context_length_from_model_entry(&e), Some(8192));
+        let e = json!({"id": "m", "max_model_len": 4096});
+        assert_eq!(context_length_from_model_entry(&e), Some(4096));
+        assert_eq!(context_length_from_model_entry(&json!({"id": "m"})), None);
+        let p = json!({"default_generation_settings": {"n_ctx": 2048}});
+        assert_eq!(context_length_from_props(&p), Some(2048));
+    }
+
+    #[test]
+    fn base_urls_gain_a_scheme_and_lose_a_trailing_slash() {
+        let opts = BackendOptions {
+            openai_base_url: Some("localhost:1234/v1/".into()),
+            ..Default::default()
+        };
+        assert_eq!(
+            OpenAiBackend::new("m", &opts).base_url(),
+            "http://localhost:1234/v1"
+        );
+    }
+}

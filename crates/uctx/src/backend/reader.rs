@@ -1,0 +1,716 @@
+//! `reader`: a deterministic model that answers only from its window.
+//!
+//! It reads every message of the request and collects *assertions*, clauses of the form
+//! `<subject> is <value>`, `<subject> = <value>` or `<subject>: <value>`. The questions are
+//! the sentences ending in `?` of the last user message; each gets one answer line:
+//! `The <subject> is <value>.` for the assertion whose subject is best covered by the
+//! question's key words (ties go to the latest assertion), or `I don't know the <key
+//! words>.` when no subject shares a word with the question. A message without a question
+//! gets `OK.`.
+//!
+//! Order: a memory block paged in by uctx carries its turn in its label
+//! (`[memory 123 · turn 14 · user] …`) and ranks by that turn; everything else ranks
+//! after every labelled turn, by its position in the window. So a recalled turn-3 fact
+//! ranks as turn 3, and a later correction in the recent turns wins over it.
+//!
+//! Like a real model, it confuses facts it cannot see with ones it can: asked for the
+//! gateway port while only "the metrics port is 9100" is in the window, it answers
+//! `The metrics port is 9100.`; that is the contradiction a drift benchmark counts.
+
+use std::collections::BTreeSet;
+
+use super::{
+    Backend, BackendError, BackendOptions, ChatRequest, ChatResponse, Health, Message, Role,
+};
+
+/// The window the reader claims when no `--ctx` is given.
+pub const DEFAULT_CONTEXT: usize = 4096;
+/// Subjects keep at most this many content words (the ones nearest the verb).
+const MAX_SUBJECT_WORDS: usize = 4;
+/// Values keep at most this many words.
+const MAX_VALUE_WORDS: usize = 12;
+
+/// Words that carry no meaning for matching: articles, wh-words, auxiliaries, pronouns,
+/// prepositions, fillers.
+const STOPWORDS: &[&str] = &[
+    "a",
+    "an",
+    "the",
+    "what",
+    "which",
+    "who",
+    "whom",
+    "whose",
+    "where",
+    "when",
+    "why",
+    "how",
+    "is",
+    "are",
+    "was",
+    "were",
+    "be",
+    "been",
+    "being",
+    "am",
+    "do",
+    "does",
+    "did",
+    "done",
+    "should",
+    "would",
+    "could",
+    "can",
+    "will",
+    "shall",
+    "must",
+    "may",
+    "might",
+    "have",
+    "has",
+    "had",
+    "i",
+    "we",
+    "you",
+    "he",
+    "she",
+    "it",
+    "they",
+    "me",
+    "us",
+    "our",
+    "ours",
+    "your",
+    "yours",
+    "my",
+    "mine",
+    "their",
+    "its",
+    "his",
+    "her",
+    "them",
+    "this",
+    "that",
+    "these",
+    "those",
+    "of",
+    "to",
+    "in",
+    "on",
+    "at",
+    "for",
+    "with",
+    "by",
+    "from",
+    "as",
+    "into",
+    "about",
+    "and",
+    "or",
+    "but",
+    "so",
+    "if",
+    "then",
+    "than",
+    "use",
+    "uses",
+    "used",
+    "using",
+    "please",
+    "tell",
+    "remind",
+    "again",
+    "now",
+    "there",
+    "here",
+    "also",
+    "just",
+    "any",
+    "some",
+    "all",
+    "again",
+    "decided",
+    "agreed",
+    "chose",
+    "chosen",
+    "picked",
+    "going",
+    "gonna",
+    "let",
+    "lets",
+    "let's",
+    "we'll",
+    "we're",
+    "it's",
+    "what's",
+    "which's",
+    "who's",
+    "don't",
+    "doesn't",
+    "know",
+    "remember",
+    "recall",
+    "say",
+    "said",
+    "currently",
+    "actually",
+    "exactly",
+];
+
+/// Words that end a clause: the value stops before them.
+const CLAUSE_WORDS: &[&str] = &["because", "and", "so", "but"];
+/// Words dropped from the front of a value (`is now 9443` → `9443`).
+const VALUE_FILLERS: &[&str] = &["now", "still", "actually", "currently", "definitely"];
+/// Modal verbs that make `be` a verb (`the port will be 8443`).
+const MODALS: &[&str] = &["will", "should", "must", "shall", "would", "'ll"];
+
+/// One `<subject> is <value>` statement found in the window.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Assertion {
+    /// Content words of the subject as written (lowercased), nearest the verb last.
+    pub subject: Vec<String>,
+    /// The subject's words normalized for matching (singular, no possessive).
+    pub keys: BTreeSet<String>,
+    /// The value as written, trailing punctuation removed.
+    pub value: String,
+    /// Rank in time: (turn or position, position within the window). Larger is later.
+    pub order: (u64, u64),
+}
+
+/// A question of the last user message.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Question {
+    pub text: String,
+    /// Content words as written (lowercased), in order.
+    pub words: Vec<String>,
+    /// The words normalized for matching.
+    pub keys: BTreeSet<String>,
+}
+
+/// The answer the reader gives to `messages`: one line per question of the last user
+/// message, or `OK.` when it asks none.
+pub fn answer(messages: &[Message]) -> String {
+    let Some(last) = messages.iter().rev().find(|m| m.role == Role::User) else {
+        return "OK.".to_string();
+    };
+    let qs = questions(&last.content);
+    if qs.is_empty() {
+        return "OK.".to_string();
+    }
+    let facts = assertions(messages);
+    qs.iter()
+        .map(|q| match best(&facts, q) {
+            Some(a) => format!("The {} is {}.", a.subject.join(" "), a.value),
+            None if q.words.is_empty() => "I don't know.".to_string(),
+            None => format!("I don't know the {}.", q.words.join(" ")),
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// The assertion that answers `q`: highest coverage of its subject by the question's
+/// words, then most shared words, then latest. `None` when no subject shares a word.
+pub fn best<'a>(facts: &'a [Assertion], q: &Question) -> Option<&'a Assertion> {
+    let mut best: Option<(&Assertion, usize)> = None;
+    for a in facts {
+        let shared = a.keys.intersection(&q.keys).count();
+        if shared == 0 {
+            continue;
+        }
+        let better = match best {
+            None => true,
+            Some((b, b_shared)) => {
+                // coverage = shared / |keys|, compared without division
+                let lhs = shared * b.keys.len();
+                let rhs = b_shared * a.keys.len();
+                (lhs, shared, a.order) > (rhs, b_shared, b.order)
+            }
+        };
+        if better {
+            best = Some((a, shared));
+        }
+    }
+    best.map(|(a, _)| a)
+}
+
+/// The questions of `text`: its sentences that end in `?`.
+pub fn questions(text: &str) -> Vec<Question> {
+    sentences(text)
+        .into_iter()
+        .filter(|(_, end)| *end == '?')
+        .map(|(s, _)| {
+            let words: Vec<String> = s
+                .split_whitespace()
+                .map(clean)
+                .filter(|w| !w.is_empty() && !is_stopword(w))
+                .collect();
+            let keys = words.iter().map(|w| key(w)).collect();
+            Question {
+                text: s.trim().to_string(),
+                words,
+                keys,
+            }
+        })
+        .collect()
+}
+
+/// Every assertion in the window, in window order, each with its rank in time.
+pub fn assertions(messages: &[Message]) -> Vec<Assertion> {
+    let blocks: Vec<(usize, Option<u64>, &str)> = messages
+        .iter()
+        .enumerate()
+        .flat_map(|(i, m)| {
+            memory_blocks(&m.content)
+                .into_iter()
+                .map(move |(turn, text)| (i, turn, text))
+        })
+        .collect();
+    let after_labels = blocks
+        .iter()
+        .filter_map(|(_, turn, _)| *turn)
+        .max()
+        .map_or(0, |t| t.saturating_add(1));
+    let mut out = Vec::new();
+    let mut seq = 0u64;
+    for (i, turn, text) in blocks {
+        let rank = turn.unwrap_or_else(|| after_labels.saturating_add(i as u64));
+        for (sentence, end) in sentences(text) {
+            if end == '?' {
+                continue;
+            }
+            for clause in clauses(sentence) {
+                if let Some((subject, value)) = parse_clause(&clause) {
+                    seq += 1;
+                    let keys = subject.iter().map(|w| key(w)).collect();
+                    out.push(Assertion {
+                        subject,
+                        keys,
+                        value,
+                        order: (rank, seq),
+                    });
+                }
+            }
+        }
+    }
+    out
+}
+
+/// A message split at memory labels: (turn from the label, text after it). Text before
+/// the first label, and blocks whose label names no turn, have no turn.
+fn memory_blocks(content: &str) -> Vec<(Option<u64>, &str)> {
+    let mut out = Vec::new();
+    let mut turn = None;
+    let mut rest = content;
+    loop {
+        let Some(at) = rest.find("[memory ") else {
+            out.push((turn, rest));
+            return out;
+        };
+        let Some(close) = rest[at..].find(']').map(|c| at + c) else {
+            out.push((turn, rest));
+            return out;
+        };
+        out.push((turn, &rest[..at]));
+        turn = label_turn(&rest[at + 1..close]);
+        rest = &rest[close + 1..];
+    }
+}
+
+/// The turn named in a label such as `memory 123 · turn 14 · user`.
+fn label_turn(label: &str) -> Option<u64> {
+    label
+        .split(['·', '|', ','])
+        .map(str::trim)
+        .find_map(|part| part.strip_prefix("turn ")?.trim().parse().ok())
+}
+
+/// Sentences with the character that ended each (`\n` for a line end or the text's end).
+/// `.`, `!`, `?` and `;` end a sentence only before whitespace, so `v2.3.1` stays whole.
+fn sentences(text: &str) -> Vec<(&str, char)> {
+    let mut out = Vec::new();
+    let mut start = 0;
+    let mut chars = text.char_indices().peekable();
+    while let Some((i, c)) = chars.next() {
+        let before_space = chars.peek().is_none_or(|&(_, n)| n.is_whitespace());
+        if c == '\n' || (matches!(c, '.' | '!' | '?' | ';') && before_space) {
+            out.push((&text[start..i], c));
+            start = i + c.len_utf8();
+        }
+    }
+    if start < text.len() {
+        out.push((&text[start..], '\n'));
+    }
+    out
+}
+
+/// A sentence cut into clauses (as words) at `,` `;` `(` `)` and at the words
+/// `because`, `and`, `so`, `but`.
+fn clauses(sentence: &str) -> Vec<Vec<&str>> {
+    let mut pieces = Vec::new();
+    let mut start = 0;
+    let mut chars = sentence.char_indices().peekable();
+    while let Some((i, c)) = chars.next() {
+        let before_space = chars.peek().is_none_or(|&(_, n)| n.is_whitespace());
+        if matches!(c, '(' | ')' | ';') || (c == ',' && before_space) {
+            pieces.push(&sentence[start..i]);
+            start = i + c.len_utf8();
+        }
+    }
+    pieces.push(&sentence[start..]);
+    let mut out = Vec::new();
+    for piece in pieces {
+        let mut clause = Vec::new();
+        for word in piece.split_whitespace() {
+            if CLAUSE_WORDS.contains(&clean(word).as_str()) {
+                out.push(std::mem::take(&mut clause));
+            } else {
+                clause.push(word);
+            }
+        }
+        out.push(clause);
+    }
+    out.retain(|c| !c.is_empty());
+    out
+}
+
+/// `(subject words, value)` of one clause, if it states something.
+fn parse_clause(words: &[&str]) -> Option<(Vec<String>, String)> {
+    // `PORT=8443` counts as `PORT = 8443`.
+    let mut tokens: Vec<&str> = Vec::with_capacity(words.len() + 2);
+    for w in words {
+        match w.split_once('=') {
+            Some((l, r)) if !l.is_empty() && !r.is_empty() && !r.starts_with('=') => {
+                tokens.extend([l, "=", r]);
+            }
+            _ => tokens.push(w),
+        }
+    }
+    let is_verb = |i: usize| {
+        let w = clean(tokens[i]);
+        matches!(w.as_str(), "is" | "are" | "was")
+            || tokens[i] == "="
+            || (w == "be" && i > 0 && MODALS.iter().any(|m| clean(tokens[i - 1]).ends_with(m)))
+    };
+    let (subject_end, value_start) = match (0..tokens.len()).find(|&i| is_verb(i)) {
+        Some(v) => {
+            let modal = clean(tokens[v]) == "be";
+            (if modal { v - 1 } else { v }, v + 1)
+        }
+        None => {
+            // The last `word:` with something after it.
+            let c = (0..tokens.len().saturating_sub(1))
+                .rev()
+                .find(|&i| tokens[i].len() > 1 && tokens[i].ends_with(':'))?;
+            (c + 1, c + 1)
+        }
+    };
+    // A `speaker:` or `note:` before the verb starts the subject afresh.
+    let subject_start = (0..subject_end)
+        .rev()
+        .find(|&i| tokens[i].ends_with(':') && i + 1 < subject_end)
+        .map_or(0, |i| i + 1);
+    let mut subject: Vec<String> = tokens[subject_start..subject_end]
+        .iter()
+        .map(|w| clean(w.trim_end_matches(':')))
+        .filter(|w| !w.is_empty() && !is_stopword(w))
+        .collect();
+    if subject.len() > MAX_SUBJECT_WORDS {
+        subject.drain(..subject.len() - MAX_SUBJECT_WORDS);
+    }
+    let mut value_words: Vec<&str> = tokens[value_start.min(tokens.len())..].to_vec();
+    while value_words
+        .first()
+        .is_some_and(|w| VALUE_FILLERS.contains(&clean(w).as_str()))
+    {
+        value_words.remove(0);
+    }
+    value_words.truncate(MAX_VALUE_WORDS);
+    let value = value_words
+        .join(" ")
+        .trim_matches(|c: char| {
+            matches!(
+                c,
+                '.' | ',' | ';' | ':' | '!' | '?' | '"' | '\'' | '`' | '*' | '“' | '”' | '‘' | '’'
+            )
+        })
+        .to_string();
+    if subject.is_empty() || value.is_empty() {
+        return None;
+    }
+    Some((subject, value))
+}
+
+/// A word lowercased, without the punctuation around it (inner `-`, `_`, `.` stay).
+fn clean(word: &str) -> String {
+    word.trim_matches(|c: char| !c.is_alphanumeric() && c != '\'')
+        .trim_matches('\'')
+        .to_lowercase()
+}
+
+fn is_stopword(w: &str) -> bool {
+    STOPWORDS.contains(&w)
+}
+
+/// A word as matched: no possessive `'s`, plural `s` dropped (`ports` = `port`).
+fn key(word: &str) -> String {
+    let w = word.strip_suffix("'s").unwrap_or(word);
+    if w.chars().count() > 3 && w.ends_with('s') && !w.ends_with("ss") {
+        w[..w.len() - 1].to_string()
+    } else {
+        w.to_string()
+    }
+}
+
+/// A rough token count: 4 tokens per 3 whitespace-separated words.
+pub fn approx_tokens(text: &str) -> u64 {
+    let words = text.split_whitespace().count() as u64;
+    (words * 4).div_ceil(3)
+}
+
+/// [`approx_tokens`] over every message of a prompt.
+pub fn prompt_tokens(messages: &[Message]) -> u64 {
+    messages.iter().map(|m| approx_tokens(&m.content)).sum()
+}
+
+/// The built-in reader model.
+pub struct ReaderBackend {
+    context_length: usize,
+}
+
+impl ReaderBackend {
+    pub fn new(opts: &BackendOptions) -> ReaderBackend {
+        ReaderBackend {
+            context_length: opts.context_override.unwrap_or(DEFAULT_CONTEXT),
+        }
+    }
+}
+
+impl Backend for ReaderBackend {
+    fn spec(&self) -> String {
+        "reader".to_string()
+    }
+
+    fn context_length(&self) -> Result<usize, BackendError> {
+        Ok(self.context_length)
+    }
+
+    fn health(&self) -> Result<Health, BackendError> {
+        Ok(Health {
+            endpoint: "built-in".to_string(),
+            models: vec!["reader".to_string()],
+            model_present: true,
+            context_length: Some(self.context_length),
+        })
+    }
+
+    fn chat(
+        &self,
+        req: &ChatRequest,
+        on_text: &mut dyn FnMut(&str),
+    ) -> Result<ChatResponse, BackendError> {
+        let full = answer(&req.messages);
+        let mut done_reason = "stop";
+        let mut text = String::new();
+        // max_tokens bounds the answer like a server's num_predict: 3 words per 4 tokens.
+        let word_budget = (req.max_tokens > 0).then(|| (req.max_tokens * 3 / 4).max(1));
+        for (words, piece) in full.split_inclusive([' ', '\n']).enumerate() {
+            if word_budget.is_some_and(|b| words >= b) {
+                done_reason = "length";
+                break;
+            }
+            on_text(piece);
+            text.push_str(piece);
+        }
+        Ok(ChatResponse {
+            completion_tokens: Some(approx_tokens(&text)),
+            text,
+            prompt_tokens: Some(prompt_tokens(&req.messages)),
+            done_reason: Some(done_reason.to_string()),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn user(s: &str) -> Message {
+        Message::new(Role::User, s)
+    }
+
+    fn ask(window: &[&str], question: &str) -> String {
+        let mut msgs: Vec<Message> = window
+            .iter()
+            .enumerate()
+            .map(|(i, s)| {
+                let role = if i % 2 == 0 {
+                    Role::User
+                } else {
+                    Role::Assistant
+                };
+                Message::new(role, *s)
+            })
+            .collect();
+        msgs.push(user(question));
+        answer(&msgs)
+    }
+
+    #[test]
+    fn parses_the_three_forms_and_keeps_odd_values() {
+        let a = assertions(&[user(
+            "We decided the gateway port is 8443, because TLS. DB_ENGINE=postgres-16; \
+             Release tag: v2.3.1. The naming style will be snake_case (for Rust).",
+        )]);
+        let got: Vec<(String, String)> = a
+            .iter()
+            .map(|a| (a.subject.join(" "), a.value.clone()))
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                ("gateway port".to_string(), "8443".to_string()),
+                ("db_engine".to_string(), "postgres-16".to_string()),
+                ("release tag".to_string(), "v2.3.1".to_string()),
+                ("naming style".to_string(), "snake_case".to_string()),
+            ]
+        );
+    }
+
+    #[test]
+    fn subjects_keep_the_last_four_content_words() {
+        let a = assertions(&[user(
+            "The very long winded name of the primary cache is redis.",
+        )]);
+        assert_eq!(a[0].subject, vec!["winded", "name", "primary", "cache"]);
+    }
+
+    #[test]
+    fn answers_with_the_best_covered_subject() {
+        let got = ask(
+            &["The gateway port is 8443. The metrics port is 9100.", "OK."],
+            "What port does the gateway listen on?",
+        );
+        assert_eq!(got, "The gateway port is 8443.");
+    }
+
+    #[test]
+    fn latest_value_wins() {
+        let got = ask(
+            &[
+                "The gateway port is 8443.",
+                "OK.",
+                "Change of plan: the gateway port is now 9443.",
+            ],
+            "Which gateway port?",
+        );
+        assert_eq!(got, "The gateway port is 9443.");
+    }
+
+    #[test]
+    fn one_line_per_question_and_ok_without_one() {
+        let window = ["The database is postgres-16. The cache is redis."];
+        assert_eq!(
+            ask(&window, "Which database? And the cache?"),
+            "The database is postgres-16.\nThe cache is redis."
+        );
+        assert_eq!(ask(&window, "Write the config."), "OK.");
+        assert_eq!(answer(&[]), "OK.");
+    }
+
+    #[test]
+    fn partial_match_is_stated_when_the_fact_is_out_of_the_window() {
+        let got = ask(
+            &["The metrics port is 9100."],
+            "What port does the gateway use?",
+        );
+        assert_eq!(got, "The metrics port is 9100.");
+    }
+
+    #[test]
+    fn no_shared_word_means_i_do_not_know() {
+        let got = ask(
+            &["The metrics port is 9100."],
+            "Which database should we use?",
+        );
+        assert_eq!(got, "I don't know the database.");
+    }
+
+    #[test]
+    fn labelled_memory_ranks_by_its_turn() {
+        let system = Message::new(
+            Role::System,
+            "Memory:\n[memory 7 · turn 30 · user] The gateway port is 9443.\n\
+             [memory 2 · turn 3 · user] The gateway port is 8443.",
+        );
+        // The turn-30 block comes first in the window but is later in time.
+        assert_eq!(
+            answer(&[system.clone(), user("What is the gateway port?")]),
+            "The gateway port is 9443."
+        );
+        // Unlabelled recent turns rank after every labelled one.
+        let recent = Message::new(Role::Assistant, "Update: the gateway port is 7443.");
+        assert_eq!(
+            answer(&[system, recent, user("What is the gateway port?")]),
+            "The gateway port is 7443."
+        );
+    }
+
+    #[test]
+    fn questions_are_not_assertions() {
+        let got = ask(&["Is the gateway port 8443?"], "What is the gateway port?");
+        assert_eq!(got, "I don't know the gateway port.");
+    }
+
+    #[test]
+    fn unicode_and_garbage_do_not_panic() {
+        let odd = [
+            "Der Straßenname ist Müllerstraße. 東京の港は 8443 です。 🚀 = 🌕",
+            "[memory 1 · turn x · user] [memory",
+            "] : = is ? . ; , ( ) 'is' ’s",
+            "café: crème brûlée; naïve = true",
+        ];
+        for text in odd {
+            let _ = assertions(&[user(text)]);
+            let _ = ask(&[text], "Wie heißt 🚀? café?");
+        }
+        assert_eq!(
+            ask(&["café: crème brûlée"], "Which café?"),
+            "The café is crème brûlée."
+        );
+        assert_eq!(
+            ask(&["東京ポート = 8443"], "東京ポート?"),
+            "The 東京ポート is 8443."
+        );
+        // Symbols alone are no subject.
+        assert_eq!(ask(&["🚀 = 🌕"], "🚀?"), "I don't know.");
+    }
+
+    #[test]
+    fn streams_word_by_word_and_honours_max_tokens() {
+        let backend = ReaderBackend::new(&BackendOptions::default());
+        let req = ChatRequest {
+            messages: vec![user("The gateway port is 8443. What is the gateway port?")],
+            num_ctx: 4096,
+            max_tokens: 100,
+            temperature: None,
+        };
+        let mut pieces = Vec::new();
+        let r = backend
+            .chat(&req, &mut |t| pieces.push(t.to_string()))
+            .expect("chat");
+        assert_eq!(pieces, vec!["The ", "gateway ", "port ", "is ", "8443."]);
+        assert_eq!(r.text, "The gateway port is 8443.");
+        assert_eq!(
+            r.prompt_tokens,
+            Some(approx_tokens(&req.messages[0].content))
+        );
+        assert_eq!(r.done_reason.as_deref(), Some("stop"));
+        let short = ChatRequest {
+            max_tokens: 2,
+            ..req
+        };
+        let r = backend.chat(&short, &mut |_| {}).expect("chat");
+        assert_eq!(r.text, "The ");
+        assert_eq!(r.done_reason.as_deref(), Some("length"));
+    }
+}
