@@ -5,10 +5,41 @@
 //! - `append` returns only after the batch is durable (survives kill -9).
 //! - ids are assigned in write order, strictly increasing, never reused.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, RwLock};
+
+use half::f16;
 
 use crate::slice::{NewSlice, Slice, SliceMeta};
-use crate::Result;
+use crate::witness::{self, WitnessParams};
+use crate::{Error, Result};
+
+pub mod format;
+mod lock;
+mod state;
+pub mod storage;
+
+use format::{Header, HeaderError, Rec, SliceRec, RECORD_HEADER};
+use lock::WriterLock;
+use state::State;
+use storage::{Dir, FileDir, Storage};
+
+pub use lock::LOCK_FILE;
+
+/// The log of record, inside the pool directory.
+pub const LOG_FILE: &str = "pool.log";
+/// A compacted log being written; renamed over [`LOG_FILE`] when complete.
+const COMPACT_FILE: &str = "pool.log.compact";
+/// A new pool's first log being written.
+const NEW_FILE: &str = "pool.log.new";
+/// Budget given to a new pool when none is asked for.
+pub const DEFAULT_BUDGET: u64 = 5 << 30;
+/// zstd level for slice text.
+const ZSTD_LEVEL: i32 = 3;
+/// Bytes read per step while replaying the log.
+const READ_CHUNK: usize = 8 << 20;
+/// Dead bytes below this never trigger a compaction on their own.
+const MIN_DEAD_TO_COMPACT: u64 = 8 << 20;
 
 /// How to open a pool.
 #[derive(Clone, Debug)]
@@ -61,50 +92,848 @@ pub struct PoolStats {
     pub namespaces: u64,
 }
 
-pub struct Pool {}
+/// The writer's side: serialises every mutation.
+struct Writer {
+    /// Set when a sync failed: what is on disk is unknown until reopened.
+    poisoned: Option<String>,
+}
+
+/// The context pool. See the module docs for the contract.
+pub struct Pool {
+    path: PathBuf,
+    dir: Arc<dyn Dir>,
+    read_only: bool,
+    fingerprint: String,
+    params: WitnessParams,
+    writer: Mutex<Writer>,
+    state: RwLock<State>,
+    cut_bytes: u64,
+    maintenance_error: Mutex<Option<String>>,
+    _lock: Option<WriterLock>,
+}
+
+impl std::fmt::Debug for Pool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pool")
+            .field("path", &self.path)
+            .field("read_only", &self.read_only)
+            .finish_non_exhaustive()
+    }
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
 
 impl Pool {
-    pub fn open(_dir: &Path, _opts: PoolOptions) -> Result<Pool> {
-        todo!()
+    /// Open (or create) the pool in directory `dir`. A writer takes the
+    /// directory's lock; a second writer gets [`Error::Locked`].
+    pub fn open(dir: &Path, opts: PoolOptions) -> Result<Pool> {
+        if !dir.join(LOG_FILE).exists() {
+            if !opts.create || opts.read_only {
+                return Err(no_pool(dir));
+            }
+            std::fs::create_dir_all(dir).map_err(|e| {
+                Error::io(
+                    format!("cannot create the pool directory {}", dir.display()),
+                    e,
+                )
+            })?;
+        }
+        let lock = if opts.read_only {
+            None
+        } else {
+            Some(WriterLock::acquire(dir)?)
+        };
+        Pool::open_inner(Arc::new(FileDir::new(dir)), dir, opts, lock)
     }
-    pub fn append(&self, _batch: &[(NewSlice, Vec<f32>)]) -> Result<Vec<u64>> {
-        todo!()
+
+    /// Open a pool on any [`Dir`] (in memory, fault-injecting). Takes no OS
+    /// lock: the caller guarantees a single writer. `path` only names the
+    /// pool in messages.
+    pub fn open_with(dir: Arc<dyn Dir>, path: &Path, opts: PoolOptions) -> Result<Pool> {
+        Pool::open_inner(dir, path, opts, None)
     }
-    pub fn search(&self, _query: &[f32], _k: usize, _scope: Scope<'_>) -> Result<Vec<Hit>> {
-        todo!()
+
+    fn open_inner(
+        dir: Arc<dyn Dir>,
+        path: &Path,
+        opts: PoolOptions,
+        lock: Option<WriterLock>,
+    ) -> Result<Pool> {
+        let io = |what: &str, e| Error::io(format!("{what} in the pool at {}", path.display()), e);
+        if !opts.read_only {
+            dir.remove(COMPACT_FILE)
+                .map_err(|e| io("cannot remove a stale compaction file", e))?;
+            dir.remove(NEW_FILE)
+                .map_err(|e| io("cannot remove a stale new log", e))?;
+        }
+        if !dir.exists(LOG_FILE) {
+            if !opts.create || opts.read_only {
+                return Err(no_pool(path));
+            }
+            if opts.dim == 0 || opts.dim > u32::MAX as usize {
+                return Err(Error::invalid(format!(
+                    "cannot create a pool for vectors of dimension {}; the encoder must report its dimension",
+                    opts.dim
+                )));
+            }
+            let header = Header {
+                version: format::VERSION,
+                dim: opts.dim as u32,
+                generation: 1,
+                created_ms: now_ms(),
+                fingerprint: opts.encoder_fingerprint.clone(),
+            };
+            let mut b = header.encode();
+            format::encode(
+                &Rec::Budget(opts.budget_bytes.unwrap_or(DEFAULT_BUDGET)),
+                &mut b,
+            );
+            let f = dir
+                .open(NEW_FILE, true)
+                .map_err(|e| io("cannot create the log", e))?;
+            f.write_at(0, &b)
+                .and_then(|_| f.sync())
+                .map_err(|e| io("cannot write the new log", e))?;
+            dir.rename(NEW_FILE, LOG_FILE)
+                .map_err(|e| io("cannot install the new log", e))?;
+        }
+        let log = dir
+            .open(LOG_FILE, false)
+            .map_err(|e| io("cannot open the log", e))?;
+        let (state, header, cut) = load(log, path, !opts.read_only)?;
+        if header.fingerprint != opts.encoder_fingerprint {
+            return Err(Error::EncoderMismatch {
+                pool: header.fingerprint,
+                current: opts.encoder_fingerprint,
+            });
+        }
+        if header.dim as usize != opts.dim {
+            return Err(Error::DimMismatch {
+                expected: header.dim as usize,
+                got: opts.dim,
+            });
+        }
+        let pool = Pool {
+            path: path.to_path_buf(),
+            dir,
+            read_only: opts.read_only,
+            fingerprint: header.fingerprint,
+            params: WitnessParams::default(),
+            writer: Mutex::new(Writer { poisoned: None }),
+            state: RwLock::new(state),
+            cut_bytes: cut,
+            maintenance_error: Mutex::new(None),
+            _lock: lock,
+        };
+        if let Some(b) = opts.budget_bytes {
+            if !opts.read_only && b != pool.read().budget {
+                pool.set_budget(b)?;
+            }
+        }
+        Ok(pool)
     }
-    pub fn get(&self, _id: u64) -> Result<Option<Slice>> {
-        todo!()
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, State> {
+        self.state.read().unwrap_or_else(|p| p.into_inner())
     }
-    pub fn meta(&self, _id: u64) -> Option<SliceMeta> {
-        todo!()
+
+    fn write_state(&self) -> std::sync::RwLockWriteGuard<'_, State> {
+        self.state.write().unwrap_or_else(|p| p.into_inner())
     }
+
+    fn lock_writer(&self) -> Result<std::sync::MutexGuard<'_, Writer>> {
+        if self.read_only {
+            return Err(Error::ReadOnly(format!(
+                "the pool at {} was opened read-only; open it without --read-only to write",
+                self.path.display()
+            )));
+        }
+        let w = self.writer.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(why) = &w.poisoned {
+            return Err(Error::io(
+                format!(
+                    "the pool at {} stopped accepting writes after a failed sync ({why}); reopen it",
+                    self.path.display()
+                ),
+                std::io::Error::other("writes refused until the pool is reopened"),
+            ));
+        }
+        Ok(w)
+    }
+
+    /// Write `recs` at the end of the log, sync, and apply them. On failure
+    /// the log is cut back to where it was.
+    fn commit(&self, w: &mut Writer, recs: &[Rec], what: &str) -> Result<()> {
+        let (log, end) = {
+            let s = self.read();
+            (s.log.clone(), s.end)
+        };
+        let mut buf = Vec::new();
+        let mut spans = Vec::with_capacity(recs.len());
+        for r in recs {
+            let at = buf.len();
+            let n = format::encode(r, &mut buf);
+            spans.push((end + at as u64, n));
+        }
+        if let Err(e) = log.write_at(end, &buf) {
+            if let Err(t) = log.truncate(end) {
+                w.poisoned = Some(format!("cutting a failed write back failed: {t}"));
+            }
+            return Err(self.write_error(what, e));
+        }
+        if let Err(e) = log.sync() {
+            w.poisoned = Some(e.to_string());
+            return Err(self.write_error(what, e));
+        }
+        let mut s = self.write_state();
+        for (r, (at, n)) in recs.iter().zip(spans) {
+            s.apply(r, at, n);
+        }
+        Ok(())
+    }
+
+    fn write_error(&self, what: &str, e: std::io::Error) -> Error {
+        let fix = if e.raw_os_error() == Some(libc::ENOSPC) {
+            "the disk is full: free space, or lower the pool's budget"
+        } else {
+            "check the disk; nothing written before this was lost"
+        };
+        Error::io(
+            format!(
+                "cannot {what} in the pool at {} — {fix}",
+                self.path.display()
+            ),
+            e,
+        )
+    }
+
+    /// Append slices durably; returns their ids, in order, once synced.
+    pub fn append(&self, batch: &[(NewSlice, Vec<f32>)]) -> Result<Vec<u64>> {
+        if batch.is_empty() {
+            return Ok(Vec::new());
+        }
+        let dim = self.read().dim;
+        for (s, v) in batch {
+            if v.len() != dim {
+                return Err(Error::DimMismatch {
+                    expected: dim,
+                    got: v.len(),
+                });
+            }
+            if s.namespace.len() > u16::MAX as usize {
+                return Err(Error::invalid(
+                    "a namespace longer than 65,535 bytes; use a shorter name",
+                ));
+            }
+            if s.ext_id
+                .as_ref()
+                .is_some_and(|x| x.len() > u16::MAX as usize)
+            {
+                return Err(Error::invalid(
+                    "an id longer than 65,535 bytes; use a shorter id",
+                ));
+            }
+            if s.text.len() > u32::MAX as usize / 2 {
+                return Err(Error::invalid(
+                    "a slice text over 2 GB; cut it into smaller slices",
+                ));
+            }
+        }
+        let mut w = self.lock_writer()?;
+        let first = self.read().next_id;
+        let time_ms = now_ms();
+        let mut recs = Vec::with_capacity(batch.len());
+        for (i, (s, v)) in batch.iter().enumerate() {
+            let id = first + i as u64;
+            let text_z = zstd::bulk::compress(s.text.as_bytes(), ZSTD_LEVEL)
+                .map_err(|e| Error::io("cannot compress slice text", e))?;
+            let salience = if s.salience.is_finite() {
+                s.salience.clamp(0.0, 1.0)
+            } else {
+                0.0
+            };
+            recs.push(Rec::Slice(SliceRec {
+                id,
+                time_ms,
+                turn: s.turn,
+                last_used_seq: id,
+                tokens: s.tokens,
+                salience,
+                uses: 0,
+                source: s.source.as_u8(),
+                pinned: false,
+                namespace: s.namespace.clone(),
+                ext_id: s.ext_id.clone(),
+                text_len: s.text.len() as u32,
+                text_z,
+                vector: v
+                    .iter()
+                    .map(|x| f16::from_f32(if x.is_finite() { *x } else { 0.0 }))
+                    .collect(),
+            }));
+        }
+        self.commit(&mut w, &recs, &format!("append {} slices", batch.len()))?;
+        self.maintain(&mut w);
+        Ok((first..first + batch.len() as u64).collect())
+    }
+
+    /// Top-`k` slices by cosine similarity (vectors are unit length) in `scope`.
+    pub fn search(&self, query: &[f32], k: usize, scope: Scope<'_>) -> Result<Vec<Hit>> {
+        self.auto_refresh()?;
+        let s = self.read();
+        if query.len() != s.dim {
+            return Err(Error::DimMismatch {
+                expected: s.dim,
+                got: query.len(),
+            });
+        }
+        let ns = match scope {
+            Scope::All => None,
+            Scope::Namespace(n) => Some(n),
+        };
+        Ok(s.search(query, k, ns)
+            .into_iter()
+            .filter_map(|(score, id)| s.meta(id).map(|meta| Hit { score, meta }))
+            .collect())
+    }
+
+    /// A live slice with its text; `None` when absent or evicted.
+    pub fn get(&self, id: u64) -> Result<Option<Slice>> {
+        self.auto_refresh()?;
+        let (log, offset, bytes, meta, dim) = {
+            let s = self.read();
+            let Some(e) = s.entries.get(&id) else {
+                return Ok(None);
+            };
+            (
+                s.log.clone(),
+                e.offset,
+                e.bytes as usize,
+                s.to_meta(id, e),
+                s.dim,
+            )
+        };
+        let mut buf = vec![0u8; bytes];
+        log.read_at(offset, &mut buf).map_err(|e| {
+            Error::io(
+                format!(
+                    "cannot read slice {id} from the pool at {}",
+                    self.path.display()
+                ),
+                e,
+            )
+        })?;
+        let rec = if format::check(&buf) {
+            format::decode_slice(&buf[RECORD_HEADER..], dim)
+        } else {
+            None
+        };
+        let Some(rec) = rec.filter(|r| r.id == id) else {
+            return Err(self.corrupt(format!("slice {id} at offset {offset} fails its checksum")));
+        };
+        let text = zstd::bulk::decompress(&rec.text_z, rec.text_len as usize)
+            .ok()
+            .and_then(|b| String::from_utf8(b).ok())
+            .ok_or_else(|| self.corrupt(format!("slice {id} holds undecodable text")))?;
+        Ok(Some(Slice { meta, text }))
+    }
+
+    fn corrupt(&self, detail: String) -> Error {
+        Error::Corrupt {
+            path: self.path.clone(),
+            detail,
+        }
+    }
+
+    pub fn meta(&self, id: u64) -> Option<SliceMeta> {
+        let _ = self.auto_refresh();
+        self.read().meta(id)
+    }
+
     /// Metadata of every live slice in scope, in id order.
-    pub fn metas(&self, _scope: Scope<'_>) -> Vec<SliceMeta> {
-        todo!()
+    pub fn metas(&self, scope: Scope<'_>) -> Vec<SliceMeta> {
+        let _ = self.auto_refresh();
+        let s = self.read();
+        match scope {
+            Scope::All => s.metas(None),
+            Scope::Namespace(n) => s.metas(Some(n)),
+        }
     }
-    pub fn record(&self, _events: &[WitnessEvent]) -> Result<()> {
-        todo!()
+
+    /// Log what the witness learned; unknown ids are ignored.
+    pub fn record(&self, events: &[WitnessEvent]) -> Result<()> {
+        if events.is_empty() {
+            return Ok(());
+        }
+        let mut w = self.lock_writer()?;
+        let recs = {
+            let s = self.read();
+            let seq = s.next_id.saturating_sub(1);
+            let ev: Vec<format::WitnessRec> = events
+                .iter()
+                .map(|e| match *e {
+                    WitnessEvent::Used(id) => (0, id, seq),
+                    WitnessEvent::Recalled(id) => (1, id, seq),
+                    WitnessEvent::Pin(id) => (2, id, seq),
+                    WitnessEvent::Unpin(id) => (3, id, seq),
+                })
+                .filter(|(_, id, _)| s.entries.contains_key(id))
+                .collect();
+            if ev.is_empty() {
+                return Ok(());
+            }
+            vec![Rec::Witness(ev)]
+        };
+        self.commit(&mut w, &recs, "record witness events")?;
+        self.maintain(&mut w);
+        Ok(())
     }
-    pub fn delete_namespace(&self, _ns: &str) -> Result<u64> {
-        todo!()
+
+    /// Delete every slice of namespace `ns`; returns how many.
+    pub fn delete_namespace(&self, ns: &str) -> Result<u64> {
+        let mut w = self.lock_writer()?;
+        let (n, upto) = {
+            let s = self.read();
+            (s.live_in(ns), s.next_id)
+        };
+        if n == 0 {
+            return Ok(0);
+        }
+        let rec = Rec::DeleteNs {
+            namespace: ns.to_string(),
+            upto,
+        };
+        self.commit(&mut w, &[rec], &format!("delete namespace {ns:?}"))?;
+        self.maintain(&mut w);
+        Ok(n)
     }
+
+    /// Delete every slice; returns how many.
     pub fn clear(&self) -> Result<u64> {
-        todo!()
+        let mut w = self.lock_writer()?;
+        let (n, upto) = {
+            let s = self.read();
+            (s.entries.len() as u64, s.next_id)
+        };
+        if n == 0 {
+            return Ok(0);
+        }
+        self.commit(&mut w, &[Rec::Clear { upto }], "clear")?;
+        self.maintain(&mut w);
+        Ok(n)
     }
+
+    /// Live namespaces with their slice counts, by name.
     pub fn namespaces(&self) -> Vec<(String, u64)> {
-        todo!()
+        let _ = self.auto_refresh();
+        self.read().namespaces()
     }
+
     pub fn stats(&self) -> PoolStats {
-        todo!()
+        let _ = self.auto_refresh();
+        let s = self.read();
+        PoolStats {
+            slices: s.entries.len() as u64,
+            tokens: s.tokens,
+            bytes_on_disk: s.end,
+            budget_bytes: s.budget,
+            namespaces: s.live_namespaces(),
+        }
     }
-    pub fn set_budget(&self, _bytes: u64) -> Result<()> {
-        todo!()
+
+    /// Change the byte budget; evicts at once when the pool is over it.
+    pub fn set_budget(&self, bytes: u64) -> Result<()> {
+        let mut w = self.lock_writer()?;
+        self.commit(&mut w, &[Rec::Budget(bytes)], "set the budget")?;
+        self.maintain(&mut w);
+        Ok(())
     }
+
     pub fn encoder_fingerprint(&self) -> String {
-        todo!()
+        self.fingerprint.clone()
     }
+
     pub fn dir(&self) -> &Path {
-        todo!()
+        &self.path
     }
+
+    /// Vector dimension of the pool.
+    pub fn dim(&self) -> usize {
+        self.read().dim
+    }
+
+    /// Whether this handle was opened read-only.
+    pub fn is_read_only(&self) -> bool {
+        self.read_only
+    }
+
+    /// Bytes of a torn tail cut (or, read-only, ignored) when this pool was opened.
+    pub fn cut_on_open(&self) -> u64 {
+        self.cut_bytes
+    }
+
+    /// The last failure of background maintenance (eviction or compaction)
+    /// after a write that itself succeeded; `None` when all went well.
+    pub fn maintenance_error(&self) -> Option<String> {
+        self.maintenance_error
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Bytes in the log that belong to no live slice (tombstones, evicted
+    /// and deleted slices, witness events) and a compaction would reclaim.
+    pub fn dead_bytes(&self) -> u64 {
+        let s = self.read();
+        s.end.saturating_sub(s.header_len + s.live_bytes)
+    }
+
+    /// Read-only handles: pick up what the writer appended (or a compacted
+    /// log) since the last look. Returns whether anything changed.
+    pub fn refresh(&self) -> Result<bool> {
+        if !self.read_only {
+            return Ok(false);
+        }
+        let ident = self.dir.identity(LOG_FILE).map_err(|e| {
+            Error::io(
+                format!("cannot read the pool at {}", self.path.display()),
+                e,
+            )
+        })?;
+        let (same, log, end) = {
+            let s = self.read();
+            (s.identity == ident, s.log.clone(), s.end)
+        };
+        if !same {
+            let log = self.dir.open(LOG_FILE, false).map_err(|e| {
+                Error::io(
+                    format!("cannot open the log of the pool at {}", self.path.display()),
+                    e,
+                )
+            })?;
+            let (state, _, _) = load(log, &self.path, false)?;
+            *self.write_state() = state;
+            return Ok(true);
+        }
+        let len = log
+            .len()
+            .map_err(|e| Error::io("cannot read the pool log", e))?;
+        if len <= end {
+            return Ok(false);
+        }
+        let mut s = self.write_state();
+        let dim = s.dim;
+        let start = s.end;
+        let mut changed = false;
+        replay(&*log, start, len, dim, &self.path, |rec, at, n| {
+            s.apply(&rec, at, n);
+            changed = true;
+        })?;
+        Ok(changed)
+    }
+
+    fn auto_refresh(&self) -> Result<()> {
+        if self.read_only {
+            self.refresh()?;
+        }
+        Ok(())
+    }
+
+    /// After a write: evict when over budget, compact when dead bytes
+    /// dominate. Failures are kept for [`Pool::maintenance_error`]; the
+    /// write they follow is already durable.
+    fn maintain(&self, w: &mut Writer) {
+        let result = self.govern(w);
+        let mut m = self
+            .maintenance_error
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        *m = result.err().map(|e| e.to_string());
+    }
+
+    fn govern(&self, w: &mut Writer) -> Result<()> {
+        let (end, budget, live, header) = {
+            let s = self.read();
+            (s.end, s.budget, s.live_bytes, s.header_len)
+        };
+        if end > budget {
+            // Evict down to a low-water mark, so that the next compaction
+            // is a growth unit away rather than one slice away.
+            let target = budget - budget / 10;
+            let (metas, now) = {
+                let s = self.read();
+                (s.metas(None), s.next_id.saturating_sub(1))
+            };
+            let overhead = header + 64;
+            let v = witness::victims(
+                &metas,
+                live + overhead,
+                target.max(overhead),
+                now,
+                &self.params,
+            );
+            if !v.is_empty() {
+                self.commit(w, &[Rec::Evict(v)], "evict slices over the budget")?;
+            }
+            return self.compact_locked(w);
+        }
+        let dead = end.saturating_sub(header + live);
+        if dead > MIN_DEAD_TO_COMPACT && dead > live {
+            return self.compact_locked(w);
+        }
+        Ok(())
+    }
+
+    /// Rewrite the log with only live slices and switch to it atomically.
+    pub fn compact(&self) -> Result<()> {
+        let mut w = self.lock_writer()?;
+        self.compact_locked(&mut w)
+    }
+
+    fn compact_locked(&self, _w: &mut Writer) -> Result<()> {
+        let io = |what: &str, e| {
+            Error::io(
+                format!(
+                    "cannot {what} while compacting the pool at {}",
+                    self.path.display()
+                ),
+                e,
+            )
+        };
+        // Readers keep searching the old state while the new log is written;
+        // every mutation waits on the writer lock we hold.
+        let (old, dim, generation, next_id, budget, items) = {
+            let s = self.read();
+            let items: Vec<(u64, u64, u32, u32, u64, bool)> = s
+                .entries
+                .iter()
+                .map(|(&id, e)| (id, e.offset, e.bytes, e.uses, e.last_used_seq, e.pinned))
+                .collect();
+            (
+                s.log.clone(),
+                s.dim,
+                s.generation,
+                s.next_id,
+                s.budget,
+                items,
+            )
+        };
+        let fp = self.fingerprint.clone();
+        self.dir
+            .remove(COMPACT_FILE)
+            .map_err(|e| io("remove a stale file", e))?;
+        let new = self
+            .dir
+            .open(COMPACT_FILE, true)
+            .map_err(|e| io("create the new log", e))?;
+        let header = Header {
+            version: format::VERSION,
+            dim: dim as u32,
+            generation: generation + 1,
+            created_ms: now_ms(),
+            fingerprint: fp,
+        };
+        let mut buf = header.encode();
+        let header_len = buf.len() as u64;
+        format::encode(&Rec::Budget(budget), &mut buf);
+        format::encode(&Rec::NextId(next_id), &mut buf);
+        let mut written = 0u64;
+        let mut offsets = Vec::with_capacity(items.len());
+        let mut rec = Vec::new();
+        for &(id, offset, bytes, uses, last_used_seq, pinned) in &items {
+            rec.resize(bytes as usize, 0);
+            old.read_at(offset, &mut rec)
+                .map_err(|e| io("read a slice", e))?;
+            let parsed = if format::check(&rec) {
+                format::decode_slice(&rec[RECORD_HEADER..], dim)
+            } else {
+                None
+            };
+            let Some(mut s) = parsed.filter(|s| s.id == id) else {
+                return Err(
+                    self.corrupt(format!("slice {id} at offset {offset} fails its checksum"))
+                );
+            };
+            s.uses = uses;
+            s.last_used_seq = last_used_seq;
+            s.pinned = pinned;
+            offsets.push(written + buf.len() as u64);
+            format::encode(&Rec::Slice(s), &mut buf);
+            if buf.len() >= READ_CHUNK {
+                new.write_at(written, &buf)
+                    .map_err(|e| io("write the new log", e))?;
+                written += buf.len() as u64;
+                buf.clear();
+            }
+        }
+        new.write_at(written, &buf)
+            .map_err(|e| io("write the new log", e))?;
+        written += buf.len() as u64;
+        new.sync().map_err(|e| io("sync the new log", e))?;
+        self.dir
+            .rename(COMPACT_FILE, LOG_FILE)
+            .map_err(|e| io("install the new log", e))?;
+        let mut s = self.write_state();
+        for (&(id, ..), off) in items.iter().zip(offsets) {
+            if let Some(e) = s.entries.get_mut(&id) {
+                e.offset = off;
+            }
+        }
+        s.identity = new.identity();
+        s.log = new;
+        s.generation = generation + 1;
+        s.header_len = header_len;
+        s.end = written;
+        s.rebuild_rows();
+        Ok(())
+    }
+}
+
+fn no_pool(path: &Path) -> Error {
+    Error::io(
+        format!(
+            "no pool at {} — create one with `uctx init --pool {}`",
+            path.display(),
+            path.display()
+        ),
+        std::io::Error::new(std::io::ErrorKind::NotFound, "pool log not found"),
+    )
+}
+
+/// Read the header and replay the log into a fresh state. A writer cuts a
+/// torn tail; a reader ignores it. Returns the state, the header and the
+/// bytes cut.
+fn load(log: Arc<dyn Storage>, path: &Path, writer: bool) -> Result<(State, Header, u64)> {
+    let io = |e| Error::io(format!("cannot read the pool at {}", path.display()), e);
+    let corrupt = |detail: &str| Error::Corrupt {
+        path: path.to_path_buf(),
+        detail: detail.to_string(),
+    };
+    let len = log.len().map_err(io)?;
+    let mut first = [0u8; 16];
+    if len < 16 {
+        return Err(corrupt("the log is shorter than its header"));
+    }
+    log.read_at(0, &mut first).map_err(io)?;
+    let header_len = match Header::peek_len(&first) {
+        Ok((_, n)) => n,
+        Err(e) => return Err(header_error(e, path)),
+    };
+    if (len as usize) < header_len {
+        return Err(corrupt("the log is shorter than its header"));
+    }
+    let mut hb = vec![0u8; header_len];
+    log.read_at(0, &mut hb).map_err(io)?;
+    let header = Header::decode(&hb).map_err(|e| header_error(e, path))?;
+    let mut state = State::new(
+        header.dim as usize,
+        log.clone(),
+        header.generation,
+        header_len as u64,
+    );
+    let dim = header.dim as usize;
+    let end = replay(&*log, header_len as u64, len, dim, path, |rec, at, n| {
+        state.apply(&rec, at, n)
+    })?;
+    state.end = end;
+    let cut = len - end;
+    if cut > 0 && writer {
+        log.truncate(end).and_then(|_| log.sync()).map_err(|e| {
+            Error::io(
+                format!("cannot cut the torn tail of the pool at {}", path.display()),
+                e,
+            )
+        })?;
+    }
+    Ok((state, header, cut))
+}
+
+fn header_error(e: HeaderError, path: &Path) -> Error {
+    match e {
+        HeaderError::BadMagic => Error::Corrupt {
+            path: path.to_path_buf(),
+            detail: format!("{LOG_FILE} is not a uctx pool log"),
+        },
+        HeaderError::Version(v) => Error::Version {
+            path: path.to_path_buf(),
+            found: v,
+            supported: format::VERSION,
+            fix: if v > format::VERSION {
+                "it was written by a newer uctx: upgrade uctx to open it".into()
+            } else {
+                "this format is no longer read: re-ingest the sources into a new pool".into()
+            },
+        },
+        HeaderError::Damaged(d) => Error::Corrupt {
+            path: path.to_path_buf(),
+            detail: d.into(),
+        },
+    }
+}
+
+/// Feed every complete, checksummed record in `[start, len)` to `f`;
+/// returns the end of the last one. A record that is short or fails its
+/// checksum ends the replay (a torn tail). A record whose checksum holds
+/// but whose fields do not parse is corruption, not a tail: an error.
+fn replay(
+    log: &dyn Storage,
+    start: u64,
+    len: u64,
+    dim: usize,
+    path: &Path,
+    mut f: impl FnMut(Rec, u64, usize),
+) -> Result<u64> {
+    let io = |e| Error::io(format!("cannot read the pool at {}", path.display()), e);
+    let mut buf: Vec<u8> = Vec::new();
+    let mut buf_at = start;
+    let mut pos = start;
+    // Make sure buf holds [pos, pos + need); false when the file ends first.
+    let ensure = |buf: &mut Vec<u8>, buf_at: &mut u64, pos: u64, need: usize| -> Result<bool> {
+        if pos + need as u64 > len {
+            return Ok(false);
+        }
+        if pos >= *buf_at && pos + need as u64 <= *buf_at + buf.len() as u64 {
+            return Ok(true);
+        }
+        let n = (need.max(READ_CHUNK) as u64).min(len - pos) as usize;
+        buf.resize(n, 0);
+        log.read_at(pos, buf).map_err(io)?;
+        *buf_at = pos;
+        Ok(true)
+    };
+    loop {
+        if !ensure(&mut buf, &mut buf_at, pos, RECORD_HEADER)? {
+            break;
+        }
+        let o = (pos - buf_at) as usize;
+        let (plen, _, ty) = format::frame(&buf[o..]);
+        if plen > format::MAX_PAYLOAD {
+            break;
+        }
+        let total = RECORD_HEADER + plen;
+        if !ensure(&mut buf, &mut buf_at, pos, total)? {
+            break;
+        }
+        let o = (pos - buf_at) as usize;
+        let rec = &buf[o..o + total];
+        if !format::check(rec) {
+            break;
+        }
+        let Some(parsed) = format::decode(ty, &rec[RECORD_HEADER..], dim) else {
+            return Err(Error::Corrupt {
+                path: path.to_path_buf(),
+                detail: format!(
+                    "record of type {ty} at offset {pos} has a valid checksum but cannot be read; a newer uctx may have written it"
+                ),
+            });
+        };
+        f(parsed, pos, total);
+        pos += total as u64;
+    }
+    Ok(pos)
 }

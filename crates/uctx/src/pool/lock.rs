@@ -1,0 +1,107 @@
+//! One writer per pool directory: an OS file lock on `LOCK`, which also
+//! records who holds it.
+
+use std::fs::{File, OpenOptions, TryLockError};
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::path::Path;
+
+use crate::{Error, Result};
+
+pub const LOCK_FILE: &str = "LOCK";
+
+/// Held for as long as the writer lives; the OS releases it when the process dies.
+pub struct WriterLock {
+    _file: File,
+}
+
+impl WriterLock {
+    pub fn acquire(dir: &Path) -> Result<WriterLock> {
+        let path = dir.join(LOCK_FILE);
+        let mut file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .map_err(|e| Error::io(format!("cannot open the lock file {}", path.display()), e))?;
+        match file.try_lock() {
+            Ok(()) => {}
+            Err(TryLockError::WouldBlock) => {
+                let mut holder = String::new();
+                let _ = file.read_to_string(&mut holder);
+                let holder = holder.trim();
+                return Err(Error::Locked {
+                    path: dir.to_path_buf(),
+                    holder: if holder.is_empty() {
+                        "another writer (it has not recorded itself yet)".into()
+                    } else {
+                        holder.to_string()
+                    },
+                });
+            }
+            Err(TryLockError::Error(e)) => {
+                return Err(Error::io(format!("cannot lock {}", path.display()), e))
+            }
+        }
+        let me = holder_description();
+        let write = file
+            .set_len(0)
+            .and_then(|_| file.seek(SeekFrom::Start(0)))
+            .and_then(|_| file.write_all(me.as_bytes()))
+            .and_then(|_| file.sync_data());
+        write
+            .map_err(|e| Error::io(format!("cannot record the writer in {}", path.display()), e))?;
+        Ok(WriterLock { _file: file })
+    }
+}
+
+/// "pid 123 on host, command: uctx chat".
+pub fn holder_description() -> String {
+    let cmd: Vec<String> = std::env::args().collect();
+    let mut cmd = cmd.join(" ");
+    if cmd.len() > 300 {
+        let mut cut = 300;
+        while !cmd.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        cmd.truncate(cut);
+        cmd.push('…');
+    }
+    format!(
+        "pid {} on host {}, command: {}",
+        std::process::id(),
+        hostname(),
+        cmd
+    )
+}
+
+fn hostname() -> String {
+    for p in ["/proc/sys/kernel/hostname", "/etc/hostname"] {
+        if let Ok(s) = std::fs::read_to_string(p) {
+            let s = s.trim();
+            if !s.is_empty() {
+                return s.to_string();
+            }
+        }
+    }
+    std::env::var("HOSTNAME").unwrap_or_else(|_| "unknown".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn second_lock_in_process_is_refused_and_names_holder() {
+        let tmp = tempfile::tempdir().unwrap();
+        let first = WriterLock::acquire(tmp.path()).unwrap();
+        let err = WriterLock::acquire(tmp.path()).err().unwrap();
+        let msg = err.to_string();
+        assert!(
+            msg.contains(&format!("pid {}", std::process::id())),
+            "{msg}"
+        );
+        drop(first);
+        WriterLock::acquire(tmp.path()).unwrap();
+    }
+}

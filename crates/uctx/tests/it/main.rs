@@ -1,0 +1,6 @@
+//! Integration tests of the engine, one binary (see each module).
+
+mod backend;
+mod fake_server;
+mod pool;
+mod session;

@@ -1,0 +1,670 @@
+//! The pool: durability, isolation, locking, recovery, budget.
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use uctx::pool::storage::{Dir, Fault, FaultyDir, MemDir};
+use uctx::pool::{Pool, PoolOptions, Scope, WitnessEvent, LOG_FILE};
+use uctx::{Error, NewSlice, Source};
+
+const DIM: usize = 16;
+const FP: &str = "test-encoder:v1";
+
+fn opts() -> PoolOptions {
+    PoolOptions {
+        create: true,
+        read_only: false,
+        budget_bytes: None,
+        encoder_fingerprint: FP.into(),
+        dim: DIM,
+    }
+}
+
+fn ro() -> PoolOptions {
+    PoolOptions {
+        create: false,
+        read_only: true,
+        ..opts()
+    }
+}
+
+/// A deterministic pseudo-random unit vector.
+fn unit(seed: u64) -> Vec<f32> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ 0xD1B5_4A32_D192_ED03;
+    let mut v: Vec<f32> = (0..DIM)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x % 2001) as f32 / 1000.0 - 1.0
+        })
+        .collect();
+    let n = v.iter().map(|a| a * a).sum::<f32>().sqrt().max(1e-6);
+    v.iter_mut().for_each(|a| *a /= n);
+    v
+}
+
+fn text_of(n: u64) -> String {
+    format!(
+        "slice number {n}: the port is {} and the name is café-{n} 漢字 🚀",
+        1000 + n
+    )
+}
+
+fn slice(ns: &str, n: u64) -> (NewSlice, Vec<f32>) {
+    (
+        NewSlice {
+            namespace: ns.into(),
+            source: Source::User,
+            text: text_of(n),
+            tokens: 12,
+            turn: n,
+            ext_id: Some(format!("ext-{n}")),
+            salience: 0.5,
+        },
+        unit(n),
+    )
+}
+
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    a.iter().zip(b).map(|(x, y)| x * y).sum()
+}
+
+#[test]
+fn append_get_search_round_trip_and_reopen() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("pool");
+    let ids;
+    {
+        let pool = Pool::open(&dir, opts()).unwrap();
+        ids = pool
+            .append(&[slice("a", 1), slice("a", 2), slice("b", 3)])
+            .unwrap();
+        assert_eq!(ids.len(), 3);
+        assert!(ids.windows(2).all(|w| w[0] < w[1]));
+        let s = pool.get(ids[1]).unwrap().unwrap();
+        assert_eq!(s.text, text_of(2));
+        assert_eq!(s.meta.namespace, "a");
+        assert_eq!(s.meta.ext_id.as_deref(), Some("ext-2"));
+        assert_eq!(s.meta.turn, 2);
+        assert_eq!(s.meta.source, Source::User);
+        let hits = pool.search(&unit(3), 1, Scope::All).unwrap();
+        assert_eq!(hits[0].meta.id, ids[2]);
+        assert!((hits[0].score - 1.0).abs() < 0.01, "{}", hits[0].score);
+        pool.record(&[WitnessEvent::Used(ids[0]), WitnessEvent::Pin(ids[1])])
+            .unwrap();
+        let st = pool.stats();
+        assert_eq!((st.slices, st.tokens, st.namespaces), (3, 36, 2));
+        assert!(st.bytes_on_disk > 0);
+        assert_eq!(pool.get(999).unwrap(), None);
+        assert!(matches!(
+            pool.search(&[1.0; 3], 1, Scope::All),
+            Err(Error::DimMismatch {
+                expected: 16,
+                got: 3
+            })
+        ));
+    }
+    let pool = Pool::open(&dir, opts()).unwrap();
+    assert_eq!(pool.stats().slices, 3);
+    for (i, id) in ids.iter().enumerate() {
+        assert_eq!(pool.get(*id).unwrap().unwrap().text, text_of(i as u64 + 1));
+    }
+    assert_eq!(pool.meta(ids[0]).unwrap().uses, 1);
+    assert!(pool.meta(ids[1]).unwrap().pinned);
+    // Ids keep growing after a reopen.
+    let more = pool.append(&[slice("a", 4)]).unwrap();
+    assert!(more[0] > ids[2]);
+}
+
+#[test]
+fn namespaces_are_isolated_and_search_is_exact() {
+    let tmp = tempfile::tempdir().unwrap();
+    let pool = Pool::open(tmp.path(), opts()).unwrap();
+    let batch: Vec<_> = (0..300)
+        .map(|n| slice(["a", "b", "c"][(n % 3) as usize], n))
+        .collect();
+    let ids = pool.append(&batch).unwrap();
+    for q in 0..20u64 {
+        let query = unit(10_000 + q);
+        let hits = pool.search(&query, 10, Scope::Namespace("b")).unwrap();
+        assert_eq!(hits.len(), 10);
+        assert!(hits.iter().all(|h| h.meta.namespace == "b"));
+        // The exact answer, by brute force over namespace b.
+        let mut want: Vec<(f32, u64)> = (0..300u64)
+            .filter(|n| n % 3 == 1)
+            .map(|n| (dot(&query, &unit(n)), ids[n as usize]))
+            .collect();
+        want.sort_by(|a, b| b.0.total_cmp(&a.0));
+        let got: Vec<u64> = hits.iter().map(|h| h.meta.id).collect();
+        let want: Vec<u64> = want.iter().take(10).map(|w| w.1).collect();
+        // f16 storage may swap near-ties; demand 9 of 10.
+        let common = got.iter().filter(|g| want.contains(g)).count();
+        assert!(common >= 9, "{got:?} vs {want:?}");
+    }
+    assert!(pool
+        .search(&unit(1), 5, Scope::Namespace("zzz"))
+        .unwrap()
+        .is_empty());
+    let all = pool.search(&unit(5), 300, Scope::All).unwrap();
+    assert_eq!(all.len(), 300);
+    assert_eq!(pool.metas(Scope::Namespace("c")).len(), 100);
+    assert!(pool
+        .metas(Scope::Namespace("c"))
+        .windows(2)
+        .all(|w| w[0].id < w[1].id));
+}
+
+#[test]
+fn delete_namespace_and_clear() {
+    let tmp = tempfile::tempdir().unwrap();
+    {
+        let pool = Pool::open(tmp.path(), opts()).unwrap();
+        let batch: Vec<_> = (0..30)
+            .map(|n| slice(if n < 10 { "x" } else { "y" }, n))
+            .collect();
+        pool.append(&batch).unwrap();
+        assert_eq!(pool.delete_namespace("x").unwrap(), 10);
+        assert_eq!(pool.delete_namespace("x").unwrap(), 0);
+        assert_eq!(pool.namespaces(), vec![("y".to_string(), 20)]);
+        assert!(pool
+            .search(&unit(3), 5, Scope::Namespace("x"))
+            .unwrap()
+            .is_empty());
+        assert!(pool
+            .search(&unit(3), 30, Scope::All)
+            .unwrap()
+            .iter()
+            .all(|h| h.meta.namespace == "y"));
+        // A namespace written again after its deletion starts empty.
+        pool.append(&[slice("x", 100)]).unwrap();
+    }
+    let pool = Pool::open(tmp.path(), opts()).unwrap();
+    assert_eq!(
+        pool.namespaces(),
+        vec![("x".to_string(), 1), ("y".to_string(), 20)]
+    );
+    assert_eq!(pool.clear().unwrap(), 21);
+    assert_eq!(pool.stats().slices, 0);
+    drop(pool);
+    let pool = Pool::open(tmp.path(), opts()).unwrap();
+    assert_eq!(pool.stats().slices, 0);
+}
+
+#[test]
+fn second_writer_is_refused_naming_the_holder() {
+    let tmp = tempfile::tempdir().unwrap();
+    let first = Pool::open(tmp.path(), opts()).unwrap();
+    let err = Pool::open(tmp.path(), opts()).unwrap_err();
+    match &err {
+        Error::Locked { holder, .. } => {
+            assert!(
+                holder.contains(&format!("pid {}", std::process::id())),
+                "{holder}"
+            )
+        }
+        e => panic!("expected Locked, got {e}"),
+    }
+    assert!(err.to_string().contains("read-only"));
+    // A reader is fine while the writer holds the lock.
+    let reader = Pool::open(tmp.path(), ro()).unwrap();
+    assert!(reader.append(&[slice("a", 1)]).is_err());
+    drop(first);
+    Pool::open(tmp.path(), opts()).unwrap();
+}
+
+/// Child roles, selected by environment variables; a no-op in a normal run.
+#[test]
+fn child_role() {
+    let Ok(dir) = std::env::var("UCTX_POOL_TEST_DIR") else {
+        return;
+    };
+    let dir = Path::new(&dir);
+    match std::env::var("UCTX_POOL_TEST_ROLE").as_deref() {
+        Ok("hold") => {
+            let _pool = Pool::open(dir, opts()).unwrap();
+            println!("ready");
+            std::thread::sleep(Duration::from_secs(30));
+        }
+        Ok("writer") => {
+            use std::io::Write;
+            let pool = Pool::open(dir, opts()).unwrap();
+            let start: u64 = std::env::var("UCTX_POOL_TEST_START")
+                .unwrap()
+                .parse()
+                .unwrap();
+            let mut n = start;
+            let out = std::io::stdout();
+            loop {
+                let size = 1 + (n % 7);
+                let batch: Vec<_> = (n..n + size).map(|k| slice("kill", k)).collect();
+                let ids = pool.append(&batch).unwrap();
+                let mut lock = out.lock();
+                for (k, id) in (n..n + size).zip(ids) {
+                    writeln!(lock, "ack {k} {id}").unwrap();
+                }
+                lock.flush().unwrap();
+                n += size;
+            }
+        }
+        _ => {}
+    }
+}
+
+fn child(dir: &Path, role: &str, start: u64) -> std::process::Child {
+    Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "pool::child_role",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env("UCTX_POOL_TEST_DIR", dir)
+        .env("UCTX_POOL_TEST_ROLE", role)
+        .env("UCTX_POOL_TEST_START", start.to_string())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
+#[test]
+fn writer_in_another_process_is_named() {
+    let tmp = tempfile::tempdir().unwrap();
+    drop(Pool::open(tmp.path(), opts()).unwrap());
+    let mut c = child(tmp.path(), "hold", 0);
+    let mut lines = BufReader::new(c.stdout.take().unwrap()).lines();
+    loop {
+        let l = lines.next().expect("child exited early").unwrap();
+        if l.ends_with("ready") {
+            break;
+        }
+    }
+    let err = Pool::open(tmp.path(), opts()).unwrap_err();
+    c.kill().unwrap();
+    c.wait().unwrap();
+    match err {
+        Error::Locked { holder, .. } => {
+            assert!(holder.contains(&format!("pid {}", c.id())), "{holder}");
+            assert!(holder.contains("child_role"), "{holder}");
+        }
+        e => panic!("expected Locked, got {e}"),
+    }
+    // The OS released the dead child's lock.
+    Pool::open(tmp.path(), opts()).unwrap();
+}
+
+/// SIGKILL a writer at random moments; every acknowledged slice survives.
+#[test]
+fn kill_9_loses_nothing_acknowledged() {
+    let tmp = tempfile::tempdir().unwrap();
+    drop(Pool::open(tmp.path(), opts()).unwrap());
+    let runs: u64 = std::env::var("UCTX_KILL_RUNS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(50);
+    let mut rng = 0x2545_F491_4F6C_DD1Du64 ^ std::process::id() as u64;
+    let mut acked: Vec<(u64, u64)> = Vec::new();
+    let mut next = 0u64;
+    let t0 = Instant::now();
+    for run in 0..runs {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        let wait = Duration::from_micros(rng % 40_000);
+        let mut c = child(tmp.path(), "writer", next);
+        let stdout = c.stdout.take().unwrap();
+        let (first_tx, first_rx) = std::sync::mpsc::channel();
+        let reader = std::thread::spawn(move || {
+            let mut got = Vec::new();
+            for l in BufReader::new(stdout).lines() {
+                let Ok(l) = l else { break };
+                // The first line follows libtest's "test ... " prefix.
+                let Some(at) = l.find("ack ") else { continue };
+                let p: Vec<&str> = l[at..].split(' ').collect();
+                if p.len() == 3 {
+                    got.push((p[1].parse::<u64>().unwrap(), p[2].parse::<u64>().unwrap()));
+                    if got.len() == 1 {
+                        let _ = first_tx.send(());
+                    }
+                }
+            }
+            got
+        });
+        // Kill at a random moment after the writer got going.
+        let _ = first_rx.recv_timeout(Duration::from_secs(10));
+        std::thread::sleep(wait);
+        c.kill().unwrap();
+        c.wait().unwrap();
+        let got = reader.join().unwrap();
+        if let Some(&(k, _)) = got.last() {
+            next = k + 1;
+        }
+        acked.extend(got);
+        // Reopen as the next writer would, and check everything acknowledged.
+        let pool = Pool::open(tmp.path(), opts()).unwrap();
+        for &(k, id) in &acked {
+            let s = pool
+                .get(id)
+                .unwrap()
+                .unwrap_or_else(|| panic!("run {run}: acknowledged slice {id} lost"));
+            assert_eq!(s.text, text_of(k), "run {run}: slice {id}");
+        }
+        // Ids were never reused across kills.
+        let mut ids: Vec<u64> = acked.iter().map(|a| a.1).collect();
+        ids.dedup();
+        assert_eq!(ids.len(), acked.len());
+    }
+    assert!(!acked.is_empty(), "the writer never acknowledged anything");
+    eprintln!(
+        "kill -9: {runs} runs, {} acknowledged slices, {:?}",
+        acked.len(),
+        t0.elapsed()
+    );
+}
+
+#[test]
+fn torn_tail_is_cut_and_complete_records_kept() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ids = {
+        let pool = Pool::open(tmp.path(), opts()).unwrap();
+        let mut ids = Vec::new();
+        for b in 0..5 {
+            ids.extend(
+                pool.append(&[slice("t", b * 2), slice("t", b * 2 + 1)])
+                    .unwrap(),
+            );
+        }
+        ids
+    };
+    let log = tmp.path().join(LOG_FILE);
+    let full = std::fs::read(&log).unwrap();
+    // Cut the last record in half, then add garbage after it.
+    let mut torn = full[..full.len() - 100].to_vec();
+    torn.extend_from_slice(&[0xAB; 37]);
+    std::fs::write(&log, &torn).unwrap();
+    let pool = Pool::open(tmp.path(), opts()).unwrap();
+    assert!(pool.cut_on_open() > 0);
+    for (i, id) in ids.iter().enumerate().take(9) {
+        assert_eq!(pool.get(*id).unwrap().unwrap().text, text_of(i as u64));
+    }
+    assert_eq!(pool.get(ids[9]).unwrap(), None);
+    let again = pool.append(&[slice("t", 99)]).unwrap();
+    drop(pool);
+    let pool = Pool::open(tmp.path(), opts()).unwrap();
+    assert_eq!(pool.cut_on_open(), 0);
+    assert_eq!(pool.get(again[0]).unwrap().unwrap().text, text_of(99));
+    assert_eq!(pool.stats().slices, 10);
+}
+
+#[test]
+fn flipped_byte_in_the_tail_is_detected_by_checksum() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ids = {
+        let pool = Pool::open(tmp.path(), opts()).unwrap();
+        let a = pool.append(&[slice("t", 1)]).unwrap();
+        let b = pool.append(&[slice("t", 2)]).unwrap();
+        [a[0], b[0]]
+    };
+    let log = tmp.path().join(LOG_FILE);
+    let mut bytes = std::fs::read(&log).unwrap();
+    let n = bytes.len();
+    bytes[n - 3] ^= 0xFF;
+    std::fs::write(&log, &bytes).unwrap();
+    let pool = Pool::open(tmp.path(), ro()).unwrap();
+    assert!(pool.get(ids[0]).unwrap().is_some());
+    assert!(pool.get(ids[1]).unwrap().is_none());
+}
+
+#[test]
+fn encoder_dim_and_version_are_checked() {
+    let tmp = tempfile::tempdir().unwrap();
+    drop(Pool::open(tmp.path(), opts()).unwrap());
+    let other = PoolOptions {
+        encoder_fingerprint: "another-encoder:v2".into(),
+        ..opts()
+    };
+    match Pool::open(tmp.path(), other).unwrap_err() {
+        Error::EncoderMismatch { pool, current } => {
+            assert_eq!(pool, FP);
+            assert_eq!(current, "another-encoder:v2");
+        }
+        e => panic!("expected EncoderMismatch, got {e}"),
+    }
+    let wrong_dim = PoolOptions { dim: 8, ..opts() };
+    assert!(matches!(
+        Pool::open(tmp.path(), wrong_dim),
+        Err(Error::DimMismatch {
+            expected: 16,
+            got: 8
+        })
+    ));
+    let log = tmp.path().join(LOG_FILE);
+    let mut bytes = std::fs::read(&log).unwrap();
+    bytes[8] = 7;
+    std::fs::write(&log, &bytes).unwrap();
+    let err = Pool::open(tmp.path(), opts()).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::Version {
+                found: 7,
+                supported: 1,
+                ..
+            }
+        ),
+        "{err}"
+    );
+    assert!(err.to_string().contains("upgrade uctx"), "{err}");
+    std::fs::write(&log, b"this is not a pool at all, just text").unwrap();
+    assert!(matches!(
+        Pool::open(tmp.path(), opts()),
+        Err(Error::Corrupt { .. })
+    ));
+    let missing = tmp.path().join("missing");
+    let err = Pool::open(&missing, ro()).unwrap_err();
+    assert!(err.to_string().contains("uctx init"), "{err}");
+}
+
+fn mem_pool(dir: Arc<dyn Dir>) -> uctx::Result<Pool> {
+    Pool::open_with(dir, Path::new("mem-pool"), opts())
+}
+
+/// A failed append returns a clear error; the pool still opens with every
+/// slice acknowledged before it.
+#[test]
+fn io_errors_and_full_disk_lose_nothing_acknowledged() {
+    for fault in [Fault::Io, Fault::DiskFull] {
+        for allow in [0u64, 100, 700, 1500, 3000, 5000, 9000] {
+            for fail_sync in [false, true] {
+                let mem = MemDir::new();
+                // Create the pool on healthy storage first.
+                drop(mem_pool(Arc::new(mem.clone())).unwrap());
+                let mut faulty = FaultyDir::new(Arc::new(mem.clone()), allow, fault);
+                if fail_sync {
+                    faulty = faulty.with_failing_sync();
+                }
+                let pool = mem_pool(Arc::new(faulty.clone())).unwrap();
+                let mut acked = Vec::new();
+                let mut n = 0;
+                let err = loop {
+                    match pool.append(&[slice("f", n), slice("f", n + 1)]) {
+                        Ok(ids) => acked.extend(ids.into_iter().zip([n, n + 1])),
+                        Err(e) => break e,
+                    }
+                    n += 2;
+                    assert!(n < 10_000, "the fault never fired");
+                };
+                let msg = err.to_string();
+                if fault == Fault::DiskFull && !fail_sync {
+                    assert!(msg.contains("disk is full"), "{msg}");
+                }
+                assert!(msg.contains("mem-pool"), "{msg}");
+                // Acknowledged slices are still readable from the live handle.
+                for &(id, k) in &acked {
+                    assert_eq!(pool.get(id).unwrap().unwrap().text, text_of(k));
+                }
+                // Space comes back: the live handle writes again (unless a
+                // sync failed, which demands a reopen).
+                faulty.allow(u64::MAX / 2);
+                let retry = pool.append(&[slice("f", 50_000)]);
+                if fail_sync && allow > 0 {
+                    assert!(retry.is_err() || retry.is_ok());
+                }
+                let retried = retry.ok();
+                drop(pool);
+                let pool = mem_pool(Arc::new(mem.clone())).unwrap();
+                for &(id, k) in &acked {
+                    let s = pool.get(id).unwrap();
+                    assert_eq!(s.map(|s| s.text), Some(text_of(k)), "{fault:?} {allow}");
+                }
+                if let Some(ids) = retried {
+                    assert_eq!(pool.get(ids[0]).unwrap().unwrap().text, text_of(50_000));
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn budget_evicts_lowest_retention_and_never_pinned() {
+    let tmp = tempfile::tempdir().unwrap();
+    let budget = 60_000u64;
+    let pool = Pool::open(
+        tmp.path(),
+        PoolOptions {
+            budget_bytes: Some(budget),
+            ..opts()
+        },
+    )
+    .unwrap();
+    let pinned = pool.append(&[slice("p", 0)]).unwrap()[0];
+    let used = pool.append(&[slice("p", 1)]).unwrap()[0];
+    pool.record(&[WitnessEvent::Pin(pinned)]).unwrap();
+    let mut max_batch = 0u64;
+    let mut n = 2;
+    for round in 0..200u64 {
+        let before = pool.stats().bytes_on_disk;
+        let batch: Vec<_> = (n..n + 5).map(|k| slice("p", k)).collect();
+        n += 5;
+        pool.append(&batch).unwrap();
+        if round % 10 == 0 {
+            pool.record(&[WitnessEvent::Used(used)]).unwrap();
+        }
+        let after = pool.stats().bytes_on_disk;
+        max_batch = max_batch.max(after.saturating_sub(before));
+        assert!(
+            after <= budget + 2_000,
+            "round {round}: {after} bytes on disk over a budget of {budget}"
+        );
+        assert!(
+            pool.maintenance_error().is_none(),
+            "{:?}",
+            pool.maintenance_error()
+        );
+    }
+    assert!(
+        pool.get(pinned).unwrap().is_some(),
+        "a pinned slice was evicted"
+    );
+    assert!(
+        pool.get(used).unwrap().is_some(),
+        "a used slice was evicted before unused ones"
+    );
+    // Something was evicted: the oldest unused slices.
+    assert!(pool.get(used + 1).unwrap().is_none());
+    assert!(pool.stats().slices < n);
+    drop(pool);
+    let pool = Pool::open(tmp.path(), opts()).unwrap();
+    assert_eq!(pool.stats().budget_bytes, budget);
+    assert!(pool.get(pinned).unwrap().is_some());
+}
+
+#[test]
+fn compaction_keeps_everything_live_and_survives_a_stale_file() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (keep, pinned) = {
+        let pool = Pool::open(tmp.path(), opts()).unwrap();
+        let a: Vec<_> = (0..50).map(|n| slice("gone", n)).collect();
+        let b: Vec<_> = (50..100).map(|n| slice("kept", n)).collect();
+        pool.append(&a).unwrap();
+        let keep = pool.append(&b).unwrap();
+        pool.record(&[WitnessEvent::Used(keep[3]), WitnessEvent::Pin(keep[4])])
+            .unwrap();
+        pool.delete_namespace("gone").unwrap();
+        let before = pool.stats().bytes_on_disk;
+        assert!(pool.dead_bytes() > 0);
+        pool.compact().unwrap();
+        assert!(pool.stats().bytes_on_disk < before);
+        assert!(pool.dead_bytes() < 100);
+        for (i, id) in keep.iter().enumerate() {
+            assert_eq!(pool.get(*id).unwrap().unwrap().text, text_of(50 + i as u64));
+        }
+        let pinned = keep[4];
+        (keep, pinned)
+    };
+    // A compaction that died half-way leaves a stale file behind.
+    std::fs::write(tmp.path().join("pool.log.compact"), b"half a log").unwrap();
+    let pool = Pool::open(tmp.path(), opts()).unwrap();
+    assert!(!tmp.path().join("pool.log.compact").exists());
+    assert_eq!(pool.stats().slices, 50);
+    assert_eq!(pool.meta(keep[3]).unwrap().uses, 1);
+    assert!(pool.meta(pinned).unwrap().pinned);
+    let hits = pool.search(&unit(60), 1, Scope::All).unwrap();
+    assert_eq!(hits[0].meta.id, keep[10]);
+    // New ids stay above every id ever given, even the deleted ones.
+    let new = pool.append(&[slice("kept", 500)]).unwrap();
+    assert!(new[0] > keep[49]);
+}
+
+#[test]
+fn reader_follows_the_writer() {
+    let tmp = tempfile::tempdir().unwrap();
+    let writer = Pool::open(tmp.path(), opts()).unwrap();
+    let first = writer.append(&[slice("r", 1)]).unwrap();
+    let reader = Pool::open(tmp.path(), ro()).unwrap();
+    assert_eq!(reader.stats().slices, 1);
+    let second = writer.append(&[slice("r", 2)]).unwrap();
+    assert_eq!(reader.get(second[0]).unwrap().unwrap().text, text_of(2));
+    let hits = reader.search(&unit(2), 1, Scope::All).unwrap();
+    assert_eq!(hits[0].meta.id, second[0]);
+    writer.delete_namespace("r").unwrap();
+    writer.append(&[slice("s", 3)]).unwrap();
+    writer.compact().unwrap();
+    assert_eq!(reader.stats().slices, 1);
+    assert_eq!(reader.get(first[0]).unwrap(), None);
+    assert_eq!(reader.namespaces(), vec![("s".to_string(), 1)]);
+}
+
+#[test]
+fn shared_pool_across_threads() {
+    let tmp = tempfile::tempdir().unwrap();
+    let pool = Arc::new(Pool::open(tmp.path(), opts()).unwrap());
+    let handles: Vec<_> = (0..4u64)
+        .map(|t| {
+            let pool = pool.clone();
+            std::thread::spawn(move || {
+                let ns = format!("s{t}");
+                let mut ids = Vec::new();
+                for i in 0..25u64 {
+                    let k = t * 1000 + i;
+                    ids.extend(pool.append(&[slice(&ns, k)]).unwrap());
+                    let hits = pool.search(&unit(k), 3, Scope::Namespace(&ns)).unwrap();
+                    assert!(hits.iter().all(|h| h.meta.namespace == ns));
+                }
+                ids
+            })
+        })
+        .collect();
+    let mut all: Vec<u64> = handles
+        .into_iter()
+        .flat_map(|h| h.join().unwrap())
+        .collect();
+    all.sort_unstable();
+    all.dedup();
+    assert_eq!(all.len(), 100);
+    assert_eq!(pool.stats().slices, 100);
+}
