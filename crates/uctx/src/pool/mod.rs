@@ -14,6 +14,7 @@ use crate::slice::{NewSlice, Slice, SliceMeta};
 use crate::witness::{self, WitnessParams};
 use crate::{Error, Result};
 
+pub mod bench;
 pub mod format;
 mod lock;
 mod state;
