@@ -302,17 +302,27 @@ impl Worker {
             Some(ns) => Scope::Namespace(ns.as_str()),
             None => Scope::All,
         };
-        let mut fused: HashMap<u64, f32> = HashMap::new();
+        // Fusion by best rank: the top hit of every query (each question of an
+        // input is its own query) outranks the second hit of any; a slice found by
+        // several queries wins ties.
+        let mut fused: HashMap<u64, (f32, f32)> = HashMap::new();
         for q in queries {
             match self.memory.search(q, self.config.k, scope) {
                 Ok(hits) => {
                     for (rank, hit) in hits.iter().enumerate() {
-                        *fused.entry(hit.meta.id).or_default() += 1.0 / (RRF_K + rank as f32 + 1.0);
+                        let r = 1.0 / (RRF_K + rank as f32 + 1.0);
+                        let e = fused.entry(hit.meta.id).or_default();
+                        e.0 = e.0.max(r);
+                        e.1 += r;
                     }
                 }
                 Err(e) => self.note_error(e.to_string()),
             }
         }
+        let fused: HashMap<u64, f32> = fused
+            .into_iter()
+            .map(|(id, (best, sum))| (id, best + sum * 1e-3))
+            .collect();
         lock(&self.state).stats.searches += queries.len() as u64;
         let mut ranking: Vec<(u64, f32)> = fused.into_iter().collect();
         ranking.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));

@@ -1,0 +1,209 @@
+//! Command-line arguments.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+/// Virtual memory for a local LLM's context window: what overflows the window
+/// is encoded into an on-disk pool and paged back in when it matters.
+#[derive(Parser, Debug)]
+#[command(name = "uctx", version, about, long_about = None)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: Global,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct Global {
+    /// The pool directory [default: uctx/pool under the user's data directory].
+    #[arg(long, global = true, env = "UCTX_POOL", value_name = "DIR")]
+    pub pool: Option<PathBuf>,
+    /// Print machine-readable JSON instead of text.
+    #[arg(long, global = true)]
+    pub json: bool,
+    /// A Model2Vec-format model directory to encode with [default: the bundled model].
+    #[arg(long, global = true, env = "UCTX_ENCODER", value_name = "DIR")]
+    pub encoder: Option<PathBuf>,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct ModelArgs {
+    /// The model: `ollama/NAME`, `openai/NAME` or `reader` (built in, answers only from its window).
+    #[arg(
+        long,
+        short = 'm',
+        env = "UCTX_MODEL",
+        default_value = "ollama/llama3.2"
+    )]
+    pub model: String,
+    /// Ollama's address [env: OLLAMA_HOST; default 127.0.0.1:11434].
+    #[arg(long, value_name = "HOST:PORT")]
+    pub host: Option<String>,
+    /// Base URL of an OpenAI-compatible server [env: OPENAI_BASE_URL; default http://127.0.0.1:8080/v1].
+    #[arg(long, value_name = "URL")]
+    pub base_url: Option<String>,
+    /// API key for an OpenAI-compatible server [env: OPENAI_API_KEY].
+    #[arg(long, value_name = "KEY", hide_env_values = true)]
+    pub api_key: Option<String>,
+    /// Context window in tokens [default: what the server reports for the model].
+    #[arg(long, value_name = "TOKENS")]
+    pub ctx: Option<usize>,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct SessionArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// The session's namespace in the pool.
+    #[arg(long, short = 'n', default_value = "default")]
+    pub namespace: String,
+    /// Page in from every namespace of the pool, not just this session's.
+    #[arg(long)]
+    pub shared: bool,
+    /// Turn paging off: a plain sliding window (turns are still written to the pool).
+    #[arg(long)]
+    pub no_memory: bool,
+    /// The system prompt.
+    #[arg(long, value_name = "TEXT")]
+    pub system: Option<String>,
+    /// Tokens reserved for each answer [default: a quarter of the window, at most 1024].
+    #[arg(long, value_name = "TOKENS")]
+    pub answer_tokens: Option<usize>,
+    /// Start with an empty window instead of the namespace's latest turns.
+    #[arg(long)]
+    pub fresh: bool,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Create the pool and choose its size.
+    Init(InitArgs),
+    /// Check the backend, the model, the disk and the memory.
+    Doctor(DoctorArgs),
+    /// Chat with a model, with paged memory.
+    Chat(ChatArgs),
+    /// Let a model work through a task on its own, with paged memory.
+    Run(RunArgs),
+    /// Encode files, directories or JSONL records into the pool.
+    Ingest(IngestArgs),
+    /// Search the pool.
+    Recall(RecallArgs),
+    /// Show what the pool holds.
+    Status,
+    /// Delete a namespace, or everything.
+    Clear(ClearArgs),
+    /// Benchmarks.
+    Bench(BenchArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct InitArgs {
+    /// Pool size in GB (5, 10, 15, 20 or any other); asked interactively when omitted on a terminal.
+    #[arg(long, value_name = "GB")]
+    pub pool_gb: Option<f64>,
+}
+
+#[derive(Args, Debug)]
+pub struct DoctorArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+}
+
+#[derive(Args, Debug)]
+pub struct ChatArgs {
+    #[command(flatten)]
+    pub session: SessionArgs,
+}
+
+#[derive(Args, Debug)]
+pub struct RunArgs {
+    /// The task.
+    pub task: String,
+    /// Stop after this many steps if the model has not said it is done.
+    #[arg(long, default_value_t = 20)]
+    pub max_steps: usize,
+    #[command(flatten)]
+    pub session: SessionArgs,
+}
+
+#[derive(Args, Debug)]
+pub struct IngestArgs {
+    /// Files and directories (directories are walked honouring .gitignore).
+    pub paths: Vec<PathBuf>,
+    /// A JSONL file: one `{"text": …, "id"?: …, "source"?: …}` per line.
+    #[arg(long, value_name = "FILE")]
+    pub jsonl: Option<PathBuf>,
+    /// Namespace to write into.
+    #[arg(long, short = 'n', default_value = "default")]
+    pub namespace: String,
+    /// Include hidden files and files that .gitignore excludes.
+    #[arg(long)]
+    pub no_ignore: bool,
+    /// No progress bar.
+    #[arg(long, short = 'q')]
+    pub quiet: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct RecallArgs {
+    /// What to look for.
+    pub query: String,
+    /// How many slices.
+    #[arg(short = 'k', long, default_value_t = 5)]
+    pub k: usize,
+    /// Only this namespace [default: every namespace].
+    #[arg(long, short = 'n')]
+    pub namespace: Option<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct ClearArgs {
+    /// The namespace to delete.
+    #[arg(long, short = 'n', conflicts_with = "all")]
+    pub namespace: Option<String>,
+    /// Delete every slice in the pool.
+    #[arg(long)]
+    pub all: bool,
+    /// Do not ask for confirmation.
+    #[arg(long, short = 'y')]
+    pub yes: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct BenchArgs {
+    #[command(subcommand)]
+    pub which: BenchCommand,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum BenchCommand {
+    /// Engine OFF (sliding window) against ON (paged memory) on a long scripted build.
+    Drift(DriftArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct DriftArgs {
+    /// The model both arms call.
+    #[arg(long, short = 'm', default_value = "reader")]
+    pub model: String,
+    /// Context window in tokens, the same for both arms.
+    #[arg(long, default_value_t = 2048)]
+    pub window: usize,
+    /// Stages of the scripted build (at least 20).
+    #[arg(long, default_value_t = 24)]
+    pub stages: usize,
+    /// Ollama's address [env: OLLAMA_HOST].
+    #[arg(long, value_name = "HOST:PORT")]
+    pub host: Option<String>,
+    /// Base URL of an OpenAI-compatible server [env: OPENAI_BASE_URL].
+    #[arg(long, value_name = "URL")]
+    pub base_url: Option<String>,
+    /// API key [env: OPENAI_API_KEY].
+    #[arg(long, value_name = "KEY", hide_env_values = true)]
+    pub api_key: Option<String>,
+    /// Print every turn (verdicts, paged-in slices, answer) to standard error.
+    #[arg(long)]
+    pub trace: bool,
+}

@@ -1,0 +1,471 @@
+//! Opening the pool, encoder and backend from flags; the small commands.
+
+use std::io::{BufRead, IsTerminal, Write};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::{bail, Context};
+use serde::Serialize;
+use uctx::backend::{self, Backend, BackendOptions};
+use uctx::encoder::{Encoder, StaticEncoder};
+use uctx::memory::Memory;
+use uctx::pager::PagerStats;
+use uctx::pool::{PoolStats, Scope};
+
+use crate::cli::{ClearArgs, DoctorArgs, Global, InitArgs, ModelArgs, RecallArgs};
+
+const GB: f64 = 1e9;
+/// The sizes `init` offers.
+const SIZES_GB: [f64; 4] = [5.0, 10.0, 15.0, 20.0];
+
+pub fn pool_dir(g: &Global) -> anyhow::Result<PathBuf> {
+    match &g.pool {
+        Some(p) => Ok(p.clone()),
+        None => dirs::data_dir()
+            .map(|d| d.join("uctx").join("pool"))
+            .context("no data directory is known for this user; pass --pool DIR or set UCTX_POOL"),
+    }
+}
+
+pub fn encoder(g: &Global) -> anyhow::Result<Arc<dyn Encoder>> {
+    Ok(match &g.encoder {
+        Some(dir) => Arc::new(StaticEncoder::load(dir)?),
+        None => Arc::new(StaticEncoder::bundled()?),
+    })
+}
+
+/// Open the pool for writing, creating it (default budget) if absent.
+pub fn memory_rw(g: &Global) -> anyhow::Result<Arc<Memory>> {
+    let dir = pool_dir(g)?;
+    Ok(Arc::new(Memory::open(
+        &dir,
+        encoder(g)?,
+        true,
+        false,
+        None,
+    )?))
+}
+
+/// Open an existing pool for reading (no lock: works while a writer runs).
+pub fn memory_ro(g: &Global) -> anyhow::Result<Arc<Memory>> {
+    let dir = pool_dir(g)?;
+    if !dir.exists() {
+        bail!(
+            "there is no pool at {} — create one with `uctx init`, or pass --pool DIR",
+            dir.display()
+        );
+    }
+    Ok(Arc::new(Memory::open(
+        &dir,
+        encoder(g)?,
+        false,
+        true,
+        None,
+    )?))
+}
+
+pub fn backend_options(m: &ModelArgs) -> BackendOptions {
+    BackendOptions {
+        ollama_host: m.host.clone(),
+        openai_base_url: m.base_url.clone(),
+        openai_api_key: m.api_key.clone(),
+        context_override: m.ctx,
+        timeout: None,
+    }
+    .with_env()
+}
+
+pub fn backend(m: &ModelArgs) -> anyhow::Result<Arc<dyn Backend>> {
+    Ok(Arc::from(backend::from_spec(
+        &m.model,
+        &backend_options(m),
+    )?))
+}
+
+/// Bytes per token assumed before a pool has measured its own.
+const EST_BYTES_PER_TOKEN: f64 = 4.3;
+
+/// Tokens a budget reaches, from the pool's measured density when it has one.
+pub fn reach_tokens(stats: &PoolStats) -> u64 {
+    let per_token = if stats.tokens >= 100_000 {
+        stats.bytes_on_disk as f64 / stats.tokens as f64
+    } else {
+        EST_BYTES_PER_TOKEN
+    };
+    (stats.budget_bytes as f64 / per_token) as u64
+}
+
+/// Free bytes on the file system holding `path` (or its nearest existing parent).
+fn free_disk(path: &Path) -> Option<u64> {
+    let mut p = path;
+    loop {
+        if p.exists() {
+            let s = rustix::fs::statvfs(p).ok()?;
+            return Some(s.f_bavail.saturating_mul(s.f_frsize));
+        }
+        p = p.parent()?;
+    }
+}
+
+fn available_memory() -> Option<u64> {
+    let info = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = info.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}
+
+fn human(n: u64) -> String {
+    let n = n as f64;
+    if n >= 1e9 {
+        format!("{:.2}B", n / 1e9)
+    } else if n >= 1e6 {
+        format!("{:.1}M", n / 1e6)
+    } else if n >= 1e3 {
+        format!("{:.1}K", n / 1e3)
+    } else {
+        format!("{n}")
+    }
+}
+
+pub fn print_json<T: Serialize>(v: &T) -> anyhow::Result<()> {
+    let mut out = std::io::stdout().lock();
+    serde_json::to_writer_pretty(&mut out, v)?;
+    writeln!(out)?;
+    Ok(())
+}
+
+pub fn init(g: &Global, a: &InitArgs) -> anyhow::Result<ExitCode> {
+    let dir = pool_dir(g)?;
+    let free = free_disk(&dir);
+    let gb = match a.pool_gb {
+        Some(gb) => gb,
+        None if std::io::stdin().is_terminal() => ask_size(free)?,
+        None => bail!("pass the pool size with --pool-gb N (for example --pool-gb 5)"),
+    };
+    if !(gb.is_finite() && gb > 0.0) {
+        bail!("--pool-gb must be a positive number of GB, got {gb}");
+    }
+    let budget = (gb * GB) as u64;
+    if let Some(free) = free {
+        if budget > free {
+            bail!(
+                "a {gb} GB pool does not fit: {:.1} GB free at {} — choose a smaller --pool-gb, or another --pool",
+                free as f64 / GB,
+                dir.display()
+            );
+        }
+    }
+    let memory = Memory::open(&dir, encoder(g)?, true, false, Some(budget))?;
+    memory.pool().set_budget(budget)?;
+    let stats = memory.pool().stats();
+    if g.json {
+        print_json(&serde_json::json!({
+            "pool": dir,
+            "budget_bytes": stats.budget_bytes,
+            "reach_tokens": reach_tokens(&stats),
+        }))?;
+    } else {
+        println!(
+            "pool ready at {} — budget {:.1} GB, reach ≈ {} tokens",
+            dir.display(),
+            stats.budget_bytes as f64 / GB,
+            human(reach_tokens(&stats))
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn ask_size(free: Option<u64>) -> anyhow::Result<f64> {
+    let mut err = std::io::stderr().lock();
+    writeln!(
+        err,
+        "Choose the pool size (reach assumes {EST_BYTES_PER_TOKEN} bytes per token):"
+    )?;
+    for (i, gb) in SIZES_GB.iter().enumerate() {
+        let reach = (gb * GB / EST_BYTES_PER_TOKEN) as u64;
+        writeln!(err, "  {}) {gb:>4} GB  ≈ {} tokens", i + 1, human(reach))?;
+    }
+    writeln!(err, "  5) custom")?;
+    if let Some(f) = free {
+        writeln!(err, "Free disk here: {:.1} GB", f as f64 / GB)?;
+    }
+    write!(err, "> ")?;
+    err.flush()?;
+    let mut line = String::new();
+    std::io::stdin().lock().read_line(&mut line)?;
+    match line.trim() {
+        "" | "1" => Ok(SIZES_GB[0]),
+        "2" => Ok(SIZES_GB[1]),
+        "3" => Ok(SIZES_GB[2]),
+        "4" => Ok(SIZES_GB[3]),
+        "5" => {
+            write!(err, "GB: ")?;
+            err.flush()?;
+            line.clear();
+            std::io::stdin().lock().read_line(&mut line)?;
+            line.trim()
+                .parse()
+                .with_context(|| format!("{:?} is not a number of GB", line.trim()))
+        }
+        other => bail!("{other:?} is not one of the choices 1-5"),
+    }
+}
+
+pub fn doctor(g: &Global, a: &DoctorArgs) -> anyhow::Result<ExitCode> {
+    let mut failures = 0;
+    let mut report = |ok: bool, what: String| {
+        if !ok {
+            failures += 1;
+        }
+        println!("{} {what}", if ok { "ok  " } else { "FAIL" });
+    };
+    match backend(&a.model) {
+        Err(e) => report(false, format!("model {}: {e}", a.model.model)),
+        Ok(b) => match b.health() {
+            Err(e) => report(false, format!("backend: {e}")),
+            Ok(h) => {
+                report(true, format!("backend reachable at {}", h.endpoint));
+                report(
+                    h.model_present,
+                    if h.model_present {
+                        format!("model {} is present", a.model.model)
+                    } else {
+                        format!(
+                            "model {} is missing (the server has: {}) — pull it (`ollama pull NAME`) or pick one of those",
+                            a.model.model,
+                            h.models.join(", ")
+                        )
+                    },
+                );
+                match b.context_length() {
+                    Ok(n) => report(true, format!("context window: {n} tokens")),
+                    Err(e) => report(false, format!("context window: {e}")),
+                }
+            }
+        },
+    }
+    match encoder(g) {
+        Ok(e) => report(
+            true,
+            format!("encoder {} ({} dims)", e.fingerprint(), e.dim()),
+        ),
+        Err(e) => report(false, format!("encoder: {e}")),
+    }
+    let dir = pool_dir(g)?;
+    if dir.exists() {
+        match memory_ro(g) {
+            Ok(m) => {
+                let s = m.pool().stats();
+                report(
+                    true,
+                    format!(
+                        "pool at {}: {} slices, {:.2} GB of {:.1} GB",
+                        dir.display(),
+                        s.slices,
+                        s.bytes_on_disk as f64 / GB,
+                        s.budget_bytes as f64 / GB
+                    ),
+                );
+                if let Some(free) = free_disk(&dir) {
+                    let need = s.budget_bytes.saturating_sub(s.bytes_on_disk);
+                    report(
+                        free >= need,
+                        format!(
+                            "disk: {:.1} GB free, the pool may still grow {:.1} GB{}",
+                            free as f64 / GB,
+                            need as f64 / GB,
+                            if free >= need {
+                                ""
+                            } else {
+                                " — free space or lower the budget with `uctx init --pool-gb N`"
+                            }
+                        ),
+                    );
+                }
+            }
+            Err(e) => report(false, format!("pool: {e}")),
+        }
+    } else {
+        report(
+            true,
+            format!(
+                "no pool yet at {} (created on first use, or `uctx init`)",
+                dir.display()
+            ),
+        );
+    }
+    if let Some(mem) = available_memory() {
+        let ok = mem >= 512 << 20;
+        report(
+            ok,
+            format!(
+                "memory: {:.1} GB available{}",
+                mem as f64 / GB,
+                if ok {
+                    ""
+                } else {
+                    " — close other programs; uctx needs about 0.5 GB"
+                }
+            ),
+        );
+    }
+    Ok(if failures == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}
+
+#[derive(Serialize)]
+struct RecallHit {
+    id: String,
+    score: f32,
+    text: String,
+    source: String,
+    namespace: String,
+    seq: u64,
+}
+
+pub fn recall(g: &Global, a: &RecallArgs) -> anyhow::Result<ExitCode> {
+    let memory = memory_ro(g)?;
+    let scope = match &a.namespace {
+        Some(ns) => Scope::Namespace(ns),
+        None => Scope::All,
+    };
+    let hits = memory.recall(&a.query, a.k, scope)?;
+    let out: Vec<RecallHit> = hits
+        .into_iter()
+        .map(|r| RecallHit {
+            id: r
+                .slice
+                .meta
+                .ext_id
+                .clone()
+                .unwrap_or_else(|| r.slice.meta.id.to_string()),
+            score: r.score,
+            source: r.slice.meta.source.to_string(),
+            namespace: r.slice.meta.namespace.clone(),
+            seq: r.slice.meta.id,
+            text: r.slice.text,
+        })
+        .collect();
+    if g.json {
+        print_json(&out)?;
+    } else if out.is_empty() {
+        println!("no slices match (the pool may be empty: see `uctx status`)");
+    } else {
+        let mut stdout = std::io::stdout().lock();
+        for h in &out {
+            writeln!(
+                stdout,
+                "── {:.3}  {}  [{} · {} · seq {}]",
+                h.score, h.id, h.namespace, h.source, h.seq
+            )?;
+            writeln!(stdout, "{}\n", h.text.trim_end())?;
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Where sessions leave their pager counters, for `status`.
+pub fn pager_stats_path(g: &Global) -> anyhow::Result<PathBuf> {
+    Ok(pool_dir(g)?.join("pager-stats.json"))
+}
+
+/// Add a session's pager counters to the pool's running totals.
+pub fn save_pager_stats(g: &Global, s: &PagerStats) -> anyhow::Result<()> {
+    let path = pager_stats_path(g)?;
+    let (mut hits, mut misses) = load_pager_totals(&path);
+    hits += s.hits;
+    misses += s.misses;
+    let tmp = path.with_extension("json.tmp");
+    std::fs::write(
+        &tmp,
+        serde_json::json!({"hits": hits, "misses": misses}).to_string(),
+    )
+    .with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::rename(&tmp, &path).with_context(|| format!("writing {}", path.display()))?;
+    Ok(())
+}
+
+fn load_pager_totals(path: &Path) -> (u64, u64) {
+    let Ok(text) = std::fs::read_to_string(path) else {
+        return (0, 0);
+    };
+    let v: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
+    (
+        v["hits"].as_u64().unwrap_or(0),
+        v["misses"].as_u64().unwrap_or(0),
+    )
+}
+
+pub fn status(g: &Global) -> anyhow::Result<ExitCode> {
+    let memory = memory_ro(g)?;
+    let pool = memory.pool();
+    let s = pool.stats();
+    let (hits, misses) = load_pager_totals(&pager_stats_path(g)?);
+    let hit_rate = (hits + misses > 0).then(|| hits as f64 / (hits + misses) as f64);
+    if g.json {
+        print_json(&serde_json::json!({
+            "slices": s.slices,
+            "tokens": s.tokens,
+            "bytes_on_disk": s.bytes_on_disk,
+            "budget_bytes": s.budget_bytes,
+            "reach_tokens": reach_tokens(&s),
+            "hit_rate": hit_rate,
+            "namespaces": pool.namespaces().into_iter().map(|(n, c)| serde_json::json!({"namespace": n, "slices": c})).collect::<Vec<_>>(),
+        }))?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!("pool      {}", pool.dir().display());
+    println!("encoder   {}", pool.encoder_fingerprint());
+    println!("slices    {}", s.slices);
+    println!("tokens    {}", human(s.tokens));
+    println!(
+        "disk      {:.3} GB of {:.1} GB budget ({:.1}%)",
+        s.bytes_on_disk as f64 / GB,
+        s.budget_bytes as f64 / GB,
+        100.0 * s.bytes_on_disk as f64 / s.budget_bytes.max(1) as f64
+    );
+    println!("reach     ≈ {} tokens", human(reach_tokens(&s)));
+    match hit_rate {
+        Some(r) => println!("hit rate  {:.1}% ({hits} of {})", 100.0 * r, hits + misses),
+        None => println!("hit rate  — (no slice paged in yet)"),
+    }
+    for (ns, n) in pool.namespaces() {
+        println!("  {ns:<24} {n} slices");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn clear(g: &Global, a: &ClearArgs) -> anyhow::Result<ExitCode> {
+    let what = match (&a.namespace, a.all) {
+        (Some(ns), false) => format!("namespace {ns:?}"),
+        (None, true) => "every slice in the pool".to_string(),
+        _ => bail!("say what to delete: --namespace NS, or --all"),
+    };
+    if !a.yes {
+        if !std::io::stdin().is_terminal() {
+            bail!("refusing to delete {what} without confirmation — pass --yes");
+        }
+        eprint!("Delete {what}? [y/N] ");
+        let mut line = String::new();
+        std::io::stdin().lock().read_line(&mut line)?;
+        if !matches!(line.trim(), "y" | "Y" | "yes") {
+            eprintln!("nothing deleted");
+            return Ok(ExitCode::from(1));
+        }
+    }
+    let memory = memory_rw(g)?;
+    let n = match &a.namespace {
+        Some(ns) => memory.pool().delete_namespace(ns)?,
+        None => memory.pool().clear()?,
+    };
+    if g.json {
+        print_json(&serde_json::json!({ "deleted": n }))?;
+    } else {
+        println!("deleted {n} slices ({what})");
+    }
+    Ok(ExitCode::SUCCESS)
+}

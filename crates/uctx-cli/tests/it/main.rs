@@ -1,0 +1,319 @@
+//! The `uctx` binary as a user runs it: exit codes, messages, JSON shapes, bad input.
+
+use std::io::Write;
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+
+fn uctx(pool: &Path) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_uctx"));
+    c.arg("--pool").arg(pool);
+    c.env_remove("UCTX_POOL")
+        .env_remove("UCTX_MODEL")
+        .env_remove("UCTX_ENCODER")
+        .env_remove("OLLAMA_HOST")
+        .env_remove("OPENAI_BASE_URL")
+        .env_remove("OPENAI_API_KEY");
+    c
+}
+
+fn run(cmd: &mut Command) -> Output {
+    cmd.stdin(Stdio::null()).output().expect("run uctx")
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+fn json(out: &Output) -> serde_json::Value {
+    assert!(out.status.success(), "failed: {}", text(&out.stderr));
+    serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("not JSON ({e}): {}", text(&out.stdout)))
+}
+
+fn no_panic(out: &Output) {
+    let err = text(&out.stderr);
+    assert!(
+        !err.contains("panicked") && !err.contains("RUST_BACKTRACE"),
+        "panic: {err}"
+    );
+}
+
+#[test]
+fn ingest_recall_status_round_trip_with_json_shapes() {
+    let dir = tempfile::tempdir().unwrap();
+    let pool = dir.path().join("pool");
+    let docs = dir.path().join("docs");
+    std::fs::create_dir(&docs).unwrap();
+    std::fs::write(
+        docs.join("gateway.md"),
+        "The gateway listens on port 8443 behind the proxy.",
+    )
+    .unwrap();
+    std::fs::write(
+        docs.join("cooking.md"),
+        "Simmer the onions slowly until golden brown.",
+    )
+    .unwrap();
+    std::fs::write(docs.join(".gitignore"), "ignored.md\n").unwrap();
+    std::fs::write(
+        docs.join("ignored.md"),
+        "This file is ignored by git rules.",
+    )
+    .unwrap();
+    // The ignore crate honours .gitignore only inside a git repository unless told otherwise.
+    std::fs::create_dir(docs.join(".git")).unwrap();
+    let jsonl = dir.path().join("units.jsonl");
+    std::fs::write(
+        &jsonl,
+        "{\"text\": \"Invoices are sent on the first business day.\", \"id\": \"inv-1\", \"source\": \"tool\"}\n\n{\"text\": \"Kubernetes pods restart on failure.\", \"id\": 7}\n",
+    )
+    .unwrap();
+
+    let out = run(uctx(&pool)
+        .args(["--json", "ingest", "-q"])
+        .arg(&docs)
+        .arg("--jsonl")
+        .arg(&jsonl));
+    let v = json(&out);
+    for key in ["slices", "tokens", "bytes", "seconds"] {
+        assert!(v.get(key).is_some(), "ingest --json lacks {key}: {v}");
+    }
+    assert_eq!(
+        v["slices"], 4,
+        "two files and two records; the ignored file is skipped: {v}"
+    );
+
+    let v = json(&run(uctx(&pool).args([
+        "--json",
+        "recall",
+        "which port does the gateway use",
+        "-k",
+        "2",
+    ])));
+    let hits = v.as_array().unwrap();
+    assert_eq!(hits.len(), 2);
+    for key in ["id", "score", "text", "source", "namespace", "seq"] {
+        assert!(hits[0].get(key).is_some(), "recall --json lacks {key}");
+    }
+    assert!(hits[0]["text"].as_str().unwrap().contains("8443"), "{v}");
+
+    let v = json(&run(uctx(&pool).args([
+        "--json",
+        "recall",
+        "when are invoices sent",
+        "-k",
+        "1",
+    ])));
+    assert_eq!(v[0]["id"], "inv-1", "the caller's id comes back");
+    assert_eq!(v[0]["source"], "tool");
+
+    let v = json(&run(uctx(&pool).args(["--json", "status"])));
+    for key in [
+        "slices",
+        "tokens",
+        "bytes_on_disk",
+        "budget_bytes",
+        "reach_tokens",
+        "hit_rate",
+    ] {
+        assert!(v.get(key).is_some(), "status --json lacks {key}");
+    }
+    assert_eq!(v["slices"], 4);
+    assert!(v["bytes_on_disk"].as_u64().unwrap() > 0);
+
+    let out = run(uctx(&pool).args(["clear", "--all"]));
+    assert!(
+        !out.status.success(),
+        "clear without --yes and no terminal must refuse"
+    );
+    assert!(text(&out.stderr).contains("--yes"));
+    let out = run(uctx(&pool).args(["--json", "clear", "--all", "--yes"]));
+    assert_eq!(json(&out)["deleted"], 4);
+    assert_eq!(
+        json(&run(uctx(&pool).args(["--json", "status"])))["slices"],
+        0
+    );
+}
+
+#[test]
+fn garbage_in_gives_skip_notes_and_errors_never_panics() {
+    let dir = tempfile::tempdir().unwrap();
+    let pool = dir.path().join("pool");
+    let docs = dir.path().join("docs");
+    std::fs::create_dir(&docs).unwrap();
+    std::fs::write(docs.join("binary.bin"), [0u8, 159, 146, 150, 0, 1, 2, 3]).unwrap();
+    std::fs::write(docs.join("latin1.txt"), b"caf\xe9 cr\xe8me").unwrap();
+    std::fs::write(docs.join("empty.txt"), b"").unwrap();
+    std::fs::write(docs.join("good.txt"), "A plain good file.").unwrap();
+    // A 50 MB line with no newline.
+    let mut big = std::fs::File::create(docs.join("big.txt")).unwrap();
+    let chunk = "lorem ipsum dolor sit amet consectetur ".repeat(1000);
+    while big.metadata().unwrap().len() < 50_000_000 {
+        big.write_all(chunk.as_bytes()).unwrap();
+    }
+    drop(big);
+
+    let out = run(uctx(&pool).args(["ingest", "-q"]).arg(&docs));
+    no_panic(&out);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("binary.bin") && err.contains("binary"),
+        "{err}"
+    );
+    assert!(err.contains("latin1.txt") && err.contains("UTF-8"), "{err}");
+    assert!(err.contains("empty.txt"), "{err}");
+    let v = json(&run(uctx(&pool).args(["--json", "status"])));
+    assert!(
+        v["slices"].as_u64().unwrap() > 1000,
+        "the big line was sliced: {v}"
+    );
+
+    // A missing path: a clear error, exit 2, nothing written.
+    let out = run(uctx(&pool).args(["ingest"]).arg(dir.path().join("nope")));
+    no_panic(&out);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out.stderr).contains("check the path"),
+        "{}",
+        text(&out.stderr)
+    );
+
+    // Nothing to ingest.
+    let out = run(uctx(&pool).args(["ingest"]));
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out.stderr).contains("nothing to ingest"));
+
+    // Bad JSONL lines are skipped with their line numbers; good ones go in.
+    let jsonl = dir.path().join("bad.jsonl");
+    std::fs::write(&jsonl, b"{\"text\": \"fine\"}\nnot json\n{\"txt\": 1}\n\xff\xfe\n{\"text\": \"x\", \"source\": \"alien\"}\n").unwrap();
+    let out = run(uctx(&pool)
+        .args(["--json", "ingest", "--jsonl"])
+        .arg(&jsonl));
+    no_panic(&out);
+    let v = json(&out);
+    assert_eq!(v["slices"], 1);
+    assert_eq!(v["skipped"].as_array().unwrap().len(), 4, "{v}");
+    assert!(text(&out.stderr).contains("bad.jsonl:2"));
+
+    // Reading a pool that does not exist.
+    let out = run(uctx(&dir.path().join("nowhere")).args(["status"]));
+    no_panic(&out);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out.stderr).contains("uctx init"));
+}
+
+#[test]
+fn chat_from_a_pipe_with_the_reader_model() {
+    let dir = tempfile::tempdir().unwrap();
+    let pool = dir.path().join("pool");
+    let mut child = uctx(&pool)
+        .args(["chat", "-m", "reader", "--ctx", "2048"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(
+            b"The staging database host is db-7.\n/pin The release manager is grace.\nWhich staging database host do we use?\nWhich release manager signs off?\n/status\n/export transcript.md\n/nonsense\n/quit\n",
+        )
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    no_panic(&out);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    assert!(stdout.contains("db-7"), "{stdout}");
+    assert!(stdout.contains("grace"), "{stdout}");
+    assert!(stdout.contains("pinned as memory"));
+    assert!(
+        stdout.contains("window 2048"),
+        "/status prints the window: {stdout}"
+    );
+    assert!(text(&out.stderr).contains("unknown command /nonsense"));
+}
+
+#[test]
+fn a_second_writer_is_refused_with_the_holder_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let pool = dir.path().join("pool");
+    // A chat holds the pool while it waits for input.
+    let mut holder = uctx(&pool)
+        .args(["chat", "-m", "reader", "--ctx", "2048"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    // Wait until the holder has created and locked the pool.
+    let mut refused = None;
+    for _ in 0..200 {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        let doc = dir.path().join("doc.txt");
+        std::fs::write(&doc, "some text").unwrap();
+        let out = run(uctx(&pool).args(["ingest", "-q"]).arg(&doc));
+        if !out.status.success() && text(&out.stderr).contains("locked") {
+            refused = Some(out);
+            break;
+        }
+    }
+    let _ = holder.kill();
+    let _ = holder.wait();
+    let out = refused.expect("a second writer was never refused");
+    no_panic(&out);
+    let err = text(&out.stderr);
+    assert!(
+        err.contains(&holder.id().to_string()),
+        "the error names the holder's pid: {err}"
+    );
+    // Readers are not refused while a writer holds the pool.
+}
+
+#[test]
+fn doctor_reports_a_server_that_is_down_with_the_fix() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let out = run(uctx(&dir.path().join("pool"))
+        .args(["doctor", "-m", "ollama/qwen2.5", "--host"])
+        .arg(format!("127.0.0.1:{port}")));
+    no_panic(&out);
+    assert_eq!(out.status.code(), Some(1));
+    let stdout = text(&out.stdout);
+    assert!(stdout.contains("FAIL"), "{stdout}");
+    assert!(stdout.contains("ollama serve"), "{stdout}");
+    let out = run(uctx(&dir.path().join("pool")).args(["doctor", "-m", "reader"]));
+    assert!(out.status.success(), "{}", text(&out.stdout));
+}
+
+#[test]
+fn drift_bench_json_has_the_promised_keys() {
+    let out = run(Command::new(env!("CARGO_BIN_EXE_uctx"))
+        .args(["--json", "bench", "drift", "--stages", "20"]));
+    let v = json(&out);
+    assert_eq!(v["model"], "reader");
+    for arm in ["off", "on"] {
+        for key in [
+            "contradictions",
+            "correctness",
+            "reach",
+            "finished",
+            "prompt_tokens",
+            "hit_rate",
+        ] {
+            assert!(v[arm].get(key).is_some(), "{arm} lacks {key}: {v}");
+        }
+    }
+    assert_eq!(v["on"]["contradictions"], 0, "{v}");
+    assert_eq!(v["on"]["reach"][0], v["on"]["reach"][1], "{v}");
+    assert!(v["off"]["contradictions"].as_u64().unwrap() > 0, "{v}");
+    let out =
+        run(Command::new(env!("CARGO_BIN_EXE_uctx")).args(["bench", "drift", "--stages", "3"]));
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out.stderr).contains("at least 20"));
+}

@@ -1,0 +1,374 @@
+//! Sessions end to end against fake servers on loopback: what reaches the prompt.
+
+use std::sync::Arc;
+
+use uctx::backend::{self, Backend, BackendOptions, Role};
+use uctx::encoder::{Encoder, StaticEncoder};
+use uctx::memory::Memory;
+use uctx::pool::Scope;
+use uctx::session::{Session, SessionConfig};
+
+use crate::fake_server::{FakeConfig, FakeServer};
+
+const FACT: &str = "The vault passphrase is tangerine-42.";
+const VALUE: &str = "tangerine-42";
+const NEED: &str = "The archive job is blocked. Which vault passphrase opens the archive?";
+
+fn encoder() -> Arc<dyn Encoder> {
+    Arc::new(StaticEncoder::bundled().expect("bundled encoder"))
+}
+
+/// Deterministic, varied filler text about things unrelated to the fact.
+fn filler(seed: u64, words: usize) -> String {
+    const W: [&str; 40] = [
+        "scheduler",
+        "drained",
+        "queue",
+        "batch",
+        "renderer",
+        "thumbnail",
+        "billing",
+        "invoice",
+        "webhook",
+        "relay",
+        "latency",
+        "budget",
+        "sprint",
+        "review",
+        "runbook",
+        "fixture",
+        "cluster",
+        "staging",
+        "rollout",
+        "canary",
+        "metric",
+        "histogram",
+        "sampling",
+        "tracing",
+        "compaction",
+        "index",
+        "shard",
+        "replica",
+        "ticket",
+        "backlog",
+        "refactor",
+        "module",
+        "function",
+        "closure",
+        "iterator",
+        "buffer",
+        "socket",
+        "parser",
+        "lexer",
+        "grammar",
+    ];
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut out = String::new();
+    for i in 0..words {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        out.push_str(W[(x % W.len() as u64) as usize]);
+        out.push(if i % 12 == 11 { '.' } else { ' ' });
+        if i % 12 == 11 {
+            out.push(' ');
+        }
+    }
+    out
+}
+
+struct Run {
+    server: FakeServer,
+    session: Session,
+    _dir: tempfile::TempDir,
+}
+
+fn open(server: FakeServer, spec: &str, opts: BackendOptions, paging: bool, window: usize) -> Run {
+    let dir = tempfile::tempdir().unwrap();
+    let memory = Arc::new(Memory::open(dir.path(), encoder(), true, false, None).unwrap());
+    let backend: Arc<dyn Backend> = Arc::from(backend::from_spec(spec, &opts).unwrap());
+    let session = Session::open(
+        memory,
+        backend,
+        SessionConfig {
+            namespace: "test".into(),
+            window: None,
+            paging,
+            ..SessionConfig::default()
+        },
+    )
+    .unwrap();
+    assert_eq!(
+        session.window_size(),
+        window,
+        "the window comes from the server"
+    );
+    Run {
+        server,
+        session,
+        _dir: dir,
+    }
+}
+
+fn ollama(paging: bool, window: usize) -> Run {
+    let server = FakeServer::ollama(FakeConfig {
+        context_length: Some(window),
+        ..FakeConfig::default()
+    });
+    let opts = server.options();
+    open(server, "ollama/m", opts, paging, window)
+}
+
+fn openai(paging: bool, window: usize) -> Run {
+    let server = FakeServer::openai(FakeConfig {
+        context_length: Some(window),
+        ..FakeConfig::default()
+    });
+    let opts = server.options();
+    open(server, "openai/m", opts, paging, window)
+}
+
+/// Say the fact at turn 1, talk past 50,000 tokens, then need it. Returns the last answer.
+fn long_conversation(run: &mut Run) -> String {
+    let mut sink = |_: &str| {};
+    run.session
+        .turn(
+            &format!("Setting things up. {FACT} Keep it safe."),
+            &mut sink,
+        )
+        .unwrap();
+    let mut tokens = 0;
+    let mut i = 0;
+    while tokens < 50_000 {
+        i += 1;
+        let text = filler(i, 700);
+        tokens += run.session.memory().count_tokens(&text);
+        run.session.turn(&text, &mut sink).unwrap();
+    }
+    run.session.turn(NEED, &mut sink).unwrap().answer
+}
+
+fn prompt_text(req: &serde_json::Value) -> String {
+    req["messages"]
+        .as_array()
+        .map(|ms| {
+            ms.iter()
+                .filter_map(|m| m["content"].as_str())
+                .collect::<Vec<_>>()
+                .join("\n")
+        })
+        .unwrap_or_default()
+}
+
+fn check_never_over_window(run: &Run, window: usize) {
+    let chats: Vec<serde_json::Value> = run
+        .server
+        .requests()
+        .into_iter()
+        .filter(|r| r["messages"].is_array())
+        .collect();
+    assert!(!chats.is_empty());
+    for (i, req) in chats.iter().enumerate() {
+        let messages: Vec<uctx::backend::Message> =
+            serde_json::from_value(req["messages"].clone()).unwrap();
+        let counted = uctx::backend::reader::prompt_tokens(&messages);
+        assert!(
+            counted <= window as u64,
+            "request {i} sent {counted} tokens into a {window}-token window"
+        );
+    }
+    assert_eq!(run.session.stats().overflows, 0);
+}
+
+#[test]
+fn ollama_fact_from_turn_one_reaches_the_prompt_that_needs_it() {
+    let window = 4096;
+    let mut on = ollama(true, window);
+    let answer = long_conversation(&mut on);
+    let last = on.server.requests().last().cloned().unwrap();
+    assert_eq!(
+        last["options"]["num_ctx"].as_u64(),
+        Some(window as u64),
+        "num_ctx is set explicitly"
+    );
+    assert!(
+        prompt_text(&last).contains(VALUE),
+        "the fact was paged into the prompt"
+    );
+    assert!(
+        prompt_text(&last).contains("[memory "),
+        "paged slices carry provenance"
+    );
+    assert!(answer.contains(VALUE), "answer: {answer}");
+    check_never_over_window(&on, window);
+
+    let mut off = ollama(false, window);
+    let answer = long_conversation(&mut off);
+    let last = off.server.requests().last().cloned().unwrap();
+    assert!(
+        !prompt_text(&last).contains(VALUE),
+        "a sliding window has lost the fact"
+    );
+    assert!(!answer.contains(VALUE));
+    check_never_over_window(&off, window);
+}
+
+#[test]
+fn openai_fact_from_turn_one_reaches_the_prompt_that_needs_it() {
+    let window = 2048;
+    let mut on = openai(true, window);
+    let answer = long_conversation(&mut on);
+    let last = on.server.requests().last().cloned().unwrap();
+    assert!(prompt_text(&last).contains(VALUE));
+    assert!(answer.contains(VALUE), "answer: {answer}");
+    check_never_over_window(&on, window);
+    let stats = on.session.pager_stats().unwrap();
+    assert!(
+        stats.hits + stats.misses > 0,
+        "the pager paged something in"
+    );
+
+    let mut off = openai(false, window);
+    let answer = long_conversation(&mut off);
+    assert!(!prompt_text(&off.server.requests().last().cloned().unwrap()).contains(VALUE));
+    assert!(!answer.contains(VALUE));
+}
+
+#[test]
+fn separate_namespaces_never_see_each_other() {
+    let dir = tempfile::tempdir().unwrap();
+    let memory = Arc::new(Memory::open(dir.path(), encoder(), true, false, None).unwrap());
+    let backend: Arc<dyn Backend> = Arc::from(
+        backend::from_spec(
+            "reader",
+            &BackendOptions {
+                context_override: Some(2048),
+                ..BackendOptions::default()
+            },
+        )
+        .unwrap(),
+    );
+    let cfg = |ns: &str| SessionConfig {
+        namespace: ns.into(),
+        ..SessionConfig::default()
+    };
+    let mut a = Session::open(Arc::clone(&memory), Arc::clone(&backend), cfg("alice")).unwrap();
+    let mut b = Session::open(Arc::clone(&memory), Arc::clone(&backend), cfg("bob")).unwrap();
+    let mut sink = |_: &str| {};
+    a.turn(FACT, &mut sink).unwrap();
+    let r = b.turn(NEED, &mut sink).unwrap();
+    assert!(
+        !r.answer.contains(VALUE),
+        "bob read alice's fact: {}",
+        r.answer
+    );
+    assert!(
+        r.window.memory.is_empty() || r.window.messages.iter().all(|m| !m.content.contains(VALUE))
+    );
+    assert!(b
+        .recall("vault passphrase", 10)
+        .unwrap()
+        .iter()
+        .all(|h| h.slice.meta.namespace == "bob"));
+    let r = a.turn(NEED, &mut sink).unwrap();
+    assert!(
+        r.answer.contains(VALUE),
+        "alice keeps her own fact: {}",
+        r.answer
+    );
+    // A shared session searches every namespace.
+    let mut shared = Session::open(
+        Arc::clone(&memory),
+        Arc::clone(&backend),
+        SessionConfig {
+            shared: true,
+            ..cfg("carol")
+        },
+    )
+    .unwrap();
+    assert!(shared
+        .recall("vault passphrase", 10)
+        .unwrap()
+        .iter()
+        .any(|h| h.slice.meta.namespace == "alice"));
+    let r = shared.turn(NEED, &mut sink).unwrap();
+    assert!(r.answer.contains(VALUE));
+    assert!(memory
+        .pool()
+        .metas(Scope::Namespace("bob"))
+        .iter()
+        .all(|m| m.namespace == "bob"));
+}
+
+#[test]
+fn resumed_session_continues_the_conversation() {
+    let dir = tempfile::tempdir().unwrap();
+    let backend: Arc<dyn Backend> = Arc::from(
+        backend::from_spec(
+            "reader",
+            &BackendOptions {
+                context_override: Some(2048),
+                ..BackendOptions::default()
+            },
+        )
+        .unwrap(),
+    );
+    let cfg = SessionConfig {
+        namespace: "resume".into(),
+        resume: true,
+        ..SessionConfig::default()
+    };
+    {
+        let memory = Arc::new(Memory::open(dir.path(), encoder(), true, false, None).unwrap());
+        let mut s = Session::open(memory, Arc::clone(&backend), cfg.clone()).unwrap();
+        s.turn(FACT, &mut |_| {}).unwrap();
+        s.pin("The on-call engineer is rosalind.").unwrap();
+    }
+    let memory = Arc::new(Memory::open(dir.path(), encoder(), true, false, None).unwrap());
+    let mut s = Session::open(memory, backend, cfg).unwrap();
+    assert_eq!(s.history().len(), 2);
+    assert_eq!(s.history()[0].role, Role::User);
+    let r = s
+        .turn("Which on-call engineer should we page?", &mut |_| {})
+        .unwrap();
+    assert_eq!(r.turn, 2);
+    assert!(
+        r.answer.contains("rosalind"),
+        "pinned facts are always in the window: {}",
+        r.answer
+    );
+    let transcript = s.transcript().unwrap();
+    assert_eq!(transcript.len(), 4);
+    assert!(transcript[0].text.contains(VALUE));
+}
+
+#[test]
+fn an_input_larger_than_the_window_is_cut_and_said_so() {
+    let dir = tempfile::tempdir().unwrap();
+    let memory = Arc::new(Memory::open(dir.path(), encoder(), true, false, None).unwrap());
+    let backend: Arc<dyn Backend> = Arc::from(
+        backend::from_spec(
+            "reader",
+            &BackendOptions {
+                context_override: Some(1024),
+                ..BackendOptions::default()
+            },
+        )
+        .unwrap(),
+    );
+    let mut s = Session::open(Arc::clone(&memory), backend, SessionConfig::default()).unwrap();
+    let big = format!("{FACT}\n\n{}", filler(7, 6000));
+    let r = s.turn(&big, &mut |_| {}).unwrap();
+    assert!(r.window.input_cut);
+    assert!(r
+        .window
+        .messages
+        .last()
+        .unwrap()
+        .content
+        .contains("are in memory"));
+    assert!(r.window.est_tokens <= 1024);
+    // Nothing was lost: the whole input is in the pool.
+    let hits = memory.recall("vault passphrase", 3, Scope::All).unwrap();
+    assert!(hits.iter().any(|h| h.slice.text.contains(VALUE)));
+}
