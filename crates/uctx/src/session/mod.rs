@@ -204,38 +204,54 @@ impl Session {
             }
         }
         if self.cfg.resume {
-            let mut turns: Vec<Turn> = Vec::new();
-            let mut budget = self.window * 2;
-            for m in metas.iter().rev() {
-                let role = match m.source {
-                    Source::User => Role::User,
-                    Source::Assistant => Role::Assistant,
-                    _ => continue,
-                };
-                let Some(slice) = pool.get(m.id)? else {
-                    continue;
-                };
-                match turns.last_mut() {
-                    Some(t) if t.turn == m.turn && t.role == role => {
-                        t.text = format!("{}\n\n{}", slice.text, t.text);
-                        t.tokens += m.tokens as usize;
-                    }
-                    _ => turns.push(Turn {
-                        role,
-                        text: slice.text,
-                        turn: m.turn,
-                        tokens: m.tokens as usize,
-                    }),
-                }
-                budget = budget.saturating_sub(m.tokens as usize);
-                if budget == 0 {
-                    break;
-                }
-            }
-            turns.reverse();
-            self.history = turns;
+            self.history = self.turns_from_pool(Some(self.window * 2))?;
         }
         Ok(())
+    }
+
+    /// The conversation as the pool holds it, oldest first; with `max_tokens`,
+    /// only the latest turns up to about that many tokens.
+    fn turns_from_pool(&self, max_tokens: Option<usize>) -> Result<Vec<Turn>> {
+        let pool = self.memory.pool();
+        let mut turns: Vec<Turn> = Vec::new();
+        let mut budget = max_tokens.unwrap_or(usize::MAX);
+        for m in pool
+            .metas(Scope::Namespace(&self.cfg.namespace))
+            .iter()
+            .rev()
+        {
+            let role = match m.source {
+                Source::User => Role::User,
+                Source::Assistant => Role::Assistant,
+                _ => continue,
+            };
+            let Some(slice) = pool.get(m.id)? else {
+                continue;
+            };
+            match turns.last_mut() {
+                Some(t) if t.turn == m.turn && t.role == role => {
+                    t.text = format!("{}\n\n{}", slice.text, t.text);
+                    t.tokens += m.tokens as usize;
+                }
+                _ => turns.push(Turn {
+                    role,
+                    text: slice.text,
+                    turn: m.turn,
+                    tokens: m.tokens as usize,
+                }),
+            }
+            budget = budget.saturating_sub(m.tokens as usize);
+            if budget == 0 {
+                break;
+            }
+        }
+        turns.reverse();
+        Ok(turns)
+    }
+
+    /// The whole conversation of this namespace, read back from the pool.
+    pub fn transcript(&self) -> Result<Vec<Turn>> {
+        self.turns_from_pool(None)
     }
 
     pub fn window_size(&self) -> usize {
