@@ -445,7 +445,8 @@ impl Session {
                 total += t.tokens;
                 total > self.window * 4
             })
-            .map_or(0, |i| i + 1);
+            .map_or(0, |i| i + 1)
+            .min(self.history.len() - 1);
         if keep_from > 0 {
             self.history.drain(..keep_from);
         }
