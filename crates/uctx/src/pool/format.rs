@@ -18,6 +18,7 @@ pub const T_EVICT: u8 = 4;
 pub const T_BUDGET: u8 = 5;
 pub const T_CLEAR: u8 = 6;
 pub const T_NEXT_ID: u8 = 7;
+pub const T_DICT: u8 = 8;
 
 /// Fixed bytes of a slice payload before its vector.
 pub const SLICE_FIXED: usize = 8 * 4 + 4 * 3 + 1 + 1 + 2 + 2 + 4 + 4;
@@ -121,6 +122,9 @@ pub struct SliceRec {
     pub namespace: String,
     pub ext_id: Option<String>,
     pub text_len: u32,
+    /// The zstd dictionary the text was compressed with, if any.
+    pub dict: Option<u32>,
+    /// One zstd frame.
     pub text_z: Vec<u8>,
     pub vector: Vec<f16>,
 }
@@ -133,11 +137,21 @@ pub type WitnessRec = (u8, u64, u64);
 pub enum Rec {
     Slice(SliceRec),
     Witness(Vec<WitnessRec>),
-    DeleteNs { namespace: String, upto: u64 },
+    DeleteNs {
+        namespace: String,
+        upto: u64,
+    },
     Evict(Vec<u64>),
     Budget(u64),
-    Clear { upto: u64 },
+    Clear {
+        upto: u64,
+    },
     NextId(u64),
+    /// A zstd dictionary that later slices' text may be compressed with.
+    Dict {
+        id: u32,
+        bytes: Vec<u8>,
+    },
 }
 
 /// Append a framed record to `out`; returns its total length.
@@ -154,18 +168,26 @@ pub fn encode(rec: &Rec, out: &mut Vec<u8>) -> usize {
             out.extend_from_slice(&s.salience.to_le_bytes());
             out.extend_from_slice(&s.uses.to_le_bytes());
             out.push(s.source);
-            out.push(u8::from(s.pinned) | if s.ext_id.is_some() { 2 } else { 0 });
+            out.push(
+                u8::from(s.pinned)
+                    | if s.ext_id.is_some() { 2 } else { 0 }
+                    | if s.dict.is_some() { 4 } else { 0 },
+            );
             let ns = s.namespace.as_bytes();
             let ext = s.ext_id.as_deref().unwrap_or("").as_bytes();
             out.extend_from_slice(&(ns.len() as u16).to_le_bytes());
             out.extend_from_slice(&(ext.len() as u16).to_le_bytes());
             out.extend_from_slice(&s.text_len.to_le_bytes());
-            out.extend_from_slice(&(s.text_z.len() as u32).to_le_bytes());
+            let z_len = s.text_z.len() + if s.dict.is_some() { 4 } else { 0 };
+            out.extend_from_slice(&(z_len as u32).to_le_bytes());
             for x in &s.vector {
                 out.extend_from_slice(&x.to_bits().to_le_bytes());
             }
             out.extend_from_slice(ns);
             out.extend_from_slice(ext);
+            if let Some(d) = s.dict {
+                out.extend_from_slice(&d.to_le_bytes());
+            }
             out.extend_from_slice(&s.text_z);
             T_SLICE
         }
@@ -201,6 +223,11 @@ pub fn encode(rec: &Rec, out: &mut Vec<u8>) -> usize {
         Rec::NextId(n) => {
             out.extend_from_slice(&n.to_le_bytes());
             T_NEXT_ID
+        }
+        Rec::Dict { id, bytes } => {
+            out.extend_from_slice(&id.to_le_bytes());
+            out.extend_from_slice(bytes);
+            T_DICT
         }
     };
     let payload_len = (out.len() - start - RECORD_HEADER) as u32;
@@ -264,6 +291,10 @@ pub fn decode(ty: u8, p: &[u8], dim: usize) -> Option<Rec> {
         T_BUDGET if p.len() == 8 => Rec::Budget(u64_at(p, 0)),
         T_CLEAR if p.len() == 8 => Rec::Clear { upto: u64_at(p, 0) },
         T_NEXT_ID if p.len() == 8 => Rec::NextId(u64_at(p, 0)),
+        T_DICT if p.len() > 4 => Rec::Dict {
+            id: u32_at(p, 0),
+            bytes: p[4..].to_vec(),
+        },
         _ => return None,
     })
 }
@@ -285,6 +316,15 @@ pub fn decode_slice(p: &[u8], dim: usize) -> Option<SliceRec> {
         return None;
     }
     let flags = p[45];
+    let has_dict = flags & 4 != 0;
+    if has_dict && z_len < 4 {
+        return None;
+    }
+    let (dict, text_at) = if has_dict {
+        (Some(u32_at(p, z_at)), z_at + 4)
+    } else {
+        (None, z_at)
+    };
     Some(SliceRec {
         id: u64_at(p, 0),
         time_ms: u64_at(p, 8),
@@ -302,7 +342,8 @@ pub fn decode_slice(p: &[u8], dim: usize) -> Option<SliceRec> {
             None
         },
         text_len,
-        text_z: p[z_at..].to_vec(),
+        dict,
+        text_z: p[text_at..].to_vec(),
         vector: (0..dim)
             .map(|i| {
                 f16::from_bits(u16::from_le_bytes([
@@ -375,6 +416,7 @@ mod tests {
                 namespace: "sess".into(),
                 ext_id: Some("doc-1".into()),
                 text_len: 5,
+                dict: Some(3),
                 text_z: vec![1, 2, 3],
                 vector: vec![f16::from_f32(0.5), f16::from_f32(-1.0)],
             }),
@@ -387,6 +429,10 @@ mod tests {
             Rec::Budget(1 << 30),
             Rec::Clear { upto: 5 },
             Rec::NextId(11),
+            Rec::Dict {
+                id: 2,
+                bytes: vec![9, 8, 7],
+            },
         ];
         for r in recs {
             let mut out = Vec::new();

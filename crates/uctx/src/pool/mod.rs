@@ -39,6 +39,12 @@ pub const DEFAULT_BUDGET: u64 = 5 << 30;
 const ZSTD_LEVEL: i32 = 3;
 /// Bytes read per step while replaying the log.
 const READ_CHUNK: usize = 8 << 20;
+/// Live slices needed before a zstd dictionary is trained on them.
+const DICT_MIN_SLICES: usize = 1000;
+/// Size of a trained dictionary.
+const DICT_BYTES: usize = 64 << 10;
+/// Texts sampled to train it.
+const DICT_SAMPLES: usize = 4000;
 /// Dead bytes below this never trigger a compaction on their own.
 const MIN_DEAD_TO_COMPACT: u64 = 8 << 20;
 
@@ -97,6 +103,29 @@ pub struct PoolStats {
 struct Writer {
     /// Set when a sync failed: what is on disk is unknown until reopened.
     poisoned: Option<String>,
+    /// A compressor loaded with the current dictionary.
+    compressor: Option<(u32, zstd::bulk::Compressor<'static>)>,
+    /// Live slices at which to try training a dictionary (again).
+    dict_retry_at: usize,
+}
+
+impl Writer {
+    /// Compress `text` with dictionary `dict` (or none).
+    fn compress(&mut self, text: &[u8], dict: Option<(u32, &[u8])>) -> std::io::Result<Vec<u8>> {
+        let Some((id, raw)) = dict else {
+            return zstd::bulk::compress(text, ZSTD_LEVEL);
+        };
+        if self.compressor.as_ref().map(|c| c.0) != Some(id) {
+            self.compressor = Some((
+                id,
+                zstd::bulk::Compressor::with_dictionary(ZSTD_LEVEL, raw)?,
+            ));
+        }
+        match &mut self.compressor {
+            Some((_, c)) => c.compress(text),
+            None => zstd::bulk::compress(text, ZSTD_LEVEL),
+        }
+    }
 }
 
 /// The context pool. See the module docs for the contract.
@@ -225,7 +254,11 @@ impl Pool {
             read_only: opts.read_only,
             fingerprint: header.fingerprint,
             params: WitnessParams::default(),
-            writer: Mutex::new(Writer { poisoned: None }),
+            writer: Mutex::new(Writer {
+                poisoned: None,
+                compressor: None,
+                dict_retry_at: DICT_MIN_SLICES,
+            }),
             state: RwLock::new(state),
             cut_bytes: cut,
             maintenance_error: Mutex::new(None),
@@ -348,10 +381,28 @@ impl Pool {
         let mut w = self.lock_writer()?;
         let first = self.read().next_id;
         let time_ms = now_ms();
-        let mut recs = Vec::with_capacity(batch.len());
+        let mut recs = Vec::with_capacity(batch.len() + 1);
+        let dict = match self.train_dict(&mut w, batch) {
+            Some((id, raw)) => {
+                recs.push(Rec::Dict {
+                    id,
+                    bytes: raw.clone(),
+                });
+                Some((id, Arc::new(raw)))
+            }
+            None => {
+                let s = self.read();
+                s.current_dict
+                    .and_then(|id| s.dicts.get(&id).map(|d| (id, Arc::new(d.raw.clone()))))
+            }
+        };
         for (i, (s, v)) in batch.iter().enumerate() {
             let id = first + i as u64;
-            let text_z = zstd::bulk::compress(s.text.as_bytes(), ZSTD_LEVEL)
+            let text_z = w
+                .compress(
+                    s.text.as_bytes(),
+                    dict.as_ref().map(|(id, raw)| (*id, raw.as_slice())),
+                )
                 .map_err(|e| Error::io("cannot compress slice text", e))?;
             let salience = if s.salience.is_finite() {
                 s.salience.clamp(0.0, 1.0)
@@ -371,6 +422,7 @@ impl Pool {
                 namespace: s.namespace.clone(),
                 ext_id: s.ext_id.clone(),
                 text_len: s.text.len() as u32,
+                dict: dict.as_ref().map(|d| d.0),
                 text_z,
                 vector: v
                     .iter()
@@ -378,7 +430,11 @@ impl Pool {
                     .collect(),
             }));
         }
-        self.commit(&mut w, &recs, &format!("append {} slices", batch.len()))?;
+        if let Err(e) = self.commit(&mut w, &recs, &format!("append {} slices", batch.len())) {
+            // A dictionary trained for this batch was not written: forget it.
+            w.compressor = None;
+            return Err(e);
+        }
         self.maintain(&mut w);
         Ok((first..first + batch.len() as u64).collect())
     }
@@ -437,11 +493,72 @@ impl Pool {
         let Some(rec) = rec.filter(|r| r.id == id) else {
             return Err(self.corrupt(format!("slice {id} at offset {offset} fails its checksum")));
         };
-        let text = zstd::bulk::decompress(&rec.text_z, rec.text_len as usize)
-            .ok()
-            .and_then(|b| String::from_utf8(b).ok())
-            .ok_or_else(|| self.corrupt(format!("slice {id} holds undecodable text")))?;
+        let text = self.text_of(&rec)?;
         Ok(Some(Slice { meta, text }))
+    }
+
+    /// Decompress a slice record's text with the dictionary it names.
+    fn text_of(&self, rec: &SliceRec) -> Result<String> {
+        let bytes = match rec.dict {
+            None => zstd::bulk::decompress(&rec.text_z, rec.text_len as usize).ok(),
+            Some(d) => {
+                let dict = self.read().dicts.get(&d).cloned();
+                dict.and_then(|dict| {
+                    zstd::bulk::Decompressor::with_prepared_dictionary(&dict.decoder)
+                        .ok()?
+                        .decompress(&rec.text_z, rec.text_len as usize)
+                        .ok()
+                })
+            }
+        };
+        bytes
+            .and_then(|b| String::from_utf8(b).ok())
+            .ok_or_else(|| self.corrupt(format!("slice {} holds undecodable text", rec.id)))
+    }
+
+    /// Once the pool holds enough slices, train a zstd dictionary on their
+    /// text (and the batch about to be written). `None` when there is one
+    /// already, too few slices, or training failed (retried at twice the size).
+    fn train_dict(&self, w: &mut Writer, batch: &[(NewSlice, Vec<f32>)]) -> Option<(u32, Vec<u8>)> {
+        let (live, id) = {
+            let s = self.read();
+            if s.current_dict.is_some() {
+                return None;
+            }
+            (s.entries.len(), s.dicts.keys().max().map_or(1, |m| m + 1))
+        };
+        if live + batch.len() < w.dict_retry_at {
+            return None;
+        }
+        w.dict_retry_at = (live + batch.len()) * 2;
+        let ids: Vec<u64> = self
+            .read()
+            .entries
+            .keys()
+            .rev()
+            .take(DICT_SAMPLES)
+            .copied()
+            .collect();
+        let mut samples: Vec<Vec<u8>> = batch
+            .iter()
+            .take(DICT_SAMPLES)
+            .map(|(s, _)| s.text.as_bytes().to_vec())
+            .collect();
+        for id in ids {
+            if samples.len() >= DICT_SAMPLES {
+                break;
+            }
+            if let Ok(Some(s)) = self.get(id) {
+                samples.push(s.text.into_bytes());
+            }
+        }
+        let dict = zstd::dict::from_samples(&samples, DICT_BYTES).ok()?;
+        Some((id, dict))
+    }
+
+    /// Whether new text is compressed with a dictionary trained on the pool.
+    pub fn has_dictionary(&self) -> bool {
+        self.read().current_dict.is_some()
     }
 
     fn corrupt(&self, detail: String) -> Error {
@@ -696,7 +813,7 @@ impl Pool {
         self.compact_locked(&mut w)
     }
 
-    fn compact_locked(&self, _w: &mut Writer) -> Result<()> {
+    fn compact_locked(&self, w: &mut Writer) -> Result<()> {
         let io = |what: &str, e| {
             Error::io(
                 format!(
@@ -708,13 +825,16 @@ impl Pool {
         };
         // Readers keep searching the old state while the new log is written;
         // every mutation waits on the writer lock we hold.
-        let (old, dim, generation, next_id, budget, items) = {
+        let (old, dim, generation, next_id, budget, items, dict) = {
             let s = self.read();
             let items: Vec<(u64, u64, u32, u32, u64, bool)> = s
                 .entries
                 .iter()
                 .map(|(&id, e)| (id, e.offset, e.bytes, e.uses, e.last_used_seq, e.pinned))
                 .collect();
+            let dict = s
+                .current_dict
+                .and_then(|id| s.dicts.get(&id).map(|d| (id, d.raw.clone())));
             (
                 s.log.clone(),
                 s.dim,
@@ -722,6 +842,7 @@ impl Pool {
                 s.next_id,
                 s.budget,
                 items,
+                dict,
             )
         };
         let fp = self.fingerprint.clone();
@@ -743,6 +864,16 @@ impl Pool {
         let header_len = buf.len() as u64;
         format::encode(&Rec::Budget(budget), &mut buf);
         format::encode(&Rec::NextId(next_id), &mut buf);
+        if let Some((id, raw)) = &dict {
+            format::encode(
+                &Rec::Dict {
+                    id: *id,
+                    bytes: raw.clone(),
+                },
+                &mut buf,
+            );
+        }
+        let dict_id = dict.as_ref().map(|d| d.0);
         let mut written = 0u64;
         let mut offsets = Vec::with_capacity(items.len());
         let mut rec = Vec::new();
@@ -763,8 +894,20 @@ impl Pool {
             s.uses = uses;
             s.last_used_seq = last_used_seq;
             s.pinned = pinned;
-            offsets.push(written + buf.len() as u64);
-            format::encode(&Rec::Slice(s), &mut buf);
+            if s.dict != dict_id {
+                // Older text joins the current dictionary.
+                let text = self.text_of(&s)?;
+                s.text_z = w
+                    .compress(
+                        text.as_bytes(),
+                        dict.as_ref().map(|(id, raw)| (*id, raw.as_slice())),
+                    )
+                    .map_err(|e| io("compress text", e))?;
+                s.dict = dict_id;
+            }
+            let at = written + buf.len() as u64;
+            let n = format::encode(&Rec::Slice(s), &mut buf);
+            offsets.push((at, n as u32));
             if buf.len() >= READ_CHUNK {
                 new.write_at(written, &buf)
                     .map_err(|e| io("write the new log", e))?;
@@ -780,11 +923,15 @@ impl Pool {
             .rename(COMPACT_FILE, LOG_FILE)
             .map_err(|e| io("install the new log", e))?;
         let mut s = self.write_state();
-        for (&(id, ..), off) in items.iter().zip(offsets) {
+        let mut live = 0u64;
+        for (&(id, ..), (off, n)) in items.iter().zip(offsets) {
             if let Some(e) = s.entries.get_mut(&id) {
                 e.offset = off;
+                e.bytes = n;
+                live += n as u64;
             }
         }
+        s.live_bytes = live;
         s.identity = new.identity();
         s.log = new;
         s.generation = generation + 1;

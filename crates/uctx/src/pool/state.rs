@@ -15,6 +15,12 @@ use crate::slice::{SliceMeta, Source};
 /// Marks a row whose slice is gone.
 const DEAD: u64 = u64::MAX;
 
+/// A zstd dictionary, raw and prepared for decompression.
+pub struct Dict {
+    pub raw: Vec<u8>,
+    pub decoder: zstd::dict::DecoderDictionary<'static>,
+}
+
 /// What the pool keeps per live slice.
 #[derive(Clone, Debug)]
 pub struct Entry {
@@ -54,6 +60,9 @@ pub struct State {
     /// Bytes of live slice records.
     pub live_bytes: u64,
     pub tokens: u64,
+    /// zstd dictionaries by id, and the one new text is compressed with.
+    pub dicts: HashMap<u32, Arc<Dict>>,
+    pub current_dict: Option<u32>,
 }
 
 #[derive(PartialEq)]
@@ -96,6 +105,8 @@ impl State {
             dead_rows: 0,
             live_bytes: 0,
             tokens: 0,
+            dicts: HashMap::new(),
+            current_dict: None,
         }
     }
 
@@ -138,6 +149,14 @@ impl State {
                 }
             }
             Rec::NextId(n) => self.next_id = self.next_id.max(*n),
+            Rec::Dict { id, bytes } => {
+                let d = Dict {
+                    raw: bytes.clone(),
+                    decoder: zstd::dict::DecoderDictionary::copy(bytes),
+                };
+                self.dicts.insert(*id, Arc::new(d));
+                self.current_dict = Some(*id);
+            }
         }
         self.end = self.end.max(offset + len as u64);
         self.tidy_rows();

@@ -668,3 +668,49 @@ fn shared_pool_across_threads() {
     assert_eq!(all.len(), 100);
     assert_eq!(pool.stats().slices, 100);
 }
+
+/// Code-like text, varied enough that a dictionary has something to learn.
+fn code_text(n: u64) -> String {
+    format!(
+        "static int driver_probe_{n}(struct platform_device *pdev)\n{{\n\tstruct device *dev = &pdev->dev;\n\tint ret = devm_request_irq(dev, {irq}, handler_{n}, IRQF_SHARED, \"drv{n}\", priv);\n\tif (ret < 0) {{\n\t\tdev_err(dev, \"cannot request irq {irq}: %d\\n\", ret);\n\t\treturn ret;\n\t}}\n\treturn 0;\n}}\n",
+        irq = n % 97
+    )
+}
+
+#[test]
+fn dictionary_is_trained_and_every_text_survives() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut ids = Vec::new();
+    let mut undict_bytes = 0;
+    {
+        let pool = Pool::open(tmp.path(), opts()).unwrap();
+        for b in 0..15u64 {
+            let batch: Vec<_> = (b * 100..b * 100 + 100)
+                .map(|n| {
+                    let (mut s, v) = slice("d", n);
+                    s.text = code_text(n);
+                    (s, v)
+                })
+                .collect();
+            ids.extend(pool.append(&batch).unwrap());
+            if b == 5 {
+                undict_bytes = pool.meta(ids[0]).unwrap().bytes;
+            }
+        }
+        assert!(pool.has_dictionary());
+        let late = pool.meta(*ids.last().unwrap()).unwrap().bytes;
+        assert!(late < undict_bytes, "{late} vs {undict_bytes}");
+        pool.compact().unwrap();
+        // Compaction brought the early slices under the dictionary too.
+        assert!(pool.meta(ids[0]).unwrap().bytes < undict_bytes);
+        for (n, id) in ids.iter().enumerate() {
+            assert_eq!(pool.get(*id).unwrap().unwrap().text, code_text(n as u64));
+        }
+        pool.append(&[slice("d", 5000)]).unwrap();
+    }
+    let pool = Pool::open(tmp.path(), opts()).unwrap();
+    assert!(pool.has_dictionary());
+    for (n, id) in ids.iter().enumerate() {
+        assert_eq!(pool.get(*id).unwrap().unwrap().text, code_text(n as u64));
+    }
+}
