@@ -149,7 +149,7 @@ pub trait Backend: Send + Sync {
 }
 
 /// How to reach servers, from flags and the environment.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Default)]
 pub struct BackendOptions {
     /// Ollama host (`OLLAMA_HOST`), e.g. `127.0.0.1:11434` or `http://host:port`.
     pub ollama_host: Option<String>,
@@ -175,6 +175,22 @@ pub const DEFAULT_OLLAMA_HOST: &str = "127.0.0.1:11434";
 /// Where an OpenAI-compatible server is assumed when `OPENAI_BASE_URL` is not set
 /// (llama.cpp's `llama-server` listens here by default).
 pub const DEFAULT_OPENAI_BASE_URL: &str = "http://127.0.0.1:8080/v1";
+
+/// The key is never printed.
+impl std::fmt::Debug for BackendOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BackendOptions")
+            .field("ollama_host", &self.ollama_host)
+            .field("openai_base_url", &self.openai_base_url)
+            .field(
+                "openai_api_key",
+                &self.openai_api_key.as_ref().map(|_| "<redacted>"),
+            )
+            .field("context_override", &self.context_override)
+            .field("timeout", &self.timeout)
+            .finish()
+    }
+}
 
 impl BackendOptions {
     /// Options read from the environment only (`OLLAMA_HOST`, `OPENAI_BASE_URL`,

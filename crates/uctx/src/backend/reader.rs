@@ -472,15 +472,35 @@ pub fn prompt_tokens(messages: &[Message]) -> u64 {
     messages.iter().map(|m| approx_tokens(&m.content)).sum()
 }
 
+/// Counts the tokens of a text.
+pub type TokenCounter = std::sync::Arc<dyn Fn(&str) -> u64 + Send + Sync>;
+
 /// The built-in reader model.
 pub struct ReaderBackend {
     context_length: usize,
+    counter: Option<TokenCounter>,
 }
 
 impl ReaderBackend {
+    /// The window is `opts.context_override`, else [`DEFAULT_CONTEXT`]; tokens are
+    /// counted with [`approx_tokens`].
     pub fn new(opts: &BackendOptions) -> ReaderBackend {
         ReaderBackend {
             context_length: opts.context_override.unwrap_or(DEFAULT_CONTEXT),
+            counter: None,
+        }
+    }
+
+    /// Report token counts with `counter` (a real tokenizer) instead of [`approx_tokens`].
+    pub fn with_token_counter(mut self, counter: TokenCounter) -> ReaderBackend {
+        self.counter = Some(counter);
+        self
+    }
+
+    fn count(&self, text: &str) -> u64 {
+        match &self.counter {
+            Some(c) => c(text),
+            None => approx_tokens(text),
         }
     }
 }
@@ -521,10 +541,11 @@ impl Backend for ReaderBackend {
             on_text(piece);
             text.push_str(piece);
         }
+        let prompt = req.messages.iter().map(|m| self.count(&m.content)).sum();
         Ok(ChatResponse {
-            completion_tokens: Some(approx_tokens(&text)),
+            completion_tokens: Some(self.count(&text)),
             text,
-            prompt_tokens: Some(prompt_tokens(&req.messages)),
+            prompt_tokens: Some(prompt),
             done_reason: Some(done_reason.to_string()),
         })
     }
@@ -685,6 +706,18 @@ mod tests {
         assert_eq!(ask(&["🚀 = 🌕"], "🚀?"), "I don't know.");
     }
 
+    proptest::proptest! {
+        #[test]
+        fn any_text_gets_an_answer(window in "\\PC{0,200}", question in "\\PC{0,80}") {
+            let msgs = [
+                Message::new(Role::System, window.clone()),
+                Message::new(Role::Assistant, format!("[memory 1 · turn 2 · user] {window}")),
+                user(&format!("{question}?")),
+            ];
+            proptest::prop_assert!(!answer(&msgs).is_empty());
+        }
+    }
+
     #[test]
     fn streams_word_by_word_and_honours_max_tokens() {
         let backend = ReaderBackend::new(&BackendOptions::default());
@@ -712,5 +745,13 @@ mod tests {
         let r = backend.chat(&short, &mut |_| {}).expect("chat");
         assert_eq!(r.text, "The ");
         assert_eq!(r.done_reason.as_deref(), Some("length"));
+        let counted = ReaderBackend::new(&BackendOptions::default())
+            .with_token_counter(std::sync::Arc::new(|t: &str| t.len() as u64));
+        let r = counted.chat(&short, &mut |_| {}).expect("chat");
+        assert_eq!(
+            r.prompt_tokens,
+            Some(short.messages[0].content.len() as u64)
+        );
+        assert_eq!(r.completion_tokens, Some(4));
     }
 }
