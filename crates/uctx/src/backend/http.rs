@@ -115,21 +115,14 @@ impl From<ureq::Error> for Failure {
 
 fn transport_detail(t: &ureq::Transport) -> String {
     use std::error::Error as _;
-    let mut detail = match t.kind() {
-        ureq::ErrorKind::ConnectionFailed => "connection failed".to_string(),
-        ureq::ErrorKind::Dns => "host name not found".to_string(),
-        ureq::ErrorKind::InvalidUrl | ureq::ErrorKind::UnknownScheme => "bad URL".to_string(),
-        _ => t.kind().to_string(),
-    };
-    if let Some(msg) = t.message() {
-        detail.push_str(": ");
-        detail.push_str(msg);
-    }
+    // The innermost cause reads best ("Connection refused (os error 111)").
     if let Some(src) = t.source() {
-        detail.push_str(": ");
-        detail.push_str(&src.to_string());
+        return src.to_string();
     }
-    detail
+    match t.message() {
+        Some(msg) => format!("{}: {msg}", t.kind()),
+        None => t.kind().to_string(),
+    }
 }
 
 /// An error body, at most [`MAX_ERROR_BODY`] bytes, decoded lossily.

@@ -141,12 +141,13 @@ impl OpenAiBackend {
     }
 }
 
-/// The context length in one `{base}/models` entry: llama.cpp's `meta.n_ctx_train`,
-/// vLLM's `max_model_len`, or a `context_length`-like field.
+/// The context length in one `{base}/models` entry: the running window (`meta.n_ctx`)
+/// where a server reports it, llama.cpp's `meta.n_ctx_train`, vLLM's `max_model_len`, or
+/// a `context_length`-like field.
 pub fn context_length_from_model_entry(entry: &Value) -> Option<usize> {
     [
-        "/meta/n_ctx_train",
         "/meta/n_ctx",
+        "/meta/n_ctx_train",
         "/max_model_len",
         "/context_length",
         "/max_context_length",
