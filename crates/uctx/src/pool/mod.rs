@@ -777,7 +777,12 @@ impl Pool {
     fn govern(&self, w: &mut Writer) -> Result<()> {
         let (end, budget, live, header) = {
             let s = self.read();
-            (s.end, s.budget, s.live_bytes, s.header_len)
+            // A compacted log also carries the budget, next id and dictionary.
+            let dict = s
+                .current_dict
+                .and_then(|id| s.dicts.get(&id))
+                .map_or(0, |d| d.raw.len() as u64 + 13);
+            (s.end, s.budget, s.live_bytes, s.header_len + 64 + dict)
         };
         if end > budget {
             // Evict down to a low-water mark, so that the next compaction
@@ -787,18 +792,18 @@ impl Pool {
                 let s = self.read();
                 (s.metas(None), s.next_id.saturating_sub(1))
             };
-            let overhead = header + 64;
-            let v = witness::victims(
-                &metas,
-                live + overhead,
-                target.max(overhead),
-                now,
-                &self.params,
-            );
-            if !v.is_empty() {
+            let v = witness::victims(&metas, live + header, target.max(header), now, &self.params);
+            let evicted = !v.is_empty();
+            if evicted {
                 self.commit(w, &[Rec::Evict(v)], "evict slices over the budget")?;
             }
-            return self.compact_locked(w);
+            // Compact when that reclaims something worth a rewrite (nothing
+            // may be evictable when pinned slices fill the budget).
+            let dead = self.dead_bytes();
+            if evicted || dead * 20 >= end {
+                return self.compact_locked(w);
+            }
+            return Ok(());
         }
         let dead = end.saturating_sub(header + live);
         if dead > MIN_DEAD_TO_COMPACT && dead > live {

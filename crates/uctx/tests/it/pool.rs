@@ -231,7 +231,17 @@ fn child_role() {
         }
         Ok("writer") => {
             use std::io::Write;
-            let pool = Pool::open(dir, opts()).unwrap();
+            let budget = std::env::var("UCTX_POOL_TEST_BUDGET")
+                .ok()
+                .and_then(|b| b.parse().ok());
+            let pool = Pool::open(
+                dir,
+                PoolOptions {
+                    budget_bytes: budget,
+                    ..opts()
+                },
+            )
+            .unwrap();
             let start: u64 = std::env::var("UCTX_POOL_TEST_START")
                 .unwrap()
                 .parse()
@@ -255,20 +265,32 @@ fn child_role() {
 }
 
 fn child(dir: &Path, role: &str, start: u64) -> std::process::Child {
-    Command::new(std::env::current_exe().unwrap())
-        .args([
-            "--exact",
-            "pool::child_role",
-            "--nocapture",
-            "--test-threads=1",
-        ])
-        .env("UCTX_POOL_TEST_DIR", dir)
-        .env("UCTX_POOL_TEST_ROLE", role)
-        .env("UCTX_POOL_TEST_START", start.to_string())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap()
+    child_with_budget(dir, role, start, None)
+}
+
+fn child_with_budget(
+    dir: &Path,
+    role: &str,
+    start: u64,
+    budget: Option<u64>,
+) -> std::process::Child {
+    let mut cmd = Command::new(std::env::current_exe().unwrap());
+    if let Some(b) = budget {
+        cmd.env("UCTX_POOL_TEST_BUDGET", b.to_string());
+    }
+    cmd.args([
+        "--exact",
+        "pool::child_role",
+        "--nocapture",
+        "--test-threads=1",
+    ])
+    .env("UCTX_POOL_TEST_DIR", dir)
+    .env("UCTX_POOL_TEST_ROLE", role)
+    .env("UCTX_POOL_TEST_START", start.to_string())
+    .stdout(Stdio::piped())
+    .stderr(Stdio::null())
+    .spawn()
+    .unwrap()
 }
 
 #[test]
@@ -713,4 +735,75 @@ fn dictionary_is_trained_and_every_text_survives() {
     for (n, id) in ids.iter().enumerate() {
         assert_eq!(pool.get(*id).unwrap().unwrap().text, code_text(n as u64));
     }
+}
+
+/// SIGKILL a writer whose tiny budget makes it evict and compact all the
+/// time: the pool always opens, every slice in it is intact, and the newest
+/// acknowledged slice (the highest retention) is there.
+#[test]
+fn kill_9_during_eviction_and_compaction() {
+    let tmp = tempfile::tempdir().unwrap();
+    let budget = 40_000u64;
+    drop(
+        Pool::open(
+            tmp.path(),
+            PoolOptions {
+                budget_bytes: Some(budget),
+                ..opts()
+            },
+        )
+        .unwrap(),
+    );
+    let mut rng = 0x9E37_79B9u64 ^ std::process::id() as u64;
+    let mut next = 0u64;
+    let mut acked_total = 0;
+    for run in 0..20 {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        let mut c = child_with_budget(tmp.path(), "writer", next, Some(budget));
+        let stdout = c.stdout.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let reader = std::thread::spawn(move || {
+            let mut got = Vec::new();
+            for l in BufReader::new(stdout).lines() {
+                let Ok(l) = l else { break };
+                let Some(at) = l.find("ack ") else { continue };
+                let p: Vec<&str> = l[at..].split(' ').collect();
+                if p.len() == 3 {
+                    got.push((p[1].parse::<u64>().unwrap(), p[2].parse::<u64>().unwrap()));
+                    if got.len() == 1 {
+                        let _ = tx.send(());
+                    }
+                }
+            }
+            got
+        });
+        let _ = rx.recv_timeout(Duration::from_secs(10));
+        std::thread::sleep(Duration::from_micros(rng % 60_000));
+        c.kill().unwrap();
+        c.wait().unwrap();
+        let got = reader.join().unwrap();
+        acked_total += got.len();
+        let pool = Pool::open(tmp.path(), opts()).unwrap();
+        if let Some(&(k, id)) = got.last() {
+            next = k + 1;
+            let s = pool
+                .get(id)
+                .unwrap()
+                .unwrap_or_else(|| panic!("run {run}: newest acknowledged slice {id} lost"));
+            assert_eq!(s.text, text_of(k));
+        }
+        for m in pool.metas(Scope::All) {
+            let s = pool.get(m.id).unwrap().unwrap();
+            assert!(s.text.starts_with("slice number "), "run {run}: {}", s.text);
+        }
+        assert!(
+            pool.stats().bytes_on_disk <= budget + 20_000,
+            "run {run}: {} bytes",
+            pool.stats().bytes_on_disk
+        );
+        assert!(!tmp.path().join("pool.log.compact").exists());
+    }
+    assert!(acked_total > 0);
 }
