@@ -2,6 +2,7 @@
 //! context length, and one clear error for each way a server can fail.
 
 use std::net::TcpListener;
+use std::time::Duration;
 
 use uctx::backend::{
     from_spec, reader, Backend, BackendError, BackendOptions, ChatRequest, Message, Role,
@@ -49,7 +50,9 @@ const CONFIG: FakeConfig = FakeConfig {
     stream_error: None,
     split_utf8: false,
     reply: None,
-    delay: std::time::Duration::ZERO,
+    delay: Duration::ZERO,
+    raw_stream: None,
+    ignore_stream: false,
 };
 
 fn with_models(models: &[&str]) -> FakeConfig {
@@ -228,6 +231,30 @@ fn ollama_text_split_inside_characters_arrives_intact() {
     assert_eq!(pieces.concat(), UNICODE);
 }
 
+#[test]
+fn ollama_stalled_stream_times_out() {
+    let server = FakeServer::ollama(FakeConfig {
+        delay: Duration::from_secs(3),
+        ..with_models(&["m"])
+    });
+    let opts = BackendOptions {
+        timeout: Some(Duration::from_millis(300)),
+        ..server.options()
+    };
+    let (r, _) = chat(&*backend("ollama/m", &opts), &request("Hi."));
+    assert!(matches!(r, Err(BackendError::StreamBroken { .. })), "{r:?}");
+}
+
+#[test]
+fn ollama_garbage_is_a_protocol_error() {
+    let server = FakeServer::ollama(FakeConfig {
+        raw_stream: Some("<html>not ollama</html>\n".to_string()),
+        ..with_models(&["m"])
+    });
+    let (r, _) = chat(&*backend("ollama/m", &server.options()), &request("Hi."));
+    assert!(matches!(r, Err(BackendError::Protocol { .. })), "{r:?}");
+}
+
 // ---- OpenAI-compatible --------------------------------------------------------------
 
 #[test]
@@ -393,6 +420,32 @@ fn openai_context_length_from_props_then_models_then_flag() {
         ..server.options()
     };
     assert_eq!(backend("openai/m", &opts).context_length().ok(), Some(1500));
+}
+
+#[test]
+fn openai_garbage_is_a_protocol_error() {
+    let server = FakeServer::openai(FakeConfig {
+        raw_stream: Some("data: {not json\n\n".to_string()),
+        ..with_models(&["m"])
+    });
+    let (r, _) = chat(&*backend("openai/m", &server.options()), &request("Hi."));
+    assert!(matches!(r, Err(BackendError::Protocol { .. })), "{r:?}");
+}
+
+#[test]
+fn openai_whole_answer_from_a_server_that_does_not_stream() {
+    let server = FakeServer::openai(FakeConfig {
+        ignore_stream: true,
+        ..with_models(&["m"])
+    });
+    let req = request("The cache is redis. Which cache?");
+    let mut pieces = Vec::new();
+    let r = backend("openai/m", &server.options())
+        .chat(&req, &mut |t| pieces.push(t.to_string()))
+        .expect("chat");
+    assert_eq!(r.text, "The cache is redis.");
+    assert_eq!(pieces.concat(), r.text);
+    assert_eq!(r.prompt_tokens, Some(reader::prompt_tokens(&req.messages)));
 }
 
 // ---- specs and options --------------------------------------------------------------

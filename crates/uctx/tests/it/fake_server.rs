@@ -41,6 +41,10 @@ pub struct FakeConfig {
     pub reply: Option<String>,
     /// Pause between streamed pieces.
     pub delay: Duration,
+    /// Stream these bytes as the whole body instead of a well-formed answer.
+    pub raw_stream: Option<String>,
+    /// Answer with one JSON completion even when a stream is asked for (OpenAI only).
+    pub ignore_stream: bool,
 }
 
 impl Default for FakeConfig {
@@ -56,6 +60,8 @@ impl Default for FakeConfig {
             split_utf8: false,
             reply: None,
             delay: Duration::ZERO,
+            raw_stream: None,
+            ignore_stream: false,
         }
     }
 }
@@ -313,6 +319,10 @@ fn ollama(out: &mut TcpStream, cfg: &FakeConfig, req: &Recorded) -> std::io::Res
             let prompt_eval_count = reader::prompt_tokens(&msgs);
             let eval_count = reader::approx_tokens(&pieces.concat());
             let mut s = Stream::start(out, "application/x-ndjson", cfg)?;
+            if let Some(raw) = &cfg.raw_stream {
+                s.send(raw)?;
+                return s.finish();
+            }
             for (i, p) in pieces.iter().enumerate() {
                 if s.interrupted(i, |e| json!({ "error": e }).to_string() + "\n")? {
                     return Ok(());
@@ -400,7 +410,7 @@ fn openai(out: &mut TcpStream, cfg: &FakeConfig, req: &Recorded) -> std::io::Res
                 "prompt_tokens": reader::prompt_tokens(&msgs),
                 "completion_tokens": reader::approx_tokens(&pieces.concat()),
             });
-            if req.body.get("stream").and_then(Value::as_bool) != Some(true) {
+            if cfg.ignore_stream || req.body.get("stream").and_then(Value::as_bool) != Some(true) {
                 let whole = json!({
                     "choices": [{"index": 0, "finish_reason": "stop",
                                  "message": {"role": "assistant", "content": pieces.concat()}}],
@@ -412,6 +422,10 @@ fn openai(out: &mut TcpStream, cfg: &FakeConfig, req: &Recorded) -> std::io::Res
             let error_event =
                 |e: &str| event(json!({"error": {"message": e, "type": "server_error"}}));
             let mut s = Stream::start(out, "text/event-stream", cfg)?;
+            if let Some(raw) = &cfg.raw_stream {
+                s.send(raw)?;
+                return s.finish();
+            }
             for (i, p) in pieces.iter().enumerate() {
                 if s.interrupted(i, error_event)? {
                     return Ok(());
