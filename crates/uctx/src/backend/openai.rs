@@ -73,6 +73,7 @@ impl OpenAiBackend {
                         fix: FIX_KEY.to_string(),
                     },
                     404 if message.to_lowercase().contains("model") => self.missing(),
+                    400 if mentions_missing_model(&message) => self.missing(),
                     404 => BackendError::Endpoint {
                         url: self.base.clone(),
                         path: url.strip_prefix(&self.base).unwrap_or(url).to_string(),
@@ -139,6 +140,21 @@ impl OpenAiBackend {
         r.send_string(&body.to_string())
             .map_err(|e| self.fail(e.into(), url))
     }
+}
+
+/// Whether an error message says the model does not exist.
+fn mentions_missing_model(message: &str) -> bool {
+    let m = message.to_lowercase();
+    m.contains("model")
+        && [
+            "not found",
+            "does not exist",
+            "not exist",
+            "no such model",
+            "unknown model",
+        ]
+        .iter()
+        .any(|p| m.contains(p))
 }
 
 /// The context length in one `{base}/models` entry: the running window (`meta.n_ctx`)
@@ -311,11 +327,7 @@ impl OpenAiBackend {
     fn check_error(&self, v: &Value, url: &str) -> Result<(), BackendError> {
         match http::json_error(v) {
             None => Ok(()),
-            Some(message)
-                if message.to_lowercase().contains("model") && message.contains("not") =>
-            {
-                Err(self.missing())
-            }
+            Some(message) if mentions_missing_model(&message) => Err(self.missing()),
             Some(message) => Err(BackendError::Server {
                 url: url.to_string(),
                 message,
@@ -447,6 +459,15 @@ mod tests {
         assert_eq!(context_length_from_model_entry(&json!({"id": "m"})), None);
         let p = json!({"default_generation_settings": {"n_ctx": 2048}});
         assert_eq!(context_length_from_props(&p), Some(2048));
+    }
+
+    #[test]
+    fn only_a_missing_model_reads_as_missing() {
+        assert!(mentions_missing_model("The model `gpt-x` does not exist"));
+        assert!(mentions_missing_model("model 'x' not found"));
+        assert!(!mentions_missing_model(
+            "the model context is not large enough"
+        ));
     }
 
     #[test]
