@@ -807,3 +807,108 @@ fn kill_9_during_eviction_and_compaction() {
     }
     assert!(acked_total > 0);
 }
+
+#[derive(Clone, Debug)]
+enum Op {
+    Append(u8, u8),
+    Delete(u8),
+    Use(u16),
+    Pin(u16),
+    Compact,
+    Reopen,
+    Clear,
+}
+
+fn arb_op() -> impl proptest::strategy::Strategy<Value = Op> {
+    use proptest::prelude::*;
+    prop_oneof![
+        6 => (0u8..3, 1u8..6).prop_map(|(n, c)| Op::Append(n, c)),
+        1 => (0u8..3).prop_map(Op::Delete),
+        2 => any::<u16>().prop_map(Op::Use),
+        1 => any::<u16>().prop_map(Op::Pin),
+        1 => Just(Op::Compact),
+        1 => Just(Op::Reopen),
+        1 => Just(Op::Clear),
+    ]
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(48))]
+
+    /// Any sequence of writes, deletes, witness events, compactions and
+    /// reopens leaves the pool agreeing with a plain in-memory model.
+    #[test]
+    fn pool_agrees_with_a_model(ops in proptest::collection::vec(arb_op(), 1..40)) {
+        use std::collections::BTreeMap;
+        let mem = MemDir::new();
+        let open = || mem_pool(Arc::new(mem.clone())).unwrap();
+        let mut pool = open();
+        // id -> (namespace, text number, uses, pinned)
+        let mut model: BTreeMap<u64, (String, u64, u32, bool)> = BTreeMap::new();
+        let mut n = 0u64;
+        let mut last_id = 0u64;
+        for op in ops {
+            match op {
+                Op::Append(ns, count) => {
+                    let ns = format!("ns{ns}");
+                    let batch: Vec<_> = (n..n + count as u64).map(|k| slice(&ns, k)).collect();
+                    let ids = pool.append(&batch).unwrap();
+                    for (k, id) in (n..).zip(&ids) {
+                        proptest::prop_assert!(*id > last_id);
+                        last_id = *id;
+                        model.insert(*id, (ns.clone(), k, 0, false));
+                    }
+                    n += count as u64;
+                }
+                Op::Delete(ns) => {
+                    let ns = format!("ns{ns}");
+                    let want = model.values().filter(|v| v.0 == ns).count() as u64;
+                    proptest::prop_assert_eq!(pool.delete_namespace(&ns).unwrap(), want);
+                    model.retain(|_, v| v.0 != ns);
+                }
+                Op::Use(i) | Op::Pin(i) => {
+                    if model.is_empty() {
+                        continue;
+                    }
+                    let id = *model.keys().nth(i as usize % model.len()).unwrap();
+                    let e = model.get_mut(&id).unwrap();
+                    if matches!(op, Op::Use(_)) {
+                        pool.record(&[WitnessEvent::Used(id)]).unwrap();
+                        e.2 += 1;
+                    } else {
+                        pool.record(&[WitnessEvent::Pin(id)]).unwrap();
+                        e.3 = true;
+                    }
+                }
+                Op::Compact => pool.compact().unwrap(),
+                Op::Reopen => {
+                    drop(pool);
+                    pool = open();
+                }
+                Op::Clear => {
+                    proptest::prop_assert_eq!(pool.clear().unwrap(), model.len() as u64);
+                    model.clear();
+                }
+            }
+            let metas = pool.metas(Scope::All);
+            proptest::prop_assert_eq!(metas.len(), model.len());
+            for m in &metas {
+                let (ns, _, uses, pinned) = &model[&m.id];
+                proptest::prop_assert_eq!(&m.namespace, ns);
+                proptest::prop_assert_eq!(m.uses, *uses);
+                proptest::prop_assert_eq!(m.pinned, *pinned);
+            }
+            for ns in ["ns0", "ns1", "ns2"] {
+                for h in pool.search(&unit(n), 50, Scope::Namespace(ns)).unwrap() {
+                    proptest::prop_assert_eq!(h.meta.namespace.as_str(), ns);
+                }
+            }
+        }
+        drop(pool);
+        let pool = open();
+        for (id, (_, k, _, _)) in &model {
+            proptest::prop_assert_eq!(pool.get(*id).unwrap().map(|s| s.text), Some(text_of(*k)));
+        }
+        proptest::prop_assert_eq!(pool.stats().slices, model.len() as u64);
+    }
+}
