@@ -14,6 +14,8 @@ use crate::slice::{SliceMeta, Source};
 
 /// Marks a row whose slice is gone.
 const DEAD: u64 = u64::MAX;
+/// Scans of at least this many rows run on several threads.
+const PARALLEL_ROWS: usize = 65_536;
 
 /// A zstd dictionary, raw and prepared for decompression.
 pub struct Dict {
@@ -330,17 +332,68 @@ impl State {
         if k == 0 {
             return Vec::new();
         }
+        let rows: &[u32] = match ns {
+            None => &[],
+            Some(name) => match self.ns_index.get(name) {
+                Some(&i) => &self.ns_rows[i as usize],
+                None => return Vec::new(),
+            },
+        };
+        let n = if ns.is_none() {
+            self.row_ids.len()
+        } else {
+            rows.len()
+        };
+        let row_at = |i: usize| if ns.is_none() { i } else { rows[i] as usize };
+        // Big scans are split over the cores; each part keeps its own top k.
+        let threads = if n >= PARALLEL_ROWS {
+            std::thread::available_parallelism().map_or(1, |t| t.get().min(8))
+        } else {
+            1
+        };
+        let mut heaps: Vec<BinaryHeap<Scored>> = if threads == 1 {
+            vec![self.scan(q, k, 0..n, &row_at)]
+        } else {
+            let per = n.div_ceil(threads);
+            std::thread::scope(|sc| {
+                let parts: Vec<_> = (0..threads)
+                    .map(|t| {
+                        let range = (t * per).min(n)..((t + 1) * per).min(n);
+                        let row_at = &row_at;
+                        sc.spawn(move || self.scan(q, k, range, row_at))
+                    })
+                    .collect();
+                parts
+                    .into_iter()
+                    .map(|p| p.join().unwrap_or_default())
+                    .collect()
+            })
+        };
+        let mut out: Vec<Scored> = heaps.iter_mut().flat_map(|h| h.drain()).collect();
+        out.sort();
+        out.truncate(k);
+        out.into_iter().map(|s| (s.0, s.1)).collect()
+    }
+
+    fn scan(
+        &self,
+        q: &[f32],
+        k: usize,
+        range: std::ops::Range<usize>,
+        row_at: &(dyn Fn(usize) -> usize + Sync),
+    ) -> BinaryHeap<Scored> {
         let mut heap: BinaryHeap<Scored> = BinaryHeap::with_capacity(k + 1);
         let mut row = vec![0f32; self.dim];
-        let mut consider = |r: usize| {
+        for i in range {
+            let r = row_at(i);
             let id = self.row_ids[r];
             if id == DEAD {
-                return;
+                continue;
             }
             self.vecs[r * self.dim..(r + 1) * self.dim].convert_to_f32_slice(&mut row);
             let score = dot(q, &row);
             if !score.is_finite() {
-                return;
+                continue;
             }
             if heap.len() < k {
                 heap.push(Scored(score, id));
@@ -350,20 +403,8 @@ impl State {
                     heap.push(Scored(score, id));
                 }
             }
-        };
-        match ns {
-            None => (0..self.row_ids.len()).for_each(&mut consider),
-            Some(name) => {
-                if let Some(&i) = self.ns_index.get(name) {
-                    self.ns_rows[i as usize]
-                        .iter()
-                        .for_each(|&r| consider(r as usize));
-                }
-            }
         }
-        let mut out: Vec<Scored> = heap.into_vec();
-        out.sort();
-        out.into_iter().map(|s| (s.0, s.1)).collect()
+        heap
     }
 }
 
@@ -381,4 +422,56 @@ fn dot(a: &[f32], b: &[f32]) -> f32 {
         s += a[i] * b[i];
     }
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pool::storage::{Dir, MemDir};
+
+    fn rec(id: u64, ns: &str, v: &[f32]) -> Rec {
+        Rec::Slice(SliceRec {
+            id,
+            time_ms: 0,
+            turn: 0,
+            last_used_seq: id,
+            tokens: 1,
+            salience: 0.5,
+            uses: 0,
+            source: 0,
+            pinned: false,
+            namespace: ns.into(),
+            ext_id: None,
+            text_len: 0,
+            dict: None,
+            text_z: Vec::new(),
+            vector: v.iter().map(|x| f16::from_f32(*x)).collect(),
+        })
+    }
+
+    #[test]
+    fn parallel_scan_matches_a_single_scan() {
+        let log = MemDir::new().open("x", true).unwrap();
+        let mut s = State::new(4, log, 1, 0);
+        let n = PARALLEL_ROWS as u64 + 5000;
+        for id in 1..=n {
+            let a = (id as f32 * 0.37).sin();
+            let b = (id as f32 * 0.11).cos();
+            let ns = if id % 2 == 0 { "even" } else { "odd" };
+            s.apply(&rec(id, ns, &[a, b, a * b, 0.5]), id * 100, 100);
+        }
+        s.apply(&Rec::Evict(vec![7, 8, 9]), n * 100 + 100, 10);
+        let q = [0.3, -0.8, 0.2, 0.1];
+        let got = s.search(&q, 10, None);
+        let all = s.scan(&q, 10, 0..s.row_ids.len(), &|i| i);
+        let mut want = all.into_vec();
+        want.sort();
+        let want: Vec<(f32, u64)> = want.into_iter().map(|x| (x.0, x.1)).collect();
+        assert_eq!(got, want);
+        assert!(got.iter().all(|(_, id)| ![7, 8, 9].contains(id)));
+        let even = s.search(&q, 10, Some("even"));
+        assert_eq!(even.len(), 10);
+        assert!(even.iter().all(|(_, id)| id % 2 == 0));
+        assert!(s.search(&q, 10, Some("none")).is_empty());
+    }
 }
