@@ -31,6 +31,8 @@ pub enum Error {
     EncoderMismatch { pool: String, current: String },
     #[error("encoder: {0}")]
     Encoder(String),
+    #[error("the encoder model at {path} cannot be used: {detail} — pass a Model2Vec directory (tokenizer.json, model.safetensors, config.json), or leave out --encoder to use the bundled model")]
+    EncoderModel { path: PathBuf, detail: String },
     #[error("{0}")]
     Backend(#[from] crate::backend::BackendError),
     #[error("the window of {window} tokens cannot hold {needed} tokens of {what} — {fix}")]

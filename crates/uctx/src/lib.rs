@@ -10,6 +10,7 @@ pub mod backend;
 pub mod chunk;
 pub mod encoder;
 pub mod error;
+pub mod lexical;
 pub mod memory;
 pub mod pager;
 pub mod pool;

@@ -2,6 +2,9 @@
 
 use crate::Result;
 
+mod static_model;
+pub use static_model::{StaticEncoder, BUNDLED_NAME};
+
 /// An embedding model: text in, L2-normalized vector of [`Encoder::dim`] floats out.
 ///
 /// Implementations are deterministic (same text → same vector, across runs and
