@@ -3,3 +3,5 @@
 //! CLI only parses flags and prints.
 
 pub mod drift;
+pub mod encoder;
+pub mod locomo;

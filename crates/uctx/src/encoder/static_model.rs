@@ -50,6 +50,7 @@ pub struct StaticEncoder {
     inner: Arc<Inner>,
 }
 
+#[derive(Clone)]
 struct Inner {
     /// Identifies this loaded model in the per-thread piece caches.
     id: u64,
@@ -185,6 +186,15 @@ impl StaticEncoder {
                 fingerprint,
             }),
         })
+    }
+
+    /// A copy of this model with caches of its own, as if just loaded (for cold timings).
+    pub fn fresh(&self) -> StaticEncoder {
+        let mut inner = Inner::clone(&self.inner);
+        inner.id = NEXT_MODEL_ID.fetch_add(1, Ordering::Relaxed);
+        StaticEncoder {
+            inner: Arc::new(inner),
+        }
     }
 
     /// Number of rows in the embedding table.
