@@ -16,6 +16,14 @@ pub fn bench(g: &Global, a: &BenchArgs) -> anyhow::Result<ExitCode> {
 }
 
 fn bench_drift(g: &Global, a: &DriftArgs) -> anyhow::Result<ExitCode> {
+    if let Some(k) = &a.keep {
+        if k.exists() {
+            anyhow::bail!(
+                "{} already exists; --keep needs a new directory",
+                k.display()
+            );
+        }
+    }
     if a.stages < 20 {
         anyhow::bail!("--stages must be at least 20 (got {})", a.stages);
     }
@@ -34,7 +42,7 @@ fn bench_drift(g: &Global, a: &DriftArgs) -> anyhow::Result<ExitCode> {
         stages: a.stages,
         backend,
         encoder: open::encoder(g)?,
-        dir: None,
+        dir: a.keep.clone(),
         trace: a.trace,
         progress: show_progress.then(|| {
             Box::new(|arm: &str, i: usize, n: usize| eprint!("\rengine {arm}: turn {i}/{n}   "))

@@ -169,7 +169,11 @@ fn command(session: &mut Session, name: &str, arg: &str) -> anyhow::Result<bool>
                 anyhow::bail!("usage: /recall QUERY");
             }
             for r in session.recall(arg, 5)? {
-                println!("── {:.3}  {}", r.score, session::memory_block(&r.slice));
+                println!(
+                    "── {:.3}  {}",
+                    r.score,
+                    session::memory_block(&r.slice, &r.slice.text)
+                );
             }
         }
         "clear" => {

@@ -47,7 +47,7 @@ pub struct ModelArgs {
     /// API key for an OpenAI-compatible server [env: OPENAI_API_KEY].
     #[arg(long, value_name = "KEY", hide_env_values = true)]
     pub api_key: Option<String>,
-    /// Context window in tokens [default: what the server reports for the model].
+    /// Context window in tokens [default: what the server reports for the model, at most 8192].
     #[arg(long, value_name = "TOKENS")]
     pub ctx: Option<usize>,
 }
@@ -206,4 +206,7 @@ pub struct DriftArgs {
     /// Print every turn (verdicts, paged-in slices, answer) to standard error.
     #[arg(long)]
     pub trace: bool,
+    /// Keep the two arms' pools in DIR/off and DIR/on (must not exist yet) instead of a temporary directory.
+    #[arg(long, value_name = "DIR")]
+    pub keep: Option<std::path::PathBuf>,
 }

@@ -75,6 +75,11 @@ fn fit(para: &str, max_tokens: usize, count: &dyn Fn(&str) -> usize) -> Vec<Stri
     pack(&parts, max_tokens, count)
 }
 
+/// The sentences (and lines) of `text`, trimmed, non-empty, in order.
+pub fn sentences(text: &str) -> Vec<&str> {
+    cut_at(text, is_sentence_end)
+}
+
 fn is_sentence_end(s: &str, i: usize) -> bool {
     let b = s.as_bytes();
     matches!(b[i], b'.' | b'!' | b'?' | b'\n')

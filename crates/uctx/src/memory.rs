@@ -2,12 +2,22 @@
 //!
 //! Every writer of text (sessions, `ingest`) and every reader (`recall`, the
 //! pager) goes through [`Memory`], so chunking and encoding happen in one place.
+//!
+//! Search is hybrid: the dense ranking from the pool's vectors and a BM25
+//! ranking over the same slices, merged by reciprocal rank fusion. A dense
+//! static model alone loses to BM25 on conversation (exact names, numbers,
+//! identifiers); together they beat both. The BM25 indexes are in memory,
+//! one per namespace, built from the pool on the first search that needs them
+//! and kept current by [`Memory::write`]; like every index they are derived
+//! from the pool. Above [`LEXICAL_MAX_SLICES`] slices in scope, search is dense only.
 
+use std::collections::HashMap;
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use crate::chunk;
 use crate::encoder::Encoder;
+use crate::lexical::{self, Bm25};
 use crate::pool::{Hit, Pool, PoolOptions, Scope};
 use crate::slice::{NewSlice, Slice, Source};
 use crate::Result;
@@ -40,11 +50,19 @@ pub struct Recalled {
     pub slice: Slice,
 }
 
+/// Slices in scope above which search skips the in-memory BM25 index.
+pub const LEXICAL_MAX_SLICES: u64 = 50_000;
+
+/// Candidates each ranking contributes before fusion, per result wanted.
+const FUSION_DEPTH: usize = 3;
+
 /// A pool with the encoder whose vectors it holds.
 pub struct Memory {
     pool: Arc<Pool>,
     encoder: Arc<dyn Encoder>,
     slice_tokens: usize,
+    /// BM25 per namespace, for the namespaces searched so far.
+    lexical: Mutex<HashMap<String, Bm25>>,
 }
 
 impl Memory {
@@ -74,6 +92,7 @@ impl Memory {
             pool,
             encoder,
             slice_tokens: chunk::SLICE_TOKENS,
+            lexical: Mutex::new(HashMap::new()),
         }
     }
 
@@ -123,16 +142,104 @@ impl Memory {
         let texts: Vec<&str> = slices.iter().map(|s| s.text.as_str()).collect();
         let vectors = self.encoder.encode_batch(&texts);
         let batch: Vec<(NewSlice, Vec<f32>)> = slices.into_iter().zip(vectors).collect();
-        self.pool.append(&batch)
+        let ids = self.pool.append(&batch)?;
+        let mut lex = self.lexical();
+        for ((slice, _), id) in batch.iter().zip(&ids) {
+            if let Some(index) = lex.get_mut(&slice.namespace) {
+                index.add(*id, &slice.text);
+            }
+        }
+        Ok(ids)
     }
 
-    /// The ids and scores of the `k` slices nearest to `query`.
+    fn lexical(&self) -> MutexGuard<'_, HashMap<String, Bm25>> {
+        self.lexical.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The ids and scores of the `k` slices nearest to `query`: dense and BM25
+    /// rankings fused by reciprocal rank. Scores are fused rank scores.
     pub fn search(&self, query: &str, k: usize, scope: Scope<'_>) -> Result<Vec<Hit>> {
         if query.trim().is_empty() || k == 0 {
             return Ok(Vec::new());
         }
+        let depth = k * FUSION_DEPTH;
         let v = self.encoder.encode(query);
-        self.pool.search(&v, k, scope)
+        let dense = self.pool.search(&v, depth, scope)?;
+        let Some(lex) = self.lexical_search(query, depth, scope)? else {
+            let mut dense = dense;
+            dense.truncate(k);
+            return Ok(dense);
+        };
+        let dense_ranked: Vec<(u64, f32)> = dense.iter().map(|h| (h.meta.id, h.score)).collect();
+        let mut metas: HashMap<u64, crate::slice::SliceMeta> =
+            dense.into_iter().map(|h| (h.meta.id, h.meta)).collect();
+        let mut out = Vec::with_capacity(k);
+        for (id, score) in lexical::rrf(&[dense_ranked, lex], depth) {
+            // A BM25 hit may have been deleted or evicted since it was indexed.
+            let Some(meta) = metas.remove(&id).or_else(|| self.pool.meta(id)) else {
+                continue;
+            };
+            if let Scope::Namespace(ns) = scope {
+                if meta.namespace != ns {
+                    continue;
+                }
+            }
+            out.push(Hit { score, meta });
+            if out.len() == k {
+                break;
+            }
+        }
+        Ok(out)
+    }
+
+    /// BM25 over the namespaces in scope, loading their indexes on first use;
+    /// `None` when the scope is too large for in-memory indexes.
+    fn lexical_search(
+        &self,
+        query: &str,
+        k: usize,
+        scope: Scope<'_>,
+    ) -> Result<Option<Vec<(u64, f32)>>> {
+        let namespaces: Vec<(String, u64)> = match scope {
+            Scope::Namespace(ns) => self
+                .pool
+                .namespaces()
+                .into_iter()
+                .filter(|(n, _)| n == ns)
+                .collect(),
+            Scope::All => self.pool.namespaces(),
+        };
+        if namespaces.iter().map(|(_, n)| n).sum::<u64>() > LEXICAL_MAX_SLICES {
+            return Ok(None);
+        }
+        let mut lex = self.lexical();
+        for (ns, _) in &namespaces {
+            if !lex.contains_key(ns) {
+                let mut index = Bm25::new();
+                for m in self.pool.metas(Scope::Namespace(ns)) {
+                    if let Some(slice) = self.pool.get(m.id)? {
+                        index.add(m.id, &slice.text);
+                    }
+                }
+                lex.insert(ns.clone(), index);
+            }
+        }
+        let lists: Vec<Vec<(u64, f32)>> = namespaces
+            .iter()
+            .filter_map(|(ns, _)| lex.get(ns))
+            .map(|index| index.search(query, k))
+            .collect();
+        Ok(Some(match lists.len() {
+            0 => Vec::new(),
+            1 => lists.into_iter().next().unwrap_or_default(),
+            // BM25 scores of different namespaces share a scale closely enough to merge.
+            _ => {
+                let mut all: Vec<(u64, f32)> = lists.into_iter().flatten().collect();
+                all.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+                all.truncate(k);
+                all
+            }
+        }))
     }
 
     /// Like [`Memory::search`], with each slice's text.

@@ -214,13 +214,16 @@ fn chat_from_a_pipe_with_the_reader_model() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
+    let transcript = dir.path().join("transcript.md");
+    let script = format!(
+        "The staging database host is db-7.\n/pin The release manager is grace.\nWhich staging database host do we use?\nWhich release manager signs off?\n/status\n/export {}\n/nonsense\n/quit\n",
+        transcript.display()
+    );
     child
         .stdin
         .take()
         .unwrap()
-        .write_all(
-            b"The staging database host is db-7.\n/pin The release manager is grace.\nWhich staging database host do we use?\nWhich release manager signs off?\n/status\n/export transcript.md\n/nonsense\n/quit\n",
-        )
+        .write_all(script.as_bytes())
         .unwrap();
     let out = child.wait_with_output().unwrap();
     no_panic(&out);
@@ -234,6 +237,11 @@ fn chat_from_a_pipe_with_the_reader_model() {
         "/status prints the window: {stdout}"
     );
     assert!(text(&out.stderr).contains("unknown command /nonsense"));
+    let exported = std::fs::read_to_string(&transcript).unwrap();
+    assert!(
+        exported.contains("## user (turn 1)") && exported.contains("db-7"),
+        "{exported}"
+    );
 }
 
 #[test]

@@ -182,7 +182,11 @@ impl Pager {
             .iter()
             .filter(|(_, e)| e.prefetch_score > 0.0)
             .collect();
-        prefetch.sort_by(|a, b| b.1.prefetch_score.total_cmp(&a.1.prefetch_score));
+        prefetch.sort_by(|a, b| {
+            b.1.prefetch_score
+                .total_cmp(&a.1.prefetch_score)
+                .then(a.0.cmp(b.0))
+        });
         for (rank, (id, _)) in prefetch.iter().enumerate() {
             *fused.entry(**id).or_default() += 1.0 / (RRF_K + rank as f32 + 1.0);
         }

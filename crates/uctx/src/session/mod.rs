@@ -20,6 +20,9 @@ use crate::{Error, Result};
 mod tokens;
 pub use tokens::Calibration;
 
+/// Largest window taken from a server's report unless asked for (`--ctx`).
+pub const DEFAULT_MAX_WINDOW: usize = 8192;
+
 /// How a session behaves.
 #[derive(Clone, Debug)]
 pub struct SessionConfig {
@@ -28,6 +31,10 @@ pub struct SessionConfig {
     pub system_prompt: String,
     /// Context size to use; `None` asks the backend.
     pub window: Option<usize>,
+    /// Cap on the window taken from the server when `window` is `None`: servers
+    /// report the model's trained maximum (131072 for many), whose KV cache would
+    /// not fit a small GPU; a larger window must be asked for explicitly.
+    pub max_window: usize,
     /// Tokens reserved for the answer; `None` takes a quarter of the window, at most 1024.
     pub answer_tokens: Option<usize>,
     /// Share of the free window given to paged-in memory (the rest to recent turns).
@@ -51,6 +58,7 @@ impl Default for SessionConfig {
                             no longer fit are shown as labelled memory blocks; trust them."
                 .into(),
             window: None,
+            max_window: DEFAULT_MAX_WINDOW,
             answer_tokens: None,
             memory_share: 0.4,
             paging: true,
@@ -154,7 +162,7 @@ impl Session {
         }
         let window = match cfg.window {
             Some(w) => w,
-            None => backend.context_length()?,
+            None => backend.context_length()?.min(cfg.max_window),
         };
         let answer_tokens = cfg.answer_tokens.unwrap_or((window / 4).min(1024));
         let floor = answer_tokens + safety_margin(window) + 64;
@@ -524,6 +532,8 @@ impl Session {
 
         // ...then memory, skipping turns already there verbatim...
         let mut memory_free = memory_budget;
+        let per_slice_cap = (memory_budget / 3).max(48);
+        let focus = Focus::new(&latest.text);
         let mut chosen: Vec<(&Candidate, String)> = Vec::new();
         for c in candidates {
             let m = &c.slice.meta;
@@ -533,8 +543,26 @@ impl Session {
             if m.pinned {
                 continue;
             }
-            let block = memory_block(&c.slice);
-            let t = self.calib.estimate(self.memory.count_tokens(&block) + 1);
+            let mut block = memory_block(&c.slice, &c.slice.text);
+            let mut t = self.calib.estimate(self.memory.count_tokens(&block) + 1);
+            if t > per_slice_cap {
+                // Too big for its share: page in the sentences that bear on the input.
+                let label = self
+                    .calib
+                    .estimate(self.memory.count_tokens(&memory_block(&c.slice, "")) + 1);
+                let count = |s: &str| self.calib.estimate(self.memory.count_tokens(s) + 1);
+                let text = excerpt(
+                    &c.slice.text,
+                    &focus,
+                    per_slice_cap.saturating_sub(label),
+                    &count,
+                );
+                if text.is_empty() {
+                    continue;
+                }
+                block = memory_block(&c.slice, &text);
+                t = self.calib.estimate(self.memory.count_tokens(&block) + 1);
+            }
             if t > memory_free {
                 continue;
             }
@@ -629,18 +657,95 @@ impl Session {
     }
 }
 
-/// A paged-in slice as the model sees it: `[memory 123 · turn 14 · user] text`.
-pub fn memory_block(slice: &Slice) -> String {
+/// A paged-in slice as the model sees it: `[memory 123 · turn 14 · user] text`,
+/// where `text` is the slice's text or an excerpt of it.
+pub fn memory_block(slice: &Slice, text: &str) -> String {
     let m = &slice.meta;
     let place = match (&m.ext_id, m.turn) {
         (Some(id), _) => id.clone(),
         (None, 0) => m.namespace.clone(),
         (None, t) => format!("turn {t}"),
     };
-    format!(
-        "[memory {} · {} · {}] {}",
-        m.id, place, m.source, slice.text
-    )
+    format!("[memory {} · {} · {}] {}", m.id, place, m.source, text)
+}
+
+/// What an excerpt is cut for: the input's content words and its own sentences.
+struct Focus {
+    terms: HashSet<String>,
+    sentences: HashSet<String>,
+}
+
+/// Words too common to say what a sentence is about.
+const STOPWORDS: [&str; 40] = [
+    "the", "and", "for", "are", "was", "were", "with", "that", "this", "what", "which", "who",
+    "whom", "when", "where", "why", "how", "should", "would", "could", "does", "did", "have",
+    "has", "had", "you", "your", "our", "its", "their", "from", "into", "onto", "about", "each",
+    "before", "after", "then", "than", "there",
+];
+
+impl Focus {
+    fn new(input: &str) -> Focus {
+        let mut terms = HashSet::new();
+        crate::lexical::for_each_term(input, |t| {
+            if t.chars().count() >= 3 && !STOPWORDS.contains(&t) {
+                terms.insert(t.to_string());
+            }
+        });
+        let sentences = crate::chunk::sentences(input)
+            .into_iter()
+            .map(normalize_sentence)
+            .collect();
+        Focus { terms, sentences }
+    }
+
+    /// Distinct focus terms in `sentence`.
+    fn score(&self, sentence: &str) -> usize {
+        let mut seen = HashSet::new();
+        crate::lexical::for_each_term(sentence, |t| {
+            if self.terms.contains(t) {
+                seen.insert(t.to_string());
+            }
+        });
+        seen.len()
+    }
+}
+
+fn normalize_sentence(s: &str) -> String {
+    s.split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ")
+        .to_lowercase()
+}
+
+/// The sentences of `text` that bear on the focus, best first until `cap`
+/// tokens, shown in their original order and joined by " … ". Sentences the
+/// input already holds verbatim are left out (they add nothing); with no
+/// bearing sentence, the excerpt is empty.
+fn excerpt(text: &str, focus: &Focus, cap: usize, count: &dyn Fn(&str) -> usize) -> String {
+    let sentences = crate::chunk::sentences(text);
+    let mut ranked: Vec<(usize, usize)> = sentences
+        .iter()
+        .enumerate()
+        .filter(|(_, s)| !focus.sentences.contains(&normalize_sentence(s)))
+        .map(|(i, s)| (focus.score(s), i))
+        .filter(|(score, _)| *score > 0)
+        .collect();
+    ranked.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));
+    let mut chosen = Vec::new();
+    let mut used = 0;
+    for (_, i) in ranked {
+        let t = count(sentences[i]);
+        if used + t <= cap {
+            used += t;
+            chosen.push(i);
+        }
+    }
+    chosen.sort_unstable();
+    chosen
+        .into_iter()
+        .map(|i| sentences[i])
+        .collect::<Vec<_>>()
+        .join(" … ")
 }
 
 /// Paged-in slices whose distinctive words appear in the answer but not in the input.
