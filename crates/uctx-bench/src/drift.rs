@@ -390,6 +390,9 @@ pub fn judge(answer: &str, needs: &[usize]) -> Vec<Verdict> {
         .collect()
 }
 
+/// A progress callback: (arm, turn, turns in all).
+pub type Progress = Box<dyn Fn(&str, usize, usize)>;
+
 /// What the bench needs to run.
 pub struct Args {
     pub model: String,
@@ -400,7 +403,7 @@ pub struct Args {
     /// Where the two arms' pools go; a temporary directory when `None`.
     pub dir: Option<PathBuf>,
     /// Called after each turn with (arm, turn, turns in all).
-    pub progress: Option<Box<dyn Fn(&str, usize, usize)>>,
+    pub progress: Option<Progress>,
     /// Print every turn's verdicts, paged-in slices and answer to standard error.
     pub trace: bool,
 }

@@ -4,15 +4,55 @@ use std::io::IsTerminal;
 use std::process::ExitCode;
 
 use uctx::backend::BackendOptions;
-use uctx_bench::drift;
+use uctx::encoder::StaticEncoder;
+use uctx_bench::{drift, encoder, locomo};
 
-use crate::cli::{BenchArgs, BenchCommand, DriftArgs, Global};
+use crate::cli::{BenchArgs, BenchCommand, DriftArgs, EncoderBenchArgs, Global, LocomoArgs};
 use crate::open;
 
 pub fn bench(g: &Global, a: &BenchArgs) -> anyhow::Result<ExitCode> {
     match &a.which {
         BenchCommand::Drift(d) => bench_drift(g, d),
+        BenchCommand::Encoder(e) => bench_encoder(g, e),
+        BenchCommand::Locomo(l) => bench_locomo(g, l),
     }
+}
+
+/// Print a report as JSON or as its table.
+fn emit<T: serde::Serialize>(g: &Global, report: &T, table: String) -> anyhow::Result<ExitCode> {
+    if g.json {
+        open::print_json(report)?;
+    } else {
+        print!("{table}");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn bench_encoder(g: &Global, a: &EncoderBenchArgs) -> anyhow::Result<ExitCode> {
+    if !(a.mb.is_finite() && a.mb > 0.0) {
+        anyhow::bail!("--mb must be a positive number of megabytes, got {}", a.mb);
+    }
+    let model = match &g.encoder {
+        Some(dir) => StaticEncoder::load(dir)?,
+        None => StaticEncoder::bundled()?,
+    };
+    let report = encoder::run(&encoder::Args {
+        encoder: model,
+        corpus: a.corpus.clone(),
+        bytes: (a.mb * 1e6) as usize,
+        passes: a.passes,
+        python: (!a.no_python).then(|| a.python.clone()),
+    })?;
+    emit(g, &report, report.table())
+}
+
+fn bench_locomo(g: &Global, a: &LocomoArgs) -> anyhow::Result<ExitCode> {
+    let report = locomo::run(&locomo::Args {
+        data: a.data.clone(),
+        encoder: open::encoder(g)?,
+        reference: a.reference.clone(),
+    })?;
+    emit(g, &report, report.table())
 }
 
 fn bench_drift(g: &Global, a: &DriftArgs) -> anyhow::Result<ExitCode> {
@@ -46,16 +86,11 @@ fn bench_drift(g: &Global, a: &DriftArgs) -> anyhow::Result<ExitCode> {
         trace: a.trace,
         progress: show_progress.then(|| {
             Box::new(|arm: &str, i: usize, n: usize| eprint!("\rengine {arm}: turn {i}/{n}   "))
-                as Box<dyn Fn(&str, usize, usize)>
+                as drift::Progress
         }),
     })?;
     if show_progress {
         eprintln!();
     }
-    if g.json {
-        open::print_json(&report)?;
-    } else {
-        print!("{}", report.table());
-    }
-    Ok(ExitCode::SUCCESS)
+    emit(g, &report, report.table())
 }

@@ -181,6 +181,39 @@ pub struct BenchArgs {
 pub enum BenchCommand {
     /// Engine OFF (sliding window) against ON (paged memory) on a long scripted build.
     Drift(DriftArgs),
+    /// Encoder speed on one thread, against the Python model2vec package on the same model.
+    Encoder(EncoderBenchArgs),
+    /// Evidence recall on LoCoMo: BM25, the encoder, hybrid, and the transformer reference.
+    Locomo(LocomoArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct EncoderBenchArgs {
+    /// Encode the text files under DIR instead of the text gathered from this machine.
+    #[arg(long, value_name = "DIR")]
+    pub corpus: Option<std::path::PathBuf>,
+    /// Megabytes of text to encode.
+    #[arg(long, default_value_t = 4.0)]
+    pub mb: f64,
+    /// Timed warm passes (the best is reported).
+    #[arg(long, default_value_t = 3)]
+    pub passes: usize,
+    /// The Python interpreter for the model2vec arm.
+    #[arg(long, default_value = "python3", value_name = "PYTHON")]
+    pub python: String,
+    /// Leave out the Python arm.
+    #[arg(long)]
+    pub no_python: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct LocomoArgs {
+    /// LoCoMo's `locomo10.json` (CC BY-NC 4.0; not shipped with uctx).
+    #[arg(long, value_name = "FILE")]
+    pub data: std::path::PathBuf,
+    /// The transformer reference scores [default: the file committed with the bench].
+    #[arg(long, value_name = "FILE")]
+    pub reference: Option<std::path::PathBuf>,
 }
 
 #[derive(Args, Debug)]
