@@ -70,7 +70,9 @@ pub struct ScaleReport {
     pub index: String,
     pub search_all: Latency,
     pub search_namespace: Latency,
+    /// Search against [`Pool::search_exact`] on the first queries.
     pub recall_at_10: f64,
+    pub recall_queries: usize,
     pub memory_after_open: Memory,
     pub memory_searching: Memory,
 }
@@ -139,6 +141,9 @@ fn latency(mut ms: Vec<f64>) -> Latency {
 
 type Batch = Vec<(NewSlice, Vec<f32>)>;
 
+/// Queries also answered by exact search, for recall.
+const RECALL_QUERIES: usize = 50;
+
 /// Fill a pool from `opts.corpus` with `encoder` and measure it.
 pub fn run_scale(encoder: Arc<dyn Encoder>, opts: &ScaleOptions<'_>) -> Result<ScaleReport> {
     let files = corpus_files(&opts.corpus);
@@ -171,7 +176,8 @@ pub fn run_scale(encoder: Arc<dyn Encoder>, opts: &ScaleOptions<'_>) -> Result<S
         encoder: encoder.fingerprint(),
         tokenizer: format!("the tokenizer of encoder {}", encoder.fingerprint()),
         files: files.len() as u64,
-        index: "exact scan (f16 matrix)".into(),
+        index: "i8 scan of every row in scope, top candidates re-ranked with their f16 vectors"
+            .into(),
         ..ScaleReport::default()
     };
     let limit_reached = |pool: &Pool| {
@@ -296,6 +302,7 @@ pub fn run_scale(encoder: Arc<dyn Encoder>, opts: &ScaleOptions<'_>) -> Result<S
     let mut all_ms = Vec::with_capacity(qs.len());
     let mut ns_ms = Vec::with_capacity(qs.len());
     let mut recall_sum = 0.0;
+    let mut recall_n = 0usize;
     for (q, ns) in &qs {
         let t = Instant::now();
         let hits = pool.search(q, 10, Scope::All)?;
@@ -303,16 +310,19 @@ pub fn run_scale(encoder: Arc<dyn Encoder>, opts: &ScaleOptions<'_>) -> Result<S
         let t = Instant::now();
         pool.search(q, 10, Scope::Namespace(ns))?;
         ns_ms.push(t.elapsed().as_secs_f64() * 1e3);
-        // The index is the exact scan itself, so this checks the harness.
-        let exact = pool.search(q, 10, Scope::All)?;
-        let found = hits
-            .iter()
-            .filter(|h| exact.iter().any(|e| e.meta.id == h.meta.id))
-            .count();
-        recall_sum += found as f64 / exact.len().max(1) as f64;
+        if recall_n < RECALL_QUERIES {
+            recall_n += 1;
+            let exact = pool.search_exact(q, 10, Scope::All)?;
+            let found = hits
+                .iter()
+                .filter(|h| exact.iter().any(|e| e.meta.id == h.meta.id))
+                .count();
+            recall_sum += found as f64 / exact.len().max(1) as f64;
+        }
     }
     report.memory_searching = resident_memory();
-    report.recall_at_10 = recall_sum / qs.len().max(1) as f64;
+    report.recall_at_10 = recall_sum / recall_n.max(1) as f64;
+    report.recall_queries = recall_n;
     report.search_all = latency(all_ms);
     report.search_namespace = latency(ns_ms);
     Ok(report)
@@ -375,7 +385,10 @@ mod tests {
         assert_eq!(r.files, 21);
         assert!(r.tokens > 0 && r.slices > 0);
         assert_eq!(r.search_all.queries, 20);
-        assert!((r.recall_at_10 - 1.0).abs() < 1e-9);
+        // Near-identical toy vectors make recall meaningless here; the
+        // harness must still have measured it.
+        assert_eq!(r.recall_queries, 20);
+        assert!((0.0..=1.0).contains(&r.recall_at_10));
         assert!(r.tokens_per_gb > 0.0);
     }
 
@@ -402,7 +415,7 @@ mod tests {
                 pool_dir,
                 target_bytes: mb << 20,
                 max_slices: 0,
-                queries: 500,
+                queries: 300,
                 progress: None,
                 cancel: None,
             },

@@ -24,7 +24,20 @@ impl WriterLock {
             .truncate(false)
             .open(&path)
             .map_err(|e| Error::io(format!("cannot open the lock file {}", path.display()), e))?;
-        match file.try_lock() {
+        // A lock can outlive its holder by a moment: a process that forks
+        // (to start a child) shares the lock until the child execs. Retry
+        // briefly before naming a holder.
+        let mut tries = 0;
+        let locked = loop {
+            match file.try_lock() {
+                Err(TryLockError::WouldBlock) if tries < 10 => {
+                    tries += 1;
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                r => break r,
+            }
+        };
+        match locked {
             Ok(()) => {}
             Err(TryLockError::WouldBlock) => {
                 let mut holder = String::new();

@@ -459,6 +459,27 @@ impl Pool {
             .collect())
     }
 
+    /// Like [`Pool::search`], but scoring every slice in scope with its
+    /// stored vector: slow, the reference that search quality is measured
+    /// against.
+    pub fn search_exact(&self, query: &[f32], k: usize, scope: Scope<'_>) -> Result<Vec<Hit>> {
+        let s = self.read();
+        if query.len() != s.dim {
+            return Err(Error::DimMismatch {
+                expected: s.dim,
+                got: query.len(),
+            });
+        }
+        let ns = match scope {
+            Scope::All => None,
+            Scope::Namespace(n) => Some(n),
+        };
+        Ok(s.search_exact(query, k, ns)
+            .into_iter()
+            .filter_map(|(score, id)| s.meta(id).map(|meta| Hit { score, meta }))
+            .collect())
+    }
+
     /// A live slice with its text; `None` when absent or evicted.
     pub fn get(&self, id: u64) -> Result<Option<Slice>> {
         self.auto_refresh()?;

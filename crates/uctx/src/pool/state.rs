@@ -56,7 +56,9 @@ pub struct State {
     ns_index: HashMap<String, u32>,
     ns_rows: Vec<Vec<u32>>,
     ns_live: Vec<u64>,
-    vecs: Vec<f16>,
+    /// Vectors quantised to i8, one row of `dim` per slice, and each row's scale.
+    qvecs: Vec<i8>,
+    scales: Vec<f32>,
     row_ids: Vec<u64>,
     dead_rows: usize,
     /// Bytes of live slice records.
@@ -102,7 +104,8 @@ impl State {
             ns_index: HashMap::new(),
             ns_rows: Vec::new(),
             ns_live: Vec::new(),
-            vecs: Vec::new(),
+            qvecs: Vec::new(),
+            scales: Vec::new(),
             row_ids: Vec::new(),
             dead_rows: 0,
             live_bytes: 0,
@@ -182,9 +185,12 @@ impl State {
         let row = self.row_ids.len() as u32;
         self.row_ids.push(s.id);
         if s.vector.len() == self.dim {
-            self.vecs.extend_from_slice(&s.vector);
+            let mut row = vec![0f32; self.dim];
+            s.vector.convert_to_f32_slice(&mut row);
+            self.scales.push(quantize(&row, &mut self.qvecs));
         } else {
-            self.vecs.resize(self.vecs.len() + self.dim, f16::ZERO);
+            self.qvecs.resize(self.qvecs.len() + self.dim, 0);
+            self.scales.push(0.0);
         }
         self.ns_rows[ns as usize].push(row);
         self.ns_live[ns as usize] += 1;
@@ -242,7 +248,8 @@ impl State {
 
     pub fn rebuild_rows(&mut self) {
         let dim = self.dim;
-        let mut vecs = Vec::with_capacity(self.entries.len() * dim);
+        let mut qvecs = Vec::with_capacity(self.entries.len() * dim);
+        let mut scales = Vec::with_capacity(self.entries.len());
         let mut row_ids = Vec::with_capacity(self.entries.len());
         for r in &mut self.ns_rows {
             r.clear();
@@ -251,10 +258,12 @@ impl State {
             let old = e.row as usize;
             e.row = row_ids.len() as u32;
             row_ids.push(id);
-            vecs.extend_from_slice(&self.vecs[old * dim..(old + 1) * dim]);
+            qvecs.extend_from_slice(&self.qvecs[old * dim..(old + 1) * dim]);
+            scales.push(self.scales[old]);
             self.ns_rows[e.ns as usize].push(e.row);
         }
-        self.vecs = vecs;
+        self.qvecs = qvecs;
+        self.scales = scales;
         self.row_ids = row_ids;
         self.dead_rows = 0;
     }
@@ -329,6 +338,18 @@ impl State {
     /// Exact top-`k` by dot product; `ns = None` scans every row, otherwise
     /// only that namespace's rows.
     pub fn search(&self, q: &[f32], k: usize, ns: Option<&str>) -> Vec<(f32, u64)> {
+        self.search_with(q, k, ns, k.saturating_mul(4).max(k + 32))
+    }
+
+    /// Exact top-`k`: every row in scope is scored with its stored f16
+    /// vector (slow; a reference for measuring recall).
+    pub fn search_exact(&self, q: &[f32], k: usize, ns: Option<&str>) -> Vec<(f32, u64)> {
+        self.search_with(q, k, ns, usize::MAX)
+    }
+
+    /// Scan the i8 rows in scope for the best `want` candidates, then rank
+    /// those by their exact f16 vectors and keep `k`.
+    fn search_with(&self, q: &[f32], k: usize, ns: Option<&str>, want: usize) -> Vec<(f32, u64)> {
         if k == 0 {
             return Vec::new();
         }
@@ -346,13 +367,17 @@ impl State {
         };
         let row_at = |i: usize| if ns.is_none() { i } else { rows[i] as usize };
         // Big scans are split over the cores; each part keeps its own top k.
+        let mut qq = Vec::with_capacity(self.dim);
+        let q_scale = quantize(q, &mut qq);
+        let q8 = &qq;
+        let want = want.min(n.max(k));
         let threads = if n >= PARALLEL_ROWS {
             std::thread::available_parallelism().map_or(1, |t| t.get().min(8))
         } else {
             1
         };
         let mut heaps: Vec<BinaryHeap<Scored>> = if threads == 1 {
-            vec![self.scan(q, k, 0..n, &row_at)]
+            vec![self.scan(q8, q_scale, want, 0..n, &row_at)]
         } else {
             let per = n.div_ceil(threads);
             std::thread::scope(|sc| {
@@ -360,7 +385,7 @@ impl State {
                     .map(|t| {
                         let range = (t * per).min(n)..((t + 1) * per).min(n);
                         let row_at = &row_at;
-                        sc.spawn(move || self.scan(q, k, range, row_at))
+                        sc.spawn(move || self.scan(q8, q_scale, want, range, row_at))
                     })
                     .collect();
                 parts
@@ -371,27 +396,49 @@ impl State {
         };
         let mut out: Vec<Scored> = heaps.iter_mut().flat_map(|h| h.drain()).collect();
         out.sort();
+        out.truncate(want);
+        let mut row = vec![0u8; self.dim * 2];
+        let mut exact = vec![0f32; self.dim];
+        for c in &mut out {
+            if let Some(score) = self.exact_score(q, c.1, &mut row, &mut exact) {
+                c.0 = score;
+            }
+        }
+        out.sort();
         out.truncate(k);
         out.into_iter().map(|s| (s.0, s.1)).collect()
     }
 
+    /// The dot product of `q` with slice `id`'s stored f16 vector, read
+    /// from the log (a page-cache hit for recent or often-read slices).
+    fn exact_score(&self, q: &[f32], id: u64, raw: &mut [u8], row: &mut [f32]) -> Option<f32> {
+        let e = self.entries.get(&id)?;
+        let at = e.offset + (super::format::RECORD_HEADER + super::format::SLICE_FIXED) as u64;
+        self.log.read_at(at, raw).ok()?;
+        for (x, b) in row.iter_mut().zip(raw.chunks_exact(2)) {
+            *x = f16::from_bits(u16::from_le_bytes([b[0], b[1]])).to_f32();
+        }
+        let s = dot(q, row);
+        s.is_finite().then_some(s)
+    }
+
     fn scan(
         &self,
-        q: &[f32],
+        q: &[i8],
+        q_scale: f32,
         k: usize,
         range: std::ops::Range<usize>,
         row_at: &(dyn Fn(usize) -> usize + Sync),
     ) -> BinaryHeap<Scored> {
         let mut heap: BinaryHeap<Scored> = BinaryHeap::with_capacity(k + 1);
-        let mut row = vec![0f32; self.dim];
         for i in range {
             let r = row_at(i);
             let id = self.row_ids[r];
             if id == DEAD {
                 continue;
             }
-            self.vecs[r * self.dim..(r + 1) * self.dim].convert_to_f32_slice(&mut row);
-            let score = dot(q, &row);
+            let d = dot_i8(q, &self.qvecs[r * self.dim..(r + 1) * self.dim]);
+            let score = d as f32 * q_scale * self.scales[r];
             if !score.is_finite() {
                 continue;
             }
@@ -406,6 +453,46 @@ impl State {
         }
         heap
     }
+}
+
+/// Append `v` quantised to i8 (symmetric, per row) to `out`; returns the scale.
+fn quantize(v: &[f32], out: &mut Vec<i8>) -> f32 {
+    let m = v
+        .iter()
+        .filter(|x| x.is_finite())
+        .fold(0f32, |m, x| m.max(x.abs()));
+    if m == 0.0 {
+        out.extend(std::iter::repeat_n(0i8, v.len()));
+        return 0.0;
+    }
+    let scale = m / 127.0;
+    out.extend(v.iter().map(|x| {
+        if x.is_finite() {
+            (x / scale).round().clamp(-127.0, 127.0) as i8
+        } else {
+            0
+        }
+    }));
+    scale
+}
+
+fn dot_i8(a: &[i8], b: &[i8]) -> i32 {
+    // Sixteen independent lanes so the compiler vectorises the sum.
+    let mut acc = [0i32; 16];
+    let mut ca = a.chunks_exact(16);
+    let mut cb = b.chunks_exact(16);
+    for (x, y) in (&mut ca).zip(&mut cb) {
+        for l in 0..16 {
+            acc[l] += x[l] as i32 * y[l] as i32;
+        }
+    }
+    let tail: i32 = ca
+        .remainder()
+        .iter()
+        .zip(cb.remainder())
+        .map(|(x, y)| *x as i32 * *y as i32)
+        .sum();
+    acc.iter().sum::<i32>() + tail
 }
 
 fn dot(a: &[f32], b: &[f32]) -> f32 {
@@ -463,10 +550,13 @@ mod tests {
         s.apply(&Rec::Evict(vec![7, 8, 9]), n * 100 + 100, 10);
         let q = [0.3, -0.8, 0.2, 0.1];
         let got = s.search(&q, 10, None);
-        let all = s.scan(&q, 10, 0..s.row_ids.len(), &|i| i);
+        let mut q8 = Vec::new();
+        let qs = quantize(&q, &mut q8);
+        let all = s.scan(&q8, qs, 10, 0..s.row_ids.len(), &|i| i);
         let mut want = all.into_vec();
         want.sort();
         let want: Vec<(f32, u64)> = want.into_iter().map(|x| (x.0, x.1)).collect();
+        // The log here is empty, so no exact re-ranking: the i8 scores stand.
         assert_eq!(got, want);
         assert!(got.iter().all(|(_, id)| ![7, 8, 9].contains(id)));
         let even = s.search(&q, 10, Some("even"));
