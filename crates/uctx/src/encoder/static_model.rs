@@ -17,7 +17,7 @@ use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use safetensors::{Dtype, SafeTensors};
 use tokenizers::Tokenizer;
@@ -50,7 +50,6 @@ pub struct StaticEncoder {
     inner: Arc<Inner>,
 }
 
-#[derive(Clone)]
 struct Inner {
     /// Identifies this loaded model in the per-thread piece caches.
     id: u64,
@@ -62,9 +61,11 @@ struct Inner {
     unk: Option<u32>,
     /// Whether pieces cut at ASCII whitespace and punctuation tokenize exactly as whole texts.
     piecewise: bool,
-    /// First characters of the tokenizer's added tokens (`[CLS]`…): a word holding one is
+    /// First bytes of the tokenizer's added tokens (`[CLS]`…): a word holding one is
     /// tokenized whole, so that an added token written in the text is still found.
-    added_starts: Vec<char>,
+    added_starts: [bool; 256],
+    /// Pieces tokenized by any thread, shared so that new threads start warm.
+    shared: Shared,
     name: String,
     fingerprint: String,
 }
@@ -182,6 +183,7 @@ impl StaticEncoder {
                 unk,
                 piecewise,
                 added_starts,
+                shared: Shared::default(),
                 name: name.to_string(),
                 fingerprint,
             }),
@@ -190,10 +192,21 @@ impl StaticEncoder {
 
     /// A copy of this model with caches of its own, as if just loaded (for cold timings).
     pub fn fresh(&self) -> StaticEncoder {
-        let mut inner = Inner::clone(&self.inner);
-        inner.id = NEXT_MODEL_ID.fetch_add(1, Ordering::Relaxed);
+        let i = &self.inner;
         StaticEncoder {
-            inner: Arc::new(inner),
+            inner: Arc::new(Inner {
+                id: NEXT_MODEL_ID.fetch_add(1, Ordering::Relaxed),
+                tokenizer: i.tokenizer.clone(),
+                table: i.table.clone(),
+                dim: i.dim,
+                vocab: i.vocab,
+                unk: i.unk,
+                piecewise: i.piecewise,
+                added_starts: i.added_starts,
+                shared: Shared::default(),
+                name: i.name.clone(),
+                fingerprint: i.fingerprint.clone(),
+            }),
         }
     }
 
@@ -355,7 +368,7 @@ impl Inner {
                 if word.is_empty() {
                     continue;
                 }
-                if !self.added_starts.is_empty() && word.contains(&self.added_starts[..]) {
+                if word.bytes().any(|b| self.added_starts[b as usize]) {
                     self.piece(cache, word, &mut f);
                     continue;
                 }
@@ -381,17 +394,34 @@ impl Inner {
             ids.iter().for_each(|&id| f(id));
             return;
         }
-        let ids: Box<[u32]> = match self.tokenizer.encode_fast(piece, false) {
-            Ok(enc) => enc.get_ids().into(),
-            Err(_) => Box::new([]),
+        if piece.len() > MAX_CACHED_PIECE {
+            if let Ok(enc) = self.tokenizer.encode_fast(piece, false) {
+                enc.get_ids().iter().for_each(|&id| f(id));
+            }
+            return;
+        }
+        let shard = self.shared.shard(piece);
+        let known = lock(shard).get(piece).cloned();
+        let ids = match known {
+            Some(ids) => ids,
+            None => {
+                let ids: Box<[u32]> = match self.tokenizer.encode_fast(piece, false) {
+                    Ok(enc) => enc.get_ids().into(),
+                    Err(_) => Box::new([]),
+                };
+                let mut shard = lock(shard);
+                if shard.len() >= MAX_CACHE_ENTRIES / SHARDS {
+                    shard.clear();
+                }
+                shard.insert(piece.into(), ids.clone());
+                ids
+            }
         };
         ids.iter().for_each(|&id| f(id));
-        if piece.len() <= MAX_CACHED_PIECE {
-            if cache.len() >= MAX_CACHE_ENTRIES {
-                cache.clear();
-            }
-            cache.insert(piece.into(), ids);
+        if cache.len() >= MAX_CACHE_ENTRIES {
+            cache.clear();
         }
+        cache.insert(piece.into(), ids);
     }
 }
 
@@ -403,6 +433,36 @@ fn add_row(acc: &mut [f32], row: &[f32]) {
 }
 
 type PieceCache = HashMap<Box<str>, Box<[u32]>, BuildHasherDefault<Fx>>;
+
+/// Shards of the cache shared by all threads; a thread's own cache is consulted first.
+const SHARDS: usize = 16;
+
+struct Shared {
+    shards: Vec<Mutex<PieceCache>>,
+}
+
+impl Default for Shared {
+    fn default() -> Shared {
+        Shared {
+            shards: (0..SHARDS)
+                .map(|_| Mutex::new(PieceCache::default()))
+                .collect(),
+        }
+    }
+}
+
+impl Shared {
+    fn shard(&self, piece: &str) -> &Mutex<PieceCache> {
+        let mut h = Fx::default();
+        h.write(piece.as_bytes());
+        &self.shards[(h.finish() >> 32) as usize % SHARDS]
+    }
+}
+
+/// A cache stays usable after a panic elsewhere: it only ever holds complete entries.
+fn lock(m: &Mutex<PieceCache>) -> std::sync::MutexGuard<'_, PieceCache> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
 
 #[derive(Default)]
 struct Caches {
@@ -527,14 +587,14 @@ fn model_name(config: &[u8]) -> String {
 /// normalizer maps `\t\n\r` to spaces and never merges characters across a space or an
 /// ASCII punctuation mark, and the pre-tokenizer splits at every space and isolates every
 /// punctuation mark, so the model never sees a token that spans such a cut.
-fn piecewise_ok(tok: &serde_json::Value) -> (bool, Vec<char>) {
+fn piecewise_ok(tok: &serde_json::Value) -> (bool, [bool; 256]) {
     let normalizer_ok = match tok.get("normalizer") {
         None | Some(serde_json::Value::Null) => true,
         Some(n) => n.get("type").and_then(|t| t.as_str()) == Some("BertNormalizer"),
     };
     let pre_ok =
         tok.pointer("/pre_tokenizer/type").and_then(|t| t.as_str()) == Some("BertPreTokenizer");
-    let mut starts = Vec::new();
+    let mut starts = [false; 256];
     let mut added_ok = true;
     if let Some(added) = tok.get("added_tokens").and_then(|a| a.as_array()) {
         for t in added {
@@ -545,10 +605,8 @@ fn piecewise_ok(tok: &serde_json::Value) -> (bool, Vec<char>) {
             if strips || content.is_empty() || content.chars().any(char::is_whitespace) {
                 added_ok = false;
             }
-            if let Some(c) = content.chars().next() {
-                if !starts.contains(&c) {
-                    starts.push(c);
-                }
+            if let Some(&b) = content.as_bytes().first() {
+                starts[b as usize] = true;
             }
         }
     }
@@ -713,7 +771,9 @@ mod tests {
             "pre_tokenizer": {"type": "BertPreTokenizer"},
             "added_tokens": [{"content": "[CLS]", "lstrip": false, "rstrip": false}]
         });
-        assert_eq!(piecewise_ok(&bert), (true, vec!['[']));
+        let (ok, starts) = piecewise_ok(&bert);
+        assert!(ok);
+        assert!(starts[b'[' as usize] && !starts[b'a' as usize]);
         let meta = serde_json::json!({
             "normalizer": null,
             "pre_tokenizer": {"type": "Metaspace"},
