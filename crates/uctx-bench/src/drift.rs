@@ -420,8 +420,12 @@ pub struct ArmReport {
     pub finished: bool,
     /// Prompt tokens sent, as the server counted them (estimated where it reports none).
     pub prompt_tokens: u64,
-    /// The pager's hit rate (ON only).
+    /// The pager's hit rate (ON only): paged-in slices that were already warm
+    /// in its cache when the input arrived.
     pub hit_rate: Option<f64>,
+    /// Share of paged-in slices that the search on the previous answer's
+    /// streamed output had found (ON only).
+    pub predicted_rate: Option<f64>,
     /// Answers that stated no value at all.
     pub stuck: u64,
     pub stages: u64,
@@ -548,7 +552,11 @@ fn run_arm(
     r.finished = final_ok && r.stuck == 0;
     r.overflows = stats.overflows;
     r.paged_slices = stats.paged_slices;
-    r.hit_rate = session.pager_stats().and_then(|p| p.hit_rate());
+    if let Some(p) = session.pager_stats() {
+        r.hit_rate = p.hit_rate();
+        r.predicted_rate =
+            (p.hits + p.misses > 0).then(|| p.predicted as f64 / (p.hits + p.misses) as f64);
+    }
     Ok(r)
 }
 
@@ -603,6 +611,11 @@ impl Report {
             "pager hit rate",
             hr(self.off.hit_rate),
             hr(self.on.hit_rate),
+        ));
+        t.push_str(&row(
+            "predicted by prefetch",
+            hr(self.off.predicted_rate),
+            hr(self.on.predicted_rate),
         ));
         t.push_str(&row(
             "window overflows",

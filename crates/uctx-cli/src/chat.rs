@@ -149,10 +149,11 @@ fn command(session: &mut Session, name: &str, arg: &str) -> anyhow::Result<bool>
             if let Some(p) = session.pager_stats() {
                 match p.hit_rate() {
                     Some(r) => println!(
-                        "pager: hit rate {:.1}% ({} hits, {} misses), {} searches, {} warm",
+                        "pager: hit rate {:.1}% ({} hits, {} misses; {} predicted from the streamed answer), {} searches, {} warm",
                         100.0 * r,
                         p.hits,
                         p.misses,
+                        p.predicted,
                         p.searches,
                         p.cached
                     ),

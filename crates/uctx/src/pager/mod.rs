@@ -50,6 +50,9 @@ pub struct PagerStats {
     pub hits: u64,
     /// Slices placed in a window that only the input's own search found.
     pub misses: u64,
+    /// Of the hits, slices that the search on the previous answer's streamed
+    /// output found: prefetch predicted them before the input existed.
+    pub predicted: u64,
     /// Searches run by the pager thread.
     pub searches: u64,
     /// Slices warm in the cache now.
@@ -75,6 +78,8 @@ pub struct Candidate {
     pub score: f32,
     /// Whether prefetch had loaded it before the input arrived.
     pub prefetched: bool,
+    /// Whether the search on the latest streamed output found it.
+    pub predicted: bool,
 }
 
 struct Entry {
@@ -118,6 +123,7 @@ impl Pager {
             state: Arc::clone(&state),
             output: String::new(),
             unsearched: 0,
+            output_started: false,
         };
         let thread = std::thread::Builder::new()
             .name("uctx-pager".into())
@@ -197,6 +203,7 @@ impl Pager {
                     slice: e.slice.clone(),
                     score,
                     prefetched: warm_before.contains(&id),
+                    predicted: e.prefetch_score > 0.0,
                 })
             })
             .collect();
@@ -209,10 +216,11 @@ impl Pager {
     }
 
     /// Count the slices a window actually used.
-    pub fn record_use(&self, hits: u64, misses: u64) {
+    pub fn record_use(&self, hits: u64, misses: u64, predicted: u64) {
         let mut st = lock(&self.state);
         st.stats.hits += hits;
         st.stats.misses += misses;
+        st.stats.predicted += predicted;
     }
 
     pub fn stats(&self) -> PagerStats {
@@ -252,6 +260,8 @@ struct Worker {
     output: String,
     /// Output characters since the last prefetch search.
     unsearched: usize,
+    /// Whether output has arrived since the last input.
+    output_started: bool,
 }
 
 impl Worker {
@@ -259,6 +269,13 @@ impl Worker {
         while let Ok(msg) = rx.recv() {
             match msg {
                 Msg::Output(text) => {
+                    if !self.output_started {
+                        // A new answer: what the previous one predicted is spent.
+                        self.output_started = true;
+                        for e in lock(&self.state).cache.values_mut() {
+                            e.prefetch_score = 0.0;
+                        }
+                    }
                     self.unsearched += text.chars().count();
                     self.output.push_str(&text);
                     if self.unsearched >= self.config.prefetch_every_chars {
@@ -272,6 +289,7 @@ impl Worker {
                     self.output.clear();
                 }
                 Msg::Input(text) => {
+                    self.output_started = false;
                     let ranking = self.search_many(&queries_for(&text));
                     lock(&self.state).input_ranking = ranking;
                 }

@@ -88,6 +88,8 @@ pub struct Paged {
     pub source: Source,
     pub score: f32,
     pub prefetched: bool,
+    /// Found by the search on the previous answer's streamed output.
+    pub predicted: bool,
 }
 
 /// What was sent to the model for one turn.
@@ -423,7 +425,12 @@ impl Session {
         self.stats.used_slices += used.len() as u64;
         if let Some(p) = &self.pager {
             let hits = window.memory.iter().filter(|m| m.prefetched).count() as u64;
-            p.record_use(hits, window.memory.len() as u64 - hits);
+            let predicted = window
+                .memory
+                .iter()
+                .filter(|m| m.prefetched && m.predicted)
+                .count() as u64;
+            p.record_use(hits, window.memory.len() as u64 - hits, predicted);
         }
 
         Ok(TurnReport {
@@ -612,6 +619,7 @@ impl Session {
                     source: c.slice.meta.source,
                     score: c.score,
                     prefetched: c.prefetched,
+                    predicted: c.predicted,
                 })
                 .collect(),
             recent_turns: earlier.len() - first_recent,
