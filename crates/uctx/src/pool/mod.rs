@@ -1015,6 +1015,7 @@ fn load(log: Arc<dyn Storage>, path: &Path, writer: bool) -> Result<(State, Head
         state.apply(&rec, at, n)
     })?;
     state.end = end;
+    state.shrink();
     let cut = len - end;
     if cut > 0 && writer {
         log.truncate(end).and_then(|_| log.sync()).map_err(|e| {

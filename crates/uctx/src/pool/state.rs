@@ -268,6 +268,16 @@ impl State {
         self.dead_rows = 0;
     }
 
+    /// Give back the slack of grown vectors (after a replay).
+    pub fn shrink(&mut self) {
+        self.qvecs.shrink_to_fit();
+        self.scales.shrink_to_fit();
+        self.row_ids.shrink_to_fit();
+        for r in &mut self.ns_rows {
+            r.shrink_to_fit();
+        }
+    }
+
     pub fn meta(&self, id: u64) -> Option<SliceMeta> {
         self.entries.get(&id).map(|e| self.to_meta(id, e))
     }
