@@ -3,7 +3,7 @@
 //!
 //! The corpus is real text gathered at bench time, or the directory given: prose (the
 //! license texts in `/usr/share/common-licenses` and plain-text files under `/usr/share/doc`)
-//! and code (this repository's Rust sources, then C headers under `/usr/include`), in sorted
+//! and code (this repository's source files, then C headers under `/usr/include`), in sorted
 //! path order, up to `bytes` in all, half prose and half code where both are found. Files are
 //! cut into texts of about 2 KB at line boundaries, the size of a pool slice. Tokens are the
 //! encoder's own.
@@ -85,25 +85,22 @@ pub fn corpus(args: &Args) -> anyhow::Result<(String, Vec<String>)> {
             "the corpus {} is not a directory — pass --corpus DIR with text files in it",
             dir.display()
         );
-        collect(dir, args.bytes, &mut files);
+        collect(dir, args.bytes, None, &mut files);
         description = format!("{}", dir.display());
     } else {
         let half = args.bytes / 2;
         let mut prose = Vec::new();
         for dir in ["/usr/share/common-licenses", "/usr/share/doc"] {
             let have: usize = prose.iter().map(|(_, t): &(PathBuf, String)| t.len()).sum();
-            collect(Path::new(dir), half.saturating_sub(have), &mut prose);
+            collect(Path::new(dir), half.saturating_sub(have), None, &mut prose);
         }
         let prose_bytes: usize = prose.iter().map(|(_, t)| t.len()).sum();
         let mut code = Vec::new();
         let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
         for dir in [repo.as_path(), Path::new("/usr/include")] {
             let have: usize = code.iter().map(|(_, t): &(PathBuf, String)| t.len()).sum();
-            collect(
-                dir,
-                (args.bytes - prose_bytes).saturating_sub(have),
-                &mut code,
-            );
+            let budget = (args.bytes - prose_bytes).saturating_sub(have);
+            collect(dir, budget, Some(SOURCE_EXTENSIONS), &mut code);
         }
         let code_bytes: usize = code.iter().map(|(_, t)| t.len()).sum();
         description = format!(
@@ -134,8 +131,17 @@ pub fn corpus(args: &Args) -> anyhow::Result<(String, Vec<String>)> {
     Ok((description, texts))
 }
 
-/// Add UTF-8 text files under `dir`, in sorted path order, until `budget` bytes.
-fn collect(dir: &Path, budget: usize, out: &mut Vec<(PathBuf, String)>) {
+/// Source files taken as code (data files such as the model's own `tokenizer.json` are not).
+const SOURCE_EXTENSIONS: &[&str] = &["rs", "py", "md", "toml", "sh", "c", "h", "hpp"];
+
+/// Add UTF-8 text files under `dir` (with one of `extensions`, if given), in sorted path
+/// order, until `budget` bytes.
+fn collect(
+    dir: &Path,
+    budget: usize,
+    extensions: Option<&[&str]>,
+    out: &mut Vec<(PathBuf, String)>,
+) {
     let mut stack = vec![dir.to_path_buf()];
     let mut left = budget;
     while let Some(d) = stack.pop() {
@@ -159,6 +165,10 @@ fn collect(dir: &Path, budget: usize, out: &mut Vec<(PathBuf, String)>) {
             if meta.is_dir() {
                 subdirs.push(p);
             } else if meta.is_file() && meta.len() < 4 << 20 && left > 0 {
+                let ext = p.extension().and_then(|e| e.to_str()).unwrap_or("");
+                if extensions.is_some_and(|x| !x.contains(&ext)) {
+                    continue;
+                }
                 let Ok(bytes) = std::fs::read(&p) else {
                     continue;
                 };

@@ -64,6 +64,8 @@ struct Inner {
     /// First bytes of the tokenizer's added tokens (`[CLS]`…): a word holding one is
     /// tokenized whole, so that an added token written in the text is still found.
     added_starts: [bool; 256],
+    /// The added tokens' texts.
+    added: Vec<String>,
     /// Pieces tokenized by any thread, shared so that new threads start warm.
     shared: Shared,
     name: String,
@@ -154,6 +156,17 @@ impl StaticEncoder {
             .and_then(|v| v.as_str())
             .and_then(|t| tokenizer.token_to_id(t));
         let (piecewise, added_starts) = piecewise_ok(&tok_value);
+        let added: Vec<String> = tok_value
+            .get("added_tokens")
+            .and_then(|a| a.as_array())
+            .map(|a| {
+                a.iter()
+                    .filter_map(|t| t.get("content").and_then(|c| c.as_str()))
+                    .filter(|c| !c.is_empty())
+                    .map(str::to_string)
+                    .collect()
+            })
+            .unwrap_or_default();
 
         // The identity of what the model computes: its vocabulary (by id) and its table, so
         // that the same model saved elsewhere keeps its fingerprint.
@@ -183,6 +196,7 @@ impl StaticEncoder {
                 unk,
                 piecewise,
                 added_starts,
+                added,
                 shared: Shared::default(),
                 name: name.to_string(),
                 fingerprint,
@@ -203,6 +217,7 @@ impl StaticEncoder {
                 unk: i.unk,
                 piecewise: i.piecewise,
                 added_starts: i.added_starts,
+                added: i.added.clone(),
                 shared: Shared::default(),
                 name: i.name.clone(),
                 fingerprint: i.fingerprint.clone(),
@@ -368,7 +383,9 @@ impl Inner {
                 if word.is_empty() {
                     continue;
                 }
-                if word.bytes().any(|b| self.added_starts[b as usize]) {
+                if word.bytes().any(|b| self.added_starts[b as usize])
+                    && self.added.iter().any(|a| word.contains(a.as_str()))
+                {
                     self.piece(cache, word, &mut f);
                     continue;
                 }
