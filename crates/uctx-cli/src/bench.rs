@@ -3,7 +3,6 @@
 use std::io::IsTerminal;
 use std::process::ExitCode;
 
-use uctx::backend::BackendOptions;
 use uctx::encoder::StaticEncoder;
 use uctx_bench::{drift, encoder, locomo};
 
@@ -67,14 +66,7 @@ fn bench_drift(g: &Global, a: &DriftArgs) -> anyhow::Result<ExitCode> {
     if a.stages < 20 {
         anyhow::bail!("--stages must be at least 20 (got {})", a.stages);
     }
-    let backend = BackendOptions {
-        ollama_host: a.host.clone(),
-        openai_base_url: a.base_url.clone(),
-        openai_api_key: a.api_key.clone(),
-        context_override: Some(a.window),
-        timeout: None,
-    }
-    .with_env();
+    let backend = open::backend_options(&a.server, Some(a.window));
     let show_progress = !g.json && std::io::stderr().is_terminal();
     let report = drift::run(&drift::Args {
         model: a.model.clone(),

@@ -38,6 +38,16 @@ pub struct ModelArgs {
         default_value = "ollama/llama3.2"
     )]
     pub model: String,
+    #[command(flatten)]
+    pub server: ServerArgs,
+    /// Context window in tokens [default: what the server reports for the model, at most 8192].
+    #[arg(long, value_name = "TOKENS")]
+    pub ctx: Option<usize>,
+}
+
+/// Where the model servers are.
+#[derive(Args, Debug, Clone)]
+pub struct ServerArgs {
     /// Ollama's address [env: OLLAMA_HOST; default 127.0.0.1:11434].
     #[arg(long, value_name = "HOST:PORT")]
     pub host: Option<String>,
@@ -47,9 +57,6 @@ pub struct ModelArgs {
     /// API key for an OpenAI-compatible server [env: OPENAI_API_KEY].
     #[arg(long, value_name = "KEY", hide_env_values = true)]
     pub api_key: Option<String>,
-    /// Context window in tokens [default: what the server reports for the model, at most 8192].
-    #[arg(long, value_name = "TOKENS")]
-    pub ctx: Option<usize>,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -227,15 +234,8 @@ pub struct DriftArgs {
     /// Stages of the scripted build (at least 20).
     #[arg(long, default_value_t = 24)]
     pub stages: usize,
-    /// Ollama's address [env: OLLAMA_HOST].
-    #[arg(long, value_name = "HOST:PORT")]
-    pub host: Option<String>,
-    /// Base URL of an OpenAI-compatible server [env: OPENAI_BASE_URL].
-    #[arg(long, value_name = "URL")]
-    pub base_url: Option<String>,
-    /// API key [env: OPENAI_API_KEY].
-    #[arg(long, value_name = "KEY", hide_env_values = true)]
-    pub api_key: Option<String>,
+    #[command(flatten)]
+    pub server: ServerArgs,
     /// Print every turn (verdicts, paged-in slices, answer) to standard error.
     #[arg(long)]
     pub trace: bool,

@@ -13,7 +13,7 @@ use uctx::memory::Memory;
 use uctx::pager::PagerStats;
 use uctx::pool::{PoolStats, Scope};
 
-use crate::cli::{ClearArgs, DoctorArgs, Global, InitArgs, ModelArgs, RecallArgs};
+use crate::cli::{ClearArgs, DoctorArgs, Global, InitArgs, ModelArgs, RecallArgs, ServerArgs};
 
 const GB: f64 = 1e9;
 /// The sizes `init` offers.
@@ -65,22 +65,21 @@ pub fn memory_ro(g: &Global) -> anyhow::Result<Arc<Memory>> {
     )?))
 }
 
-pub fn backend_options(m: &ModelArgs) -> BackendOptions {
+/// Backend options from the flags, then the environment.
+pub fn backend_options(server: &ServerArgs, ctx: Option<usize>) -> BackendOptions {
     BackendOptions {
-        ollama_host: m.host.clone(),
-        openai_base_url: m.base_url.clone(),
-        openai_api_key: m.api_key.clone(),
-        context_override: m.ctx,
+        ollama_host: server.host.clone(),
+        openai_base_url: server.base_url.clone(),
+        openai_api_key: server.api_key.clone(),
+        context_override: ctx,
         timeout: None,
     }
     .with_env()
 }
 
 pub fn backend(m: &ModelArgs) -> anyhow::Result<Arc<dyn Backend>> {
-    Ok(Arc::from(backend::from_spec(
-        &m.model,
-        &backend_options(m),
-    )?))
+    let opts = backend_options(&m.server, m.ctx);
+    Ok(Arc::from(backend::from_spec(&m.model, &opts)?))
 }
 
 /// Bytes per token assumed before a pool has measured its own.

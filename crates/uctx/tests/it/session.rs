@@ -77,6 +77,22 @@ fn filler(seed: u64, words: usize) -> String {
     out
 }
 
+/// The built-in reader model with a `window`-token context.
+fn reader(window: usize) -> Arc<dyn Backend> {
+    let opts = BackendOptions {
+        context_override: Some(window),
+        ..BackendOptions::default()
+    };
+    Arc::from(backend::from_spec("reader", &opts).unwrap())
+}
+
+/// A fresh pool in a temporary directory.
+fn memory() -> (Arc<Memory>, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let memory = Arc::new(Memory::open(dir.path(), encoder(), true, false, None).unwrap());
+    (memory, dir)
+}
+
 struct Run {
     server: FakeServer,
     session: Session,
@@ -236,18 +252,8 @@ fn openai_fact_from_turn_one_reaches_the_prompt_that_needs_it() {
 
 #[test]
 fn separate_namespaces_never_see_each_other() {
-    let dir = tempfile::tempdir().unwrap();
-    let memory = Arc::new(Memory::open(dir.path(), encoder(), true, false, None).unwrap());
-    let backend: Arc<dyn Backend> = Arc::from(
-        backend::from_spec(
-            "reader",
-            &BackendOptions {
-                context_override: Some(2048),
-                ..BackendOptions::default()
-            },
-        )
-        .unwrap(),
-    );
+    let (memory, _dir) = memory();
+    let backend: Arc<dyn Backend> = reader(2048);
     let cfg = |ns: &str| SessionConfig {
         namespace: ns.into(),
         ..SessionConfig::default()
@@ -303,16 +309,7 @@ fn separate_namespaces_never_see_each_other() {
 #[test]
 fn resumed_session_continues_the_conversation() {
     let dir = tempfile::tempdir().unwrap();
-    let backend: Arc<dyn Backend> = Arc::from(
-        backend::from_spec(
-            "reader",
-            &BackendOptions {
-                context_override: Some(2048),
-                ..BackendOptions::default()
-            },
-        )
-        .unwrap(),
-    );
+    let backend: Arc<dyn Backend> = reader(2048);
     let cfg = SessionConfig {
         namespace: "resume".into(),
         resume: true,
@@ -344,18 +341,8 @@ fn resumed_session_continues_the_conversation() {
 
 #[test]
 fn an_input_larger_than_the_window_is_cut_and_said_so() {
-    let dir = tempfile::tempdir().unwrap();
-    let memory = Arc::new(Memory::open(dir.path(), encoder(), true, false, None).unwrap());
-    let backend: Arc<dyn Backend> = Arc::from(
-        backend::from_spec(
-            "reader",
-            &BackendOptions {
-                context_override: Some(1024),
-                ..BackendOptions::default()
-            },
-        )
-        .unwrap(),
-    );
+    let (memory, _dir) = memory();
+    let backend: Arc<dyn Backend> = reader(1024);
     let mut s = Session::open(Arc::clone(&memory), backend, SessionConfig::default()).unwrap();
     let big = format!("{FACT}\n\n{}", filler(7, 6000));
     let r = s.turn(&big, &mut |_| {}).unwrap();
