@@ -5,3 +5,4 @@
 pub mod drift;
 pub mod encoder;
 pub mod locomo;
+pub mod scale;

@@ -4,9 +4,11 @@ use std::io::IsTerminal;
 use std::process::ExitCode;
 
 use uctx::encoder::StaticEncoder;
-use uctx_bench::{drift, encoder, locomo};
+use uctx_bench::{drift, encoder, locomo, scale};
 
-use crate::cli::{BenchArgs, BenchCommand, DriftArgs, EncoderBenchArgs, Global, LocomoArgs};
+use crate::cli::{
+    BenchArgs, BenchCommand, DriftArgs, EncoderBenchArgs, Global, LocomoArgs, ScaleArgs,
+};
 use crate::open;
 
 pub fn bench(g: &Global, a: &BenchArgs) -> anyhow::Result<ExitCode> {
@@ -14,7 +16,56 @@ pub fn bench(g: &Global, a: &BenchArgs) -> anyhow::Result<ExitCode> {
         BenchCommand::Drift(d) => bench_drift(g, d),
         BenchCommand::Encoder(e) => bench_encoder(g, e),
         BenchCommand::Locomo(l) => bench_locomo(g, l),
+        BenchCommand::Scale(s) => bench_scale(g, s),
     }
+}
+
+fn bench_scale(g: &Global, a: &ScaleArgs) -> anyhow::Result<ExitCode> {
+    if !(a.gb.is_finite() && a.gb > 0.0) {
+        anyhow::bail!("--gb must be a positive number of GB, got {}", a.gb);
+    }
+    let data = dirs::data_dir().map(|d| d.join("uctx")).ok_or_else(|| {
+        anyhow::anyhow!("no data directory is known for this user; pass --corpus and --pool")
+    })?;
+    // Never the user's pool (--pool / UCTX_POOL): this directory is emptied first.
+    let pool_dir = a
+        .dir
+        .clone()
+        .unwrap_or_else(|| data.join("bench-scale-pool"));
+    let is_pool_or_empty = std::fs::read_dir(&pool_dir).map_or(true, |mut entries| {
+        pool_dir.join(uctx::pool::LOG_FILE).exists() || entries.next().is_none()
+    });
+    if !is_pool_or_empty {
+        anyhow::bail!(
+            "{} holds files that are not a pool; pass --dir with a new or empty directory",
+            pool_dir.display()
+        );
+    }
+    let show = !g.json && std::io::stderr().is_terminal();
+    let progress = |done: u64, target: u64| {
+        if show {
+            eprint!(
+                "\rbuilding the pool: {:.2} of {:.2} GB   ",
+                done as f64 / 1e9,
+                target as f64 / 1e9
+            );
+        }
+    };
+    let report = scale::run_bench(
+        &scale::Args {
+            encoder: open::encoder(g)?,
+            corpus: a.corpus.clone(),
+            cache: data.join("corpus"),
+            pool_dir,
+            target_bytes: (a.gb * 1e9) as u64,
+            queries: a.queries,
+        },
+        Some(&progress),
+    )?;
+    if show {
+        eprintln!();
+    }
+    emit(g, &report, scale::table(&report))
 }
 
 /// Print a report as JSON or as its table.

@@ -192,6 +192,24 @@ pub enum BenchCommand {
     Encoder(EncoderBenchArgs),
     /// Evidence recall on LoCoMo: BM25, the encoder, hybrid, and the transformer reference.
     Locomo(LocomoArgs),
+    /// The pool at scale: density, ingest speed, search latency, recall, memory, time to open.
+    Scale(ScaleArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct ScaleArgs {
+    /// A directory of text files [default: the Linux kernel source, fetched once with `apt-get download linux-source-6.1`].
+    #[arg(long, value_name = "DIR")]
+    pub corpus: Option<std::path::PathBuf>,
+    /// Size of the pool to build, in GB (the corpus is ingested again into more namespaces until then).
+    #[arg(long, default_value_t = 1.0)]
+    pub gb: f64,
+    /// Search queries timed per scope.
+    #[arg(long, default_value_t = 200)]
+    pub queries: usize,
+    /// Where to build the benchmark's pool (emptied first) [default: uctx/bench-scale-pool under the user's data directory].
+    #[arg(long, value_name = "DIR")]
+    pub dir: Option<std::path::PathBuf>,
 }
 
 #[derive(Args, Debug)]

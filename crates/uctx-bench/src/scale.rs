@@ -1,0 +1,175 @@
+//! `uctx bench scale`: the pool at scale, on real text (see `uctx::pool::bench`).
+//!
+//! The default corpus is the Linux kernel source from the Debian package
+//! `linux-source-6.1` (about 1.3 GB of C and documentation, GPL-2.0), fetched
+//! with `apt-get download` and unpacked into a cache directory the first time.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Arc;
+
+use anyhow::{bail, Context};
+use uctx::encoder::Encoder;
+use uctx::pool::bench::{run_scale, ScaleOptions, ScaleReport};
+
+/// The Debian package the default corpus comes from.
+pub const CORPUS_PACKAGE: &str = "linux-source-6.1";
+
+pub struct Args {
+    pub encoder: Arc<dyn Encoder>,
+    /// A directory of text; `None` takes the kernel source from `cache`.
+    pub corpus: Option<PathBuf>,
+    /// Where the default corpus is (or will be) unpacked.
+    pub cache: PathBuf,
+    /// Where the pool is built (emptied first).
+    pub pool_dir: PathBuf,
+    /// Bytes of pool to build.
+    pub target_bytes: u64,
+    /// Search queries timed per scope.
+    pub queries: usize,
+}
+
+/// The kernel source under `cache`, fetched and unpacked when missing.
+pub fn ensure_corpus(cache: &Path) -> anyhow::Result<PathBuf> {
+    let dir = cache.join(CORPUS_PACKAGE);
+    if dir.join("Makefile").exists() {
+        return Ok(dir);
+    }
+    std::fs::create_dir_all(cache).with_context(|| format!("creating {}", cache.display()))?;
+    let fix = "or pass --corpus DIR with a directory of text files";
+    eprintln!(
+        "fetching {CORPUS_PACKAGE} into {} (once) ...",
+        cache.display()
+    );
+    let status = Command::new("apt-get")
+        .args(["download", CORPUS_PACKAGE])
+        .current_dir(cache)
+        .status()
+        .with_context(|| format!("running apt-get (is this a Debian system?) — {fix}"))?;
+    if !status.success() {
+        bail!("`apt-get download {CORPUS_PACKAGE}` failed (try `apt-get update` first) — {fix}");
+    }
+    let deb = std::fs::read_dir(cache)?
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with(CORPUS_PACKAGE) && n.ends_with(".deb"))
+        })
+        .with_context(|| {
+            format!(
+                "apt-get left no {CORPUS_PACKAGE} .deb in {}",
+                cache.display()
+            )
+        })?;
+    let extract = cache.join("deb");
+    run(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&extract))?;
+    let tarball = std::fs::read_dir(extract.join("usr/src"))
+        .context("the package holds no usr/src")?
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.to_string_lossy().contains(".tar"))
+        .context("the package holds no source tarball")?;
+    run(Command::new("tar")
+        .arg("-xf")
+        .arg(&tarball)
+        .arg("-C")
+        .arg(cache))?;
+    let _ = std::fs::remove_dir_all(&extract);
+    let _ = std::fs::remove_file(&deb);
+    if !dir.exists() {
+        bail!("unpacking left no {} — {fix}", dir.display());
+    }
+    Ok(dir)
+}
+
+fn run(cmd: &mut Command) -> anyhow::Result<()> {
+    let status = cmd.status().with_context(|| format!("running {cmd:?}"))?;
+    if !status.success() {
+        bail!("{cmd:?} failed with {status}");
+    }
+    Ok(())
+}
+
+pub fn run_bench(
+    args: &Args,
+    progress: Option<&(dyn Fn(u64, u64) + Sync)>,
+) -> anyhow::Result<ScaleReport> {
+    let corpus = match &args.corpus {
+        Some(c) => c.clone(),
+        None => ensure_corpus(&args.cache)?,
+    };
+    Ok(run_scale(
+        Arc::clone(&args.encoder),
+        &ScaleOptions {
+            corpus,
+            pool_dir: args.pool_dir.clone(),
+            target_bytes: args.target_bytes,
+            max_slices: 0,
+            queries: args.queries,
+            progress,
+            cancel: None,
+        },
+    )?)
+}
+
+/// The report as a table.
+pub fn table(r: &ScaleReport) -> String {
+    let mb = |b: u64| format!("{:.1} MB", b as f64 / 1e6);
+    let mut t = format!(
+        "scale: {} files of {} ingested {} time(s) into {} namespaces; encoder {}; tokens by {}\n\n",
+        r.files, r.corpus, r.passes, r.namespaces, r.encoder, r.tokenizer
+    );
+    let rows = [
+        ("slices", r.slices.to_string()),
+        ("tokens", r.tokens.to_string()),
+        ("bytes on disk (all files)", mb(r.bytes_on_disk)),
+        ("bytes per slice", format!("{:.0}", r.bytes_per_slice)),
+        ("tokens per slice", format!("{:.0}", r.tokens_per_slice)),
+        ("tokens per GB", format!("{:.1}M", r.tokens_per_gb / 1e6)),
+        (
+            "ingest tokens/s",
+            format!("{:.2}M", r.ingest_tokens_per_sec / 1e6),
+        ),
+        ("time to open", format!("{:.2} s", r.open_seconds)),
+        ("index", r.index.clone()),
+        (
+            "top-10 search, all (p50 / p99)",
+            format!("{:.2} / {:.2} ms", r.search_all.p50_ms, r.search_all.p99_ms),
+        ),
+        (
+            "top-10 search, one namespace",
+            format!(
+                "{:.2} / {:.2} ms",
+                r.search_namespace.p50_ms, r.search_namespace.p99_ms
+            ),
+        ),
+        (
+            "recall@10 vs exact",
+            format!("{:.3} ({} queries)", r.recall_at_10, r.recall_queries),
+        ),
+        (
+            "memory after open (private / file)",
+            format!(
+                "{} / {}",
+                mb(r.memory_after_open.private_bytes),
+                mb(r.memory_after_open.file_bytes)
+            ),
+        ),
+        (
+            "memory searching (private / file)",
+            format!(
+                "{} / {}",
+                mb(r.memory_searching.private_bytes),
+                mb(r.memory_searching.file_bytes)
+            ),
+        ),
+    ];
+    t.push_str("| measure                              | value                    |\n");
+    t.push_str("|--------------------------------------|--------------------------|\n");
+    for (k, v) in rows {
+        t.push_str(&format!("| {k:<36} | {v:<24} |\n"));
+    }
+    t
+}
