@@ -101,6 +101,8 @@ pub enum Command {
     Status,
     /// Delete a namespace, or everything.
     Clear(ClearArgs),
+    /// Re-encode the pool's stored text with the current encoder (after changing --encoder).
+    Reembed,
     /// Benchmarks.
     Bench(BenchArgs),
 }

@@ -52,6 +52,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Recall(a) => open::recall(g, a),
         Command::Status => open::status(g),
         Command::Clear(a) => open::clear(g, a),
+        Command::Reembed => open::reembed(g),
         Command::Bench(a) => bench::bench(g, a),
     }
 }

@@ -470,3 +470,41 @@ pub fn clear(g: &Global, a: &ClearArgs) -> anyhow::Result<ExitCode> {
     }
     Ok(ExitCode::SUCCESS)
 }
+
+pub fn reembed(g: &Global) -> anyhow::Result<ExitCode> {
+    let dir = pool_dir(g)?;
+    let enc = encoder(g)?;
+    let (current, _) = uctx::pool::Pool::inspect(&dir)?;
+    if current == enc.fingerprint() {
+        println!(
+            "the pool at {} is already encoded with {current}; nothing to do",
+            dir.display()
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
+    let bar = if g.json {
+        indicatif::ProgressBar::hidden()
+    } else {
+        indicatif::ProgressBar::new(0)
+    };
+    let cancel = std::sync::atomic::AtomicBool::new(false);
+    let done = uctx::memory::reembed(
+        &dir,
+        enc,
+        &|done, total| {
+            bar.set_length(total);
+            bar.set_position(done);
+        },
+        &cancel,
+    )?;
+    bar.finish_and_clear();
+    if g.json {
+        print_json(&done)?;
+    } else {
+        println!(
+            "re-encoded {} slices: {} → {}",
+            done.slices, done.from, done.to
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -20,7 +20,7 @@ use crate::encoder::Encoder;
 use crate::lexical::{self, Bm25};
 use crate::pool::{Hit, Pool, PoolOptions, Scope};
 use crate::slice::{NewSlice, Slice, Source};
-use crate::Result;
+use crate::{Error, Result};
 
 /// Salience given to each source at write time; the witness starts retention there.
 pub fn default_salience(source: Source) -> f32 {
@@ -256,4 +256,139 @@ impl Memory {
         }
         Ok(out)
     }
+}
+
+/// What [`reembed`] did.
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct Reembedded {
+    pub slices: u64,
+    pub from: String,
+    pub to: String,
+}
+
+/// Slices re-encoded per append (one sync each).
+const REEMBED_BATCH: usize = 512;
+
+/// Re-encode every slice of the pool at `dir` with `encoder`, for a pool
+/// written by another encoder. The slices are copied, text and provenance
+/// intact, into a new pool beside it, with pins and uses carried over; then
+/// the new pool takes the old one's place. Ids are renumbered in the same
+/// order. Until the final swap the old pool is untouched and still locked, so
+/// an interruption loses nothing; `progress` gets (done, total).
+pub fn reembed(
+    dir: &Path,
+    encoder: Arc<dyn Encoder>,
+    progress: &dyn Fn(u64, u64),
+    cancel: &std::sync::atomic::AtomicBool,
+) -> Result<Reembedded> {
+    let (from, dim) = Pool::inspect(dir)?;
+    let to = encoder.fingerprint();
+    let open = |path: &Path, fingerprint: String, dim: usize, budget: Option<u64>| {
+        Pool::open(
+            path,
+            PoolOptions {
+                create: budget.is_some(),
+                read_only: false,
+                budget_bytes: budget,
+                encoder_fingerprint: fingerprint,
+                dim,
+            },
+        )
+    };
+    let old = open(dir, from.clone(), dim, None)?;
+    let name = dir
+        .file_name()
+        .map_or("pool".into(), |n| n.to_string_lossy().into_owned());
+    let new_dir = dir.with_file_name(format!("{name}.reembed"));
+    if new_dir.exists() {
+        std::fs::remove_dir_all(&new_dir).map_err(|e| {
+            Error::io(
+                format!("cannot remove the unfinished {}", new_dir.display()),
+                e,
+            )
+        })?;
+    }
+    let new = open(
+        &new_dir,
+        to.clone(),
+        encoder.dim(),
+        Some(old.stats().budget_bytes),
+    )?;
+    let metas = old.metas(Scope::All);
+    let total = metas.len() as u64;
+    let mut done = 0u64;
+    for batch in metas.chunks(REEMBED_BATCH) {
+        if cancel.load(std::sync::atomic::Ordering::Relaxed) {
+            drop(new);
+            let _ = std::fs::remove_dir_all(&new_dir);
+            return Err(Error::Cancelled);
+        }
+        let mut slices = Vec::with_capacity(batch.len());
+        for m in batch {
+            if let Some(s) = old.get(m.id)? {
+                slices.push(s);
+            }
+        }
+        let texts: Vec<&str> = slices.iter().map(|s| s.text.as_str()).collect();
+        let vectors = encoder.encode_batch(&texts);
+        let items: Vec<(NewSlice, Vec<f32>)> = slices
+            .iter()
+            .zip(vectors)
+            .map(|(s, v)| {
+                let m = &s.meta;
+                let copy = NewSlice {
+                    namespace: m.namespace.clone(),
+                    source: m.source,
+                    text: s.text.clone(),
+                    tokens: encoder.count_tokens(&s.text) as u32,
+                    turn: m.turn,
+                    ext_id: m.ext_id.clone(),
+                    salience: m.salience,
+                };
+                (copy, v)
+            })
+            .collect();
+        let ids = new.append(&items)?;
+        let mut events = Vec::new();
+        for (s, id) in slices.iter().zip(&ids) {
+            if s.meta.pinned {
+                events.push(crate::pool::WitnessEvent::Pin(*id));
+            }
+            events.extend((0..s.meta.uses).map(|_| crate::pool::WitnessEvent::Used(*id)));
+        }
+        if !events.is_empty() {
+            new.record(&events)?;
+        }
+        done += slices.len() as u64;
+        progress(done, total);
+    }
+    drop(new);
+    drop(old);
+    let retired = dir.with_file_name(format!("{name}.reembed-old"));
+    let rename = |a: &Path, b: &Path| {
+        std::fs::rename(a, b).map_err(|e| {
+            Error::io(
+                format!(
+                    "cannot move {} to {} (the re-encoded pool is complete in {})",
+                    a.display(),
+                    b.display(),
+                    new_dir.display()
+                ),
+                e,
+            )
+        })
+    };
+    rename(dir, &retired)?;
+    rename(&new_dir, dir)?;
+    std::fs::remove_dir_all(&retired).map_err(|e| {
+        Error::io(
+            format!("cannot remove the old pool at {}", retired.display()),
+            e,
+        )
+    })?;
+    Ok(Reembedded {
+        slices: done,
+        from,
+        to,
+    })
 }

@@ -181,6 +181,19 @@ impl Pool {
         Pool::open_inner(Arc::new(FileDir::new(dir)), dir, opts, lock)
     }
 
+    /// The encoder fingerprint and vector dimension a pool was written with,
+    /// read from its header alone (no lock, no replay).
+    pub fn inspect(dir: &Path) -> Result<(String, usize)> {
+        if !dir.join(LOG_FILE).exists() {
+            return Err(no_pool(dir));
+        }
+        let log = FileDir::new(dir)
+            .open(LOG_FILE, false)
+            .map_err(|e| Error::io(format!("cannot read the pool at {}", dir.display()), e))?;
+        let (header, _) = read_header(&*log, dir)?;
+        Ok((header.fingerprint, header.dim as usize))
+    }
+
     /// Open a pool on any [`Dir`] (in memory, fault-injecting). Takes no OS
     /// lock: the caller guarantees a single writer. `path` only names the
     /// pool in messages.
@@ -982,7 +995,8 @@ fn no_pool(path: &Path) -> Error {
 /// Read the header and replay the log into a fresh state. A writer cuts a
 /// torn tail; a reader ignores it. Returns the state, the header and the
 /// bytes cut.
-fn load(log: Arc<dyn Storage>, path: &Path, writer: bool) -> Result<(State, Header, u64)> {
+/// The log's header and its length in bytes.
+fn read_header(log: &dyn Storage, path: &Path) -> Result<(Header, usize)> {
     let io = |e| Error::io(format!("cannot read the pool at {}", path.display()), e);
     let corrupt = |detail: &str| Error::Corrupt {
         path: path.to_path_buf(),
@@ -1004,6 +1018,13 @@ fn load(log: Arc<dyn Storage>, path: &Path, writer: bool) -> Result<(State, Head
     let mut hb = vec![0u8; header_len];
     log.read_at(0, &mut hb).map_err(io)?;
     let header = Header::decode(&hb).map_err(|e| header_error(e, path))?;
+    Ok((header, header_len))
+}
+
+fn load(log: Arc<dyn Storage>, path: &Path, writer: bool) -> Result<(State, Header, u64)> {
+    let io = |e| Error::io(format!("cannot read the pool at {}", path.display()), e);
+    let len = log.len().map_err(io)?;
+    let (header, header_len) = read_header(&*log, path)?;
     let mut state = State::new(
         header.dim as usize,
         log.clone(),

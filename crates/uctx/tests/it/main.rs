@@ -4,4 +4,5 @@ mod backend;
 mod encoder;
 mod fake_server;
 mod pool;
+mod reembed;
 mod session;
