@@ -455,27 +455,24 @@ impl Pool {
     /// Top-`k` slices by cosine similarity (vectors are unit length) in `scope`.
     pub fn search(&self, query: &[f32], k: usize, scope: Scope<'_>) -> Result<Vec<Hit>> {
         self.auto_refresh()?;
-        let s = self.read();
-        if query.len() != s.dim {
-            return Err(Error::DimMismatch {
-                expected: s.dim,
-                got: query.len(),
-            });
-        }
-        let ns = match scope {
-            Scope::All => None,
-            Scope::Namespace(n) => Some(n),
-        };
-        Ok(s.search(query, k, ns)
-            .into_iter()
-            .filter_map(|(score, id)| s.meta(id).map(|meta| Hit { score, meta }))
-            .collect())
+        self.scored(query, scope, |s, ns| s.search(query, k, ns))
     }
 
     /// Like [`Pool::search`], but scoring every slice in scope with its
     /// stored vector: slow, the reference that search quality is measured
     /// against.
     pub fn search_exact(&self, query: &[f32], k: usize, scope: Scope<'_>) -> Result<Vec<Hit>> {
+        self.scored(query, scope, |s, ns| s.search_exact(query, k, ns))
+    }
+
+    /// Check the query's dimension, run `rank` on the state for the scope's
+    /// namespace, and attach each ranked slice's metadata.
+    fn scored(
+        &self,
+        query: &[f32],
+        scope: Scope<'_>,
+        rank: impl FnOnce(&State, Option<&str>) -> Vec<(f32, u64)>,
+    ) -> Result<Vec<Hit>> {
         let s = self.read();
         if query.len() != s.dim {
             return Err(Error::DimMismatch {
@@ -487,7 +484,7 @@ impl Pool {
             Scope::All => None,
             Scope::Namespace(n) => Some(n),
         };
-        Ok(s.search_exact(query, k, ns)
+        Ok(rank(&s, ns)
             .into_iter()
             .filter_map(|(score, id)| s.meta(id).map(|meta| Hit { score, meta }))
             .collect())
