@@ -40,25 +40,10 @@ fn dead_port() -> u16 {
     port
 }
 
-const CONFIG: FakeConfig = FakeConfig {
-    models: Vec::new(),
-    api_key: None,
-    context_length: Some(4096),
-    num_ctx_parameter: None,
-    props_n_ctx: None,
-    cut_after: None,
-    stream_error: None,
-    split_utf8: false,
-    reply: None,
-    delay: Duration::ZERO,
-    raw_stream: None,
-    ignore_stream: false,
-};
-
 fn with_models(models: &[&str]) -> FakeConfig {
     FakeConfig {
         models: models.iter().map(|m| m.to_string()).collect(),
-        ..CONFIG
+        ..FakeConfig::default()
     }
 }
 

@@ -338,24 +338,7 @@ fn kill_9_loses_nothing_acknowledged() {
         rng ^= rng << 17;
         let wait = Duration::from_micros(rng % 40_000);
         let mut c = child(tmp.path(), "writer", next);
-        let stdout = c.stdout.take().unwrap();
-        let (first_tx, first_rx) = std::sync::mpsc::channel();
-        let reader = std::thread::spawn(move || {
-            let mut got = Vec::new();
-            for l in BufReader::new(stdout).lines() {
-                let Ok(l) = l else { break };
-                // The first line follows libtest's "test ... " prefix.
-                let Some(at) = l.find("ack ") else { continue };
-                let p: Vec<&str> = l[at..].split(' ').collect();
-                if p.len() == 3 {
-                    got.push((p[1].parse::<u64>().unwrap(), p[2].parse::<u64>().unwrap()));
-                    if got.len() == 1 {
-                        let _ = first_tx.send(());
-                    }
-                }
-            }
-            got
-        });
+        let (reader, first_rx) = read_acks(c.stdout.take().unwrap());
         // Kill at a random moment after the writer got going.
         let _ = first_rx.recv_timeout(Duration::from_secs(10));
         std::thread::sleep(wait);
@@ -762,23 +745,7 @@ fn kill_9_during_eviction_and_compaction() {
         rng ^= rng >> 7;
         rng ^= rng << 17;
         let mut c = child_with_budget(tmp.path(), "writer", next, Some(budget));
-        let stdout = c.stdout.take().unwrap();
-        let (tx, rx) = std::sync::mpsc::channel();
-        let reader = std::thread::spawn(move || {
-            let mut got = Vec::new();
-            for l in BufReader::new(stdout).lines() {
-                let Ok(l) = l else { break };
-                let Some(at) = l.find("ack ") else { continue };
-                let p: Vec<&str> = l[at..].split(' ').collect();
-                if p.len() == 3 {
-                    got.push((p[1].parse::<u64>().unwrap(), p[2].parse::<u64>().unwrap()));
-                    if got.len() == 1 {
-                        let _ = tx.send(());
-                    }
-                }
-            }
-            got
-        });
+        let (reader, rx) = read_acks(c.stdout.take().unwrap());
         let _ = rx.recv_timeout(Duration::from_secs(10));
         std::thread::sleep(Duration::from_micros(rng % 60_000));
         c.kill().unwrap();
@@ -911,4 +878,32 @@ proptest::proptest! {
         }
         proptest::prop_assert_eq!(pool.stats().slices, model.len() as u64);
     }
+}
+
+/// Collect the `ack FIRST LAST` lines a writer child prints after each append
+/// returned; the receiver fires once the first ack is in.
+fn read_acks(
+    stdout: std::process::ChildStdout,
+) -> (
+    std::thread::JoinHandle<Vec<(u64, u64)>>,
+    std::sync::mpsc::Receiver<()>,
+) {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let reader = std::thread::spawn(move || {
+        let mut got = Vec::new();
+        for l in BufReader::new(stdout).lines() {
+            let Ok(l) = l else { break };
+            // The first line follows libtest's "test ... " prefix.
+            let Some(at) = l.find("ack ") else { continue };
+            let p: Vec<&str> = l[at..].split(' ').collect();
+            if p.len() == 3 {
+                got.push((p[1].parse::<u64>().unwrap(), p[2].parse::<u64>().unwrap()));
+                if got.len() == 1 {
+                    let _ = tx.send(());
+                }
+            }
+        }
+        got
+    });
+    (reader, rx)
 }
