@@ -475,6 +475,11 @@ impl Session {
             .sum()
     }
 
+    /// [`Session::est`] of a kept turn, from the count taken when it was kept.
+    fn est_turn(&self, turn: &Turn) -> usize {
+        self.calib.estimate(turn.tokens + tokens::MESSAGE_OVERHEAD)
+    }
+
     fn est(&self, text: &str) -> usize {
         self.calib
             .estimate(self.memory.count_tokens(text) + tokens::MESSAGE_OVERHEAD)
@@ -524,7 +529,7 @@ impl Session {
         let mut recent_free = free - memory_budget;
         let mut first_recent = earlier.len();
         while first_recent > 0 {
-            let t = self.est(&earlier[first_recent - 1].text);
+            let t = self.est_turn(&earlier[first_recent - 1]);
             if t > recent_free {
                 break;
             }
@@ -585,7 +590,7 @@ impl Session {
         recent_free += memory_free;
         while first_recent > 0 {
             let prev = &earlier[first_recent - 1];
-            let t = self.est(&prev.text);
+            let t = self.est_turn(prev);
             if t > recent_free || memory_turns.contains(&prev.turn) {
                 break;
             }
@@ -629,7 +634,7 @@ impl Session {
 
     /// The latest input, or its tail when it alone exceeds `limit` tokens.
     fn fit_input(&self, latest: &Turn, limit: usize) -> Result<(String, bool)> {
-        if self.est(&latest.text) <= limit {
+        if self.est_turn(latest) <= limit {
             return Ok((latest.text.clone(), false));
         }
         let count = |s: &str| self.memory.count_tokens(s);
@@ -647,7 +652,7 @@ impl Session {
         if kept.is_empty() {
             return Err(Error::WindowTooSmall {
                 window: self.window,
-                needed: self.est(&latest.text),
+                needed: self.est_turn(latest),
                 what: "the latest input".into(),
                 fix: "use a model with a larger context (--ctx)".into(),
             });
