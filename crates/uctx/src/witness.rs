@@ -12,6 +12,31 @@
 
 use crate::slice::SliceMeta;
 
+/// What retention depends on: a slice's standing in the pool.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Standing {
+    pub id: u64,
+    /// Bytes on disk that evicting the slice frees.
+    pub bytes: u64,
+    pub salience: f32,
+    pub uses: u32,
+    pub last_used_seq: u64,
+    pub pinned: bool,
+}
+
+impl From<&SliceMeta> for Standing {
+    fn from(m: &SliceMeta) -> Standing {
+        Standing {
+            id: m.id,
+            bytes: m.bytes,
+            salience: m.salience,
+            uses: m.uses,
+            last_used_seq: m.last_used_seq,
+            pinned: m.pinned,
+        }
+    }
+}
+
 /// Knobs of the retention curve.
 #[derive(Clone, Debug, PartialEq)]
 pub struct WitnessParams {
@@ -44,7 +69,7 @@ impl Default for WitnessParams {
 /// Starts at the slice's salience, halves every `half_life` slices written
 /// since `last_used_seq`, rises with uses (at most `salience + 2 * use_boost`
 /// under the default decay), and is `f32::INFINITY` for pinned slices.
-pub fn retention(meta: &SliceMeta, now_seq: u64, params: &WitnessParams) -> f32 {
+pub fn retention(meta: &Standing, now_seq: u64, params: &WitnessParams) -> f32 {
     if meta.pinned {
         return f32::INFINITY;
     }
@@ -74,7 +99,7 @@ pub fn retention(meta: &SliceMeta, now_seq: u64, params: &WitnessParams) -> f32 
 /// pinned slice. Empty when already under budget. When even evicting every
 /// unpinned slice cannot reach the budget, all unpinned slices are returned.
 pub fn victims(
-    metas: &[SliceMeta],
+    metas: &[Standing],
     bytes_on_disk: u64,
     budget_bytes: u64,
     now_seq: u64,
@@ -104,18 +129,11 @@ pub fn victims(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::slice::Source;
     use proptest::prelude::*;
 
-    fn meta(id: u64, salience: f32, uses: u32, last_used_seq: u64, pinned: bool) -> SliceMeta {
-        SliceMeta {
+    fn meta(id: u64, salience: f32, uses: u32, last_used_seq: u64, pinned: bool) -> Standing {
+        Standing {
             id,
-            namespace: "ns".into(),
-            source: Source::User,
-            tokens: 10,
-            turn: 0,
-            ext_id: None,
-            time_ms: 0,
             bytes: 100,
             salience,
             uses,
@@ -181,7 +199,7 @@ mod tests {
         assert_eq!(victims(&metas, 400, 0, 4, &p), vec![2, 3, 1]);
     }
 
-    fn arb_meta() -> impl Strategy<Value = SliceMeta> {
+    fn arb_meta() -> impl Strategy<Value = Standing> {
         (
             0u64..1000,
             0.0f32..=1.0,
@@ -210,7 +228,7 @@ mod tests {
         #[test]
         fn gets_under_budget_when_possible(metas in prop::collection::vec(arb_meta(), 0..60), budget in 0u64..100_000) {
             // Make ids unique so that victims map back to one slice each.
-            let metas: Vec<SliceMeta> = metas.into_iter().enumerate().map(|(i, mut m)| { m.id = i as u64; m }).collect();
+            let metas: Vec<Standing> = metas.into_iter().enumerate().map(|(i, mut m)| { m.id = i as u64; m }).collect();
             let total: u64 = metas.iter().map(|m| m.bytes).sum();
             let pinned: u64 = metas.iter().filter(|m| m.pinned).map(|m| m.bytes).sum();
             let v = victims(&metas, total, budget, 2000, &WitnessParams::default());

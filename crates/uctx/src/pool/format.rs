@@ -1,11 +1,9 @@
 //! Bytes on disk: the log header and its records (see `docs/format.md`).
 
-use half::f16;
-
 /// First bytes of every pool log.
 pub const MAGIC: [u8; 8] = *b"UCTXPOOL";
 /// The format this code writes and reads.
-pub const VERSION: u32 = 1;
+pub const VERSION: u32 = 2;
 /// Bytes before each record's payload: len u32, crc u32, type u8.
 pub const RECORD_HEADER: usize = 9;
 /// Largest payload a record may carry (a guard against reading a torn length).
@@ -20,8 +18,9 @@ pub const T_CLEAR: u8 = 6;
 pub const T_NEXT_ID: u8 = 7;
 pub const T_DICT: u8 = 8;
 
-/// Fixed bytes of a slice payload before its vector.
-pub const SLICE_FIXED: usize = 8 * 4 + 4 * 3 + 1 + 1 + 2 + 2 + 4 + 4;
+/// Fixed bytes of a slice payload before its vector (the last four are
+/// the vector's scale).
+pub const SLICE_FIXED: usize = 8 * 4 + 4 * 3 + 1 + 1 + 2 + 2 + 4 + 4 + 4;
 
 /// The log header.
 #[derive(Clone, Debug, PartialEq)]
@@ -126,7 +125,9 @@ pub struct SliceRec {
     pub dict: Option<u32>,
     /// One zstd frame.
     pub text_z: Vec<u8>,
-    pub vector: Vec<f16>,
+    /// The vector, quantised to i8 with one scale (see `pool::vector`).
+    pub scale: f32,
+    pub vector: Vec<i8>,
 }
 
 /// One witness event as logged: kind (0 used, 1 recalled, 2 pin, 3 unpin), id, seq.
@@ -180,9 +181,8 @@ pub fn encode(rec: &Rec, out: &mut Vec<u8>) -> usize {
             out.extend_from_slice(&s.text_len.to_le_bytes());
             let z_len = s.text_z.len() + if s.dict.is_some() { 4 } else { 0 };
             out.extend_from_slice(&(z_len as u32).to_le_bytes());
-            for x in &s.vector {
-                out.extend_from_slice(&x.to_bits().to_le_bytes());
-            }
+            out.extend_from_slice(&s.scale.to_le_bytes());
+            out.extend_from_slice(bytemuck::cast_slice(&s.vector));
             out.extend_from_slice(ns);
             out.extend_from_slice(ext);
             if let Some(d) = s.dict {
@@ -301,7 +301,7 @@ pub fn decode(ty: u8, p: &[u8], dim: usize) -> Option<Rec> {
 
 /// The fixed fields and vector of a slice payload (no text decompression).
 pub fn decode_slice(p: &[u8], dim: usize) -> Option<SliceRec> {
-    if p.len() < SLICE_FIXED + dim * 2 {
+    if p.len() < SLICE_FIXED + dim {
         return None;
     }
     let ns_len = u16_at(p, 46) as usize;
@@ -309,7 +309,7 @@ pub fn decode_slice(p: &[u8], dim: usize) -> Option<SliceRec> {
     let text_len = u32_at(p, 50);
     let z_len = u32_at(p, 54) as usize;
     let vec_at = SLICE_FIXED;
-    let ns_at = vec_at + dim * 2;
+    let ns_at = vec_at + dim;
     let ext_at = ns_at + ns_len;
     let z_at = ext_at + ext_len;
     if p.len() != z_at + z_len {
@@ -344,14 +344,8 @@ pub fn decode_slice(p: &[u8], dim: usize) -> Option<SliceRec> {
         text_len,
         dict,
         text_z: p[text_at..].to_vec(),
-        vector: (0..dim)
-            .map(|i| {
-                f16::from_bits(u16::from_le_bytes([
-                    p[vec_at + 2 * i],
-                    p[vec_at + 2 * i + 1],
-                ]))
-            })
-            .collect(),
+        scale: f32::from_le_bytes(p[58..62].try_into().ok()?),
+        vector: bytemuck::cast_slice(&p[vec_at..ns_at]).to_vec(),
     })
 }
 
@@ -418,7 +412,8 @@ mod tests {
                 text_len: 5,
                 dict: Some(3),
                 text_z: vec![1, 2, 3],
-                vector: vec![f16::from_f32(0.5), f16::from_f32(-1.0)],
+                scale: 0.25,
+                vector: vec![64, -127],
             }),
             Rec::Witness(vec![(0, 7, 9), (2, 7, 10)]),
             Rec::DeleteNs {

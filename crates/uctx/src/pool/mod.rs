@@ -5,20 +5,21 @@
 //! - `append` returns only after the batch is durable (survives kill -9).
 //! - ids are assigned in write order, strictly increasing, never reused.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
-
-use half::f16;
 
 use crate::slice::{NewSlice, Slice, SliceMeta};
 use crate::witness::{self, WitnessParams};
 use crate::{Error, Result};
 
+pub mod ann;
 pub mod bench;
 pub mod format;
 mod lock;
 mod state;
 pub mod storage;
+pub mod vector;
 
 use format::{Header, HeaderError, Rec, SliceRec, RECORD_HEADER};
 use lock::WriterLock;
@@ -107,6 +108,8 @@ struct Writer {
     compressor: Option<(u32, zstd::bulk::Compressor<'static>)>,
     /// Live slices at which to try training a dictionary (again).
     dict_retry_at: usize,
+    /// Tail rows at which to try index maintenance again after a failure.
+    index_retry_at: usize,
 }
 
 impl Writer {
@@ -248,7 +251,7 @@ impl Pool {
         let log = dir
             .open(LOG_FILE, false)
             .map_err(|e| io("cannot open the log", e))?;
-        let (state, header, cut) = load(log, path, !opts.read_only)?;
+        let (state, header, cut) = load(&*dir, log, path, !opts.read_only)?;
         if header.fingerprint != opts.encoder_fingerprint {
             return Err(Error::EncoderMismatch {
                 pool: header.fingerprint,
@@ -271,6 +274,7 @@ impl Pool {
                 poisoned: None,
                 compressor: None,
                 dict_retry_at: DICT_MIN_SLICES,
+                index_retry_at: 0,
             }),
             state: RwLock::new(state),
             cut_bytes: cut,
@@ -417,6 +421,8 @@ impl Pool {
                     dict.as_ref().map(|(id, raw)| (*id, raw.as_slice())),
                 )
                 .map_err(|e| Error::io("cannot compress slice text", e))?;
+            let mut q = Vec::with_capacity(dim);
+            let scale = vector::quantize(v, &mut q);
             let salience = if s.salience.is_finite() {
                 s.salience.clamp(0.0, 1.0)
             } else {
@@ -437,10 +443,8 @@ impl Pool {
                 text_len: s.text.len() as u32,
                 dict: dict.as_ref().map(|d| d.0),
                 text_z,
-                vector: v
-                    .iter()
-                    .map(|x| f16::from_f32(if x.is_finite() { *x } else { 0.0 }))
-                    .collect(),
+                scale,
+                vector: q,
             }));
         }
         if let Err(e) = self.commit(&mut w, &recs, &format!("append {} slices", batch.len())) {
@@ -455,14 +459,15 @@ impl Pool {
     /// Top-`k` slices by cosine similarity (vectors are unit length) in `scope`.
     pub fn search(&self, query: &[f32], k: usize, scope: Scope<'_>) -> Result<Vec<Hit>> {
         self.auto_refresh()?;
-        self.scored(query, scope, |s, ns| s.search(query, k, ns))
+        self.scored(query, scope, |s, ns| s.search(query, k, ns, false))
     }
 
     /// Like [`Pool::search`], but scoring every slice in scope with its
     /// stored vector: slow, the reference that search quality is measured
     /// against.
     pub fn search_exact(&self, query: &[f32], k: usize, scope: Scope<'_>) -> Result<Vec<Hit>> {
-        self.scored(query, scope, |s, ns| s.search_exact(query, k, ns))
+        self.auto_refresh()?;
+        self.scored(query, scope, |s, ns| s.search(query, k, ns, true))
     }
 
     /// Check the query's dimension, run `rank` on the state for the scope's
@@ -493,36 +498,28 @@ impl Pool {
     /// A live slice with its text; `None` when absent or evicted.
     pub fn get(&self, id: u64) -> Result<Option<Slice>> {
         self.auto_refresh()?;
-        let (log, offset, bytes, meta, dim) = {
+        let (rec, meta) = {
             let s = self.read();
-            let Some(e) = s.entries.get(&id) else {
+            let Some(rec) = s.read_record(id) else {
                 return Ok(None);
             };
-            (
-                s.log.clone(),
-                e.offset,
-                e.bytes as usize,
-                s.to_meta(id, e),
-                s.dim,
-            )
+            (rec, s.meta(id))
         };
-        let mut buf = vec![0u8; bytes];
-        log.read_at(offset, &mut buf).map_err(|e| {
-            Error::io(
-                format!(
-                    "cannot read slice {id} from the pool at {}",
-                    self.path.display()
-                ),
-                e,
-            )
+        let rec = rec.map_err(|e| {
+            if e.kind() == std::io::ErrorKind::InvalidData {
+                self.corrupt(e.to_string())
+            } else {
+                Error::io(
+                    format!(
+                        "cannot read slice {id} from the pool at {}",
+                        self.path.display()
+                    ),
+                    e,
+                )
+            }
         })?;
-        let rec = if format::check(&buf) {
-            format::decode_slice(&buf[RECORD_HEADER..], dim)
-        } else {
-            None
-        };
-        let Some(rec) = rec.filter(|r| r.id == id) else {
-            return Err(self.corrupt(format!("slice {id} at offset {offset} fails its checksum")));
+        let Some(meta) = meta else {
+            return Ok(None);
         };
         let text = self.text_of(&rec)?;
         Ok(Some(Slice { meta, text }))
@@ -556,7 +553,7 @@ impl Pool {
             if s.current_dict.is_some() {
                 return None;
             }
-            (s.entries.len(), s.dicts.keys().max().map_or(1, |m| m + 1))
+            (s.len(), s.dicts.keys().max().map_or(1, |m| m + 1))
         };
         if live + batch.len() < w.dict_retry_at {
             return None;
@@ -564,11 +561,10 @@ impl Pool {
         w.dict_retry_at = (live + batch.len()) * 2;
         let ids: Vec<u64> = self
             .read()
-            .entries
-            .keys()
+            .live()
             .rev()
             .take(DICT_SAMPLES)
-            .copied()
+            .map(|e| e.id)
             .collect();
         let mut samples: Vec<Vec<u8>> = batch
             .iter()
@@ -631,7 +627,7 @@ impl Pool {
                     WitnessEvent::Pin(id) => (2, id, seq),
                     WitnessEvent::Unpin(id) => (3, id, seq),
                 })
-                .filter(|(_, id, _)| s.entries.contains_key(id))
+                .filter(|(_, id, _)| s.contains(*id))
                 .collect();
             if ev.is_empty() {
                 return Ok(());
@@ -667,7 +663,7 @@ impl Pool {
         let mut w = self.lock_writer()?;
         let (n, upto) = {
             let s = self.read();
-            (s.entries.len() as u64, s.next_id)
+            (s.len() as u64, s.next_id)
         };
         if n == 0 {
             return Ok(0);
@@ -687,9 +683,9 @@ impl Pool {
         let _ = self.auto_refresh();
         let s = self.read();
         PoolStats {
-            slices: s.entries.len() as u64,
+            slices: s.len() as u64,
             tokens: s.tokens,
-            bytes_on_disk: s.end,
+            bytes_on_disk: s.end + s.ann.file_bytes(),
             budget_bytes: s.budget,
             namespaces: s.live_namespaces(),
         }
@@ -754,10 +750,16 @@ impl Pool {
                 e,
             )
         })?;
+        let segments = segment_files(&*self.dir, &self.path)?;
         let (same, log, end) = {
             let s = self.read();
-            (s.identity == ident, s.log.clone(), s.end)
+            (
+                s.identity == ident && s.segment_files == segments,
+                s.log.clone(),
+                s.end,
+            )
         };
+        // A compacted log or a changed index: load afresh.
         if !same {
             let log = self.dir.open(LOG_FILE, false).map_err(|e| {
                 Error::io(
@@ -765,7 +767,7 @@ impl Pool {
                     e,
                 )
             })?;
-            let (state, _, _) = load(log, &self.path, false)?;
+            let (state, _, _) = load(&*self.dir, log, &self.path, false)?;
             *self.write_state() = state;
             return Ok(true);
         }
@@ -797,7 +799,10 @@ impl Pool {
     /// dominate. Failures are kept for [`Pool::maintenance_error`]; the
     /// write they follow is already durable.
     fn maintain(&self, w: &mut Writer) {
-        let result = self.govern(w);
+        let mut result = self.govern(w);
+        if result.is_ok() {
+            result = self.maintain_index(w);
+        }
         let mut m = self
             .maintenance_error
             .lock()
@@ -805,25 +810,82 @@ impl Pool {
         *m = result.err().map(|e| e.to_string());
     }
 
+    /// Keep the index in shape: seal the tail, merge segments, rewrite
+    /// segments without deleted rows (always when mostly deleted; any with
+    /// deletions when the pool is over its budget). Runs under the writer
+    /// lock but not the state lock: searches go on meanwhile.
+    fn maintain_index(&self, w: &mut Writer) -> Result<()> {
+        loop {
+            let (prepared, names, index) = {
+                let s = self.read();
+                if s.ann.tail_rows() < w.index_retry_at {
+                    return Ok(());
+                }
+                let over = s.end + s.ann.file_bytes() > s.budget;
+                let Some(job) = s.ann.next_job(over) else {
+                    return Ok(());
+                };
+                let names: Vec<String> = s.namespaces_all().to_vec();
+                let index: HashMap<String, u32> = names
+                    .iter()
+                    .enumerate()
+                    .map(|(i, n)| (n.clone(), i as u32))
+                    .collect();
+                (s.ann.prepare(&job), names, index)
+            };
+            let dim = self.dim();
+            let built = prepared.build(
+                &*self.dir,
+                dim,
+                &|g| names.get(g as usize).cloned().unwrap_or_default(),
+                &mut |n| index.get(n).copied().unwrap_or(u32::MAX),
+            );
+            let built = match built {
+                Ok(b) => b,
+                Err(e) => {
+                    // Try again once the tail has grown a little more.
+                    w.index_retry_at = self.read().ann.tail_rows() + ann::SEAL_ROWS / 4;
+                    return Err(self.write_error("write an index segment", e));
+                }
+            };
+            w.index_retry_at = 0;
+            let gone = self.write_state().ann.install(built);
+            for name in gone {
+                self.dir
+                    .remove(&name)
+                    .map_err(|e| self.write_error("remove a merged index segment", e))?;
+            }
+        }
+    }
+
     fn govern(&self, w: &mut Writer) -> Result<()> {
-        let (end, budget, live, header) = {
+        let (end, index, budget, live, header, rows) = {
             let s = self.read();
             // A compacted log also carries the budget, next id and dictionary.
             let dict = s
                 .current_dict
                 .and_then(|id| s.dicts.get(&id))
                 .map_or(0, |d| d.raw.len() as u64 + 13);
-            (s.end, s.budget, s.live_bytes, s.header_len + 64 + dict)
+            (
+                s.end,
+                s.ann.file_bytes(),
+                s.budget,
+                s.live_bytes,
+                s.header_len + 64 + dict,
+                s.len() as u64,
+            )
         };
-        if end > budget {
+        if end + index > budget {
             // Evict down to a low-water mark, so that the next compaction
-            // is a growth unit away rather than one slice away.
+            // is a growth unit away rather than one slice away. Each slice
+            // counts its record and its row in the index.
             let target = budget - budget / 10;
-            let (metas, now) = {
+            let (standings, now) = {
                 let s = self.read();
-                (s.metas(None), s.next_id.saturating_sub(1))
+                (s.standings(), s.next_id.saturating_sub(1))
             };
-            let v = witness::victims(&metas, live + header, target.max(header), now, &self.params);
+            let held = live + header + rows * (self.dim() as u64 + 12);
+            let v = witness::victims(&standings, held, target.max(header), now, &self.params);
             let evicted = !v.is_empty();
             if evicted {
                 self.commit(w, &[Rec::Evict(v)], "evict slices over the budget")?;
@@ -864,9 +926,11 @@ impl Pool {
         let (old, dim, generation, next_id, budget, items, dict) = {
             let s = self.read();
             let items: Vec<(u64, u64, u32, u32, u64, bool)> = s
-                .entries
-                .iter()
-                .map(|(&id, e)| (id, e.offset, e.bytes, e.uses, e.last_used_seq, e.pinned))
+                .live()
+                .map(|e| {
+                    let (uses, last) = s.uses(e.id);
+                    (e.id, e.offset, e.bytes, uses, last, e.pinned())
+                })
                 .collect();
             let dict = s
                 .current_dict
@@ -961,9 +1025,8 @@ impl Pool {
         let mut s = self.write_state();
         let mut live = 0u64;
         for (&(id, ..), (off, n)) in items.iter().zip(offsets) {
-            if let Some(e) = s.entries.get_mut(&id) {
-                e.offset = off;
-                e.bytes = n;
+            if s.contains(id) {
+                s.relocate(id, off, n);
                 live += n as u64;
             }
         }
@@ -973,7 +1036,7 @@ impl Pool {
         s.generation = generation + 1;
         s.header_len = header_len;
         s.end = written;
-        s.rebuild_rows();
+        s.sweep_now();
         Ok(())
     }
 }
@@ -1018,7 +1081,28 @@ fn read_header(log: &dyn Storage, path: &Path) -> Result<(Header, usize)> {
     Ok((header, header_len))
 }
 
-fn load(log: Arc<dyn Storage>, path: &Path, writer: bool) -> Result<(State, Header, u64)> {
+/// The names of the index segment files in `dir`, sorted.
+fn segment_files(dir: &dyn Dir, path: &Path) -> Result<Vec<String>> {
+    let mut names: Vec<String> = dir
+        .list()
+        .map_err(|e| Error::io(format!("cannot list the pool at {}", path.display()), e))?
+        .into_iter()
+        .filter(|n| n.starts_with(ann::SEGMENT_PREFIX) && n.ends_with(ann::SEGMENT_SUFFIX))
+        .collect();
+    names.sort();
+    Ok(names)
+}
+
+/// Read the header, map the index segments, and replay the log into a
+/// fresh state. A writer cuts a torn tail (a reader ignores it) and deletes
+/// damaged or superseded segments. Returns the state, the header and the
+/// bytes cut.
+fn load(
+    dir: &dyn Dir,
+    log: Arc<dyn Storage>,
+    path: &Path,
+    writer: bool,
+) -> Result<(State, Header, u64)> {
     let io = |e| Error::io(format!("cannot read the pool at {}", path.display()), e);
     let len = log.len().map_err(io)?;
     let (header, header_len) = read_header(&*log, path)?;
@@ -1029,10 +1113,24 @@ fn load(log: Arc<dyn Storage>, path: &Path, writer: bool) -> Result<(State, Head
         header_len as u64,
     );
     let dim = header.dim as usize;
+    state.segment_files = segment_files(dir, path)?;
+    let (ann, _rejected) = {
+        let st = &mut state;
+        ann::Ann::open(dir, dim, writer, &mut |n| st.intern(n)).map_err(|e| {
+            Error::io(
+                format!("cannot read the index of the pool at {}", path.display()),
+                e,
+            )
+        })?
+    };
+    state.ann = ann;
     let end = replay(&*log, header_len as u64, len, dim, path, |rec, at, n| {
         state.apply(&rec, at, n)
     })?;
     state.end = end;
+    let mut ann = std::mem::replace(&mut state.ann, ann::Ann::new(dim));
+    ann.settle(&|id| state.contains(id));
+    state.ann = ann;
     state.shrink();
     let cut = len - end;
     if cut > 0 && writer {

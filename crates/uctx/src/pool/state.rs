@@ -1,21 +1,16 @@
-//! The pool's in-memory state, rebuilt by replaying the log: live slices,
-//! their vectors in one contiguous matrix, and per-namespace row lists.
+//! The pool's in-memory state, rebuilt by replaying the log: a compact
+//! table of live slices (40 bytes each, sorted by id), the namespaces, and
+//! the vector index ([`Ann`]). Text, turn, time and external ids stay in the
+//! log and are read from it on demand.
 
-use std::cmp::Ordering;
-use std::collections::{BTreeMap, BinaryHeap, HashMap};
+use std::collections::HashMap;
 use std::sync::Arc;
 
-use half::f16;
-use half::slice::HalfFloatSliceExt;
-
-use super::format::{Rec, SliceRec};
+use super::ann::{Ann, Row};
+use super::format::{self, Rec, SliceRec, RECORD_HEADER};
 use super::storage::Storage;
 use crate::slice::{SliceMeta, Source};
-
-/// Marks a row whose slice is gone.
-const DEAD: u64 = u64::MAX;
-/// Scans of at least this many rows run on several threads.
-const PARALLEL_ROWS: usize = 65_536;
+use crate::witness::Standing;
 
 /// A zstd dictionary, raw and prepared for decompression.
 pub struct Dict {
@@ -23,22 +18,36 @@ pub struct Dict {
     pub decoder: zstd::dict::DecoderDictionary<'static>,
 }
 
-/// What the pool keeps per live slice.
-#[derive(Clone, Debug)]
+const PINNED: u8 = 1;
+const DEAD: u8 = 2;
+
+/// What the pool keeps in memory per slice.
+#[derive(Clone, Copy, Debug)]
 pub struct Entry {
+    pub id: u64,
     pub offset: u64,
     pub bytes: u32,
-    pub row: u32,
-    pub ns: u32,
-    pub source: Source,
     pub tokens: u32,
-    pub turn: u64,
-    pub time_ms: u64,
+    pub ns: u32,
     pub salience: f32,
-    pub uses: u32,
-    pub last_used_seq: u64,
-    pub pinned: bool,
-    pub ext_id: Option<Box<str>>,
+    flags: u8,
+    source: u8,
+}
+
+impl Entry {
+    pub fn pinned(&self) -> bool {
+        self.flags & PINNED != 0
+    }
+    fn dead(&self) -> bool {
+        self.flags & DEAD != 0
+    }
+}
+
+/// Uses and last use of a slice the witness has touched (most never are).
+#[derive(Clone, Copy, Debug, Default)]
+struct Touch {
+    uses: u32,
+    last_used_seq: u64,
 }
 
 pub struct State {
@@ -51,41 +60,23 @@ pub struct State {
     pub end: u64,
     pub next_id: u64,
     pub budget: u64,
-    pub entries: BTreeMap<u64, Entry>,
+    /// Every slice applied, in id order; deleted ones are flagged until
+    /// they are swept out.
+    entries: Vec<Entry>,
+    dead_entries: usize,
+    touched: HashMap<u64, Touch>,
     ns_names: Vec<String>,
     ns_index: HashMap<String, u32>,
-    ns_rows: Vec<Vec<u32>>,
     ns_live: Vec<u64>,
-    /// Vectors quantised to i8, one row of `dim` per slice, and each row's scale.
-    qvecs: Vec<i8>,
-    scales: Vec<f32>,
-    row_ids: Vec<u64>,
-    dead_rows: usize,
+    pub ann: Ann,
+    /// Index segment files present when the index was last opened.
+    pub segment_files: Vec<String>,
     /// Bytes of live slice records.
     pub live_bytes: u64,
     pub tokens: u64,
     /// zstd dictionaries by id, and the one new text is compressed with.
     pub dicts: HashMap<u32, Arc<Dict>>,
     pub current_dict: Option<u32>,
-}
-
-#[derive(PartialEq)]
-struct Scored(f32, u64);
-
-impl Eq for Scored {}
-
-impl PartialOrd for Scored {
-    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
-        Some(self.cmp(other))
-    }
-}
-
-impl Ord for Scored {
-    /// Reversed, so that a `BinaryHeap` keeps the worst hit on top; among
-    /// equal scores the older id ranks first.
-    fn cmp(&self, other: &Self) -> Ordering {
-        other.0.total_cmp(&self.0).then(self.1.cmp(&other.1))
-    }
 }
 
 impl State {
@@ -99,20 +90,40 @@ impl State {
             end: header_len,
             next_id: 1,
             budget: 0,
-            entries: BTreeMap::new(),
+            entries: Vec::new(),
+            dead_entries: 0,
+            touched: HashMap::new(),
             ns_names: Vec::new(),
             ns_index: HashMap::new(),
-            ns_rows: Vec::new(),
             ns_live: Vec::new(),
-            qvecs: Vec::new(),
-            scales: Vec::new(),
-            row_ids: Vec::new(),
-            dead_rows: 0,
+            ann: Ann::new(dim),
+            segment_files: Vec::new(),
             live_bytes: 0,
             tokens: 0,
             dicts: HashMap::new(),
             current_dict: None,
         }
+    }
+
+    /// The number of namespace `name`, made when new.
+    pub fn intern(&mut self, name: &str) -> u32 {
+        if let Some(&i) = self.ns_index.get(name) {
+            return i;
+        }
+        let i = self.ns_names.len() as u32;
+        self.ns_names.push(name.to_string());
+        self.ns_index.insert(name.to_string(), i);
+        self.ns_live.push(0);
+        i
+    }
+
+    /// Every namespace name, by number (including emptied ones).
+    pub fn namespaces_all(&self) -> &[String] {
+        &self.ns_names
+    }
+
+    pub fn ns_name(&self, ns: u32) -> &str {
+        self.ns_names.get(ns as usize).map_or("", String::as_str)
     }
 
     /// Apply one record found at `offset`, `len` bytes long.
@@ -121,23 +132,28 @@ impl State {
             Rec::Slice(s) => self.insert(s, offset, len),
             Rec::Witness(events) => {
                 for &(kind, id, seq) in events {
-                    if let Some(e) = self.entries.get_mut(&id) {
-                        match kind {
-                            0 => {
-                                e.uses = e.uses.saturating_add(1);
-                                e.last_used_seq = e.last_used_seq.max(seq);
+                    let Some(i) = self.position(id) else {
+                        continue;
+                    };
+                    match kind {
+                        0 | 1 => {
+                            let t = self.touched.entry(id).or_insert(Touch {
+                                uses: 0,
+                                last_used_seq: id,
+                            });
+                            if kind == 0 {
+                                t.uses = t.uses.saturating_add(1);
                             }
-                            1 => e.last_used_seq = e.last_used_seq.max(seq),
-                            2 => e.pinned = true,
-                            3 => e.pinned = false,
-                            _ => {}
+                            t.last_used_seq = t.last_used_seq.max(seq);
                         }
+                        2 => self.entries[i].flags |= PINNED,
+                        3 => self.entries[i].flags &= !PINNED,
+                        _ => {}
                     }
                 }
             }
             Rec::DeleteNs { namespace, upto } => {
-                let ids = self.ids_in(namespace, *upto);
-                for id in ids {
+                for id in self.ids_in(Some(namespace), *upto) {
                     self.remove(id);
                 }
             }
@@ -148,8 +164,7 @@ impl State {
             }
             Rec::Budget(b) => self.budget = *b,
             Rec::Clear { upto } => {
-                let ids: Vec<u64> = self.entries.range(..*upto).map(|(id, _)| *id).collect();
-                for id in ids {
+                for id in self.ids_in(None, *upto) {
                     self.remove(id);
                 }
             }
@@ -164,162 +179,220 @@ impl State {
             }
         }
         self.end = self.end.max(offset + len as u64);
-        self.tidy_rows();
+        self.sweep();
     }
 
     fn insert(&mut self, s: &SliceRec, offset: u64, len: usize) {
-        if self.entries.contains_key(&s.id) {
+        if self.position(s.id).is_some() {
             self.remove(s.id);
         }
-        let ns = match self.ns_index.get(&s.namespace) {
-            Some(&i) => i,
-            None => {
-                let i = self.ns_names.len() as u32;
-                self.ns_names.push(s.namespace.clone());
-                self.ns_index.insert(s.namespace.clone(), i);
-                self.ns_rows.push(Vec::new());
-                self.ns_live.push(0);
-                i
-            }
+        let ns = self.intern(&s.namespace);
+        let e = Entry {
+            id: s.id,
+            offset,
+            bytes: len as u32,
+            tokens: s.tokens,
+            ns,
+            salience: s.salience,
+            flags: if s.pinned { PINNED } else { 0 },
+            source: s.source,
         };
-        let row = self.row_ids.len() as u32;
-        self.row_ids.push(s.id);
-        if s.vector.len() == self.dim {
-            let mut row = vec![0f32; self.dim];
-            s.vector.convert_to_f32_slice(&mut row);
-            self.scales.push(quantize(&row, &mut self.qvecs));
-        } else {
-            self.qvecs.resize(self.qvecs.len() + self.dim, 0);
-            self.scales.push(0.0);
+        // Ids arrive in increasing order (appends, and compacted logs);
+        // anything else is placed where it belongs.
+        match self.entries.last() {
+            Some(last) if last.id >= s.id => {
+                let at = self.entries.partition_point(|x| x.id < s.id);
+                self.entries.insert(at, e);
+            }
+            _ => self.entries.push(e),
         }
-        self.ns_rows[ns as usize].push(row);
+        if s.uses != 0 || s.last_used_seq != s.id {
+            self.touched.insert(
+                s.id,
+                Touch {
+                    uses: s.uses,
+                    last_used_seq: s.last_used_seq,
+                },
+            );
+        }
+        if s.vector.len() == self.dim && !self.ann.covers(s.id) {
+            self.ann.push(Row {
+                id: s.id,
+                ns,
+                q: &s.vector,
+                scale: s.scale,
+            });
+        }
         self.ns_live[ns as usize] += 1;
         self.live_bytes += len as u64;
         self.tokens += s.tokens as u64;
         self.next_id = self.next_id.max(s.id + 1);
-        self.entries.insert(
-            s.id,
-            Entry {
-                offset,
-                bytes: len as u32,
-                row,
-                ns,
-                source: Source::from_u8(s.source).unwrap_or(Source::Document),
-                tokens: s.tokens,
-                turn: s.turn,
-                time_ms: s.time_ms,
-                salience: s.salience,
-                uses: s.uses,
-                last_used_seq: s.last_used_seq,
-                pinned: s.pinned,
-                ext_id: s.ext_id.as_deref().map(Box::from),
-            },
-        );
+    }
+
+    /// Index of live slice `id` in `entries`.
+    fn position(&self, id: u64) -> Option<usize> {
+        let i = self.entries.partition_point(|e| e.id < id);
+        self.entries
+            .get(i)
+            .filter(|e| e.id == id && !e.dead())
+            .map(|_| i)
+    }
+
+    pub fn get(&self, id: u64) -> Option<&Entry> {
+        self.position(id).map(|i| &self.entries[i])
+    }
+
+    pub fn contains(&self, id: u64) -> bool {
+        self.position(id).is_some()
     }
 
     fn remove(&mut self, id: u64) {
-        if let Some(e) = self.entries.remove(&id) {
-            self.row_ids[e.row as usize] = DEAD;
-            self.dead_rows += 1;
-            self.ns_live[e.ns as usize] -= 1;
-            self.live_bytes -= e.bytes as u64;
-            self.tokens -= e.tokens as u64;
+        let Some(i) = self.position(id) else {
+            return;
+        };
+        let e = &mut self.entries[i];
+        e.flags |= DEAD;
+        let e = *e;
+        self.dead_entries += 1;
+        self.touched.remove(&id);
+        self.ns_live[e.ns as usize] -= 1;
+        self.live_bytes -= e.bytes as u64;
+        self.tokens -= e.tokens as u64;
+        self.ann.remove(id);
+    }
+
+    /// Drop deleted entries once they are half the table.
+    fn sweep(&mut self) {
+        if self.dead_entries < 1024 || self.dead_entries * 2 < self.entries.len() {
+            return;
+        }
+        self.sweep_now();
+    }
+
+    pub fn sweep_now(&mut self) {
+        self.entries.retain(|e| !e.dead());
+        self.dead_entries = 0;
+    }
+
+    /// Give back the slack of grown tables (after a replay).
+    pub fn shrink(&mut self) {
+        self.entries.shrink_to_fit();
+        self.touched.shrink_to_fit();
+    }
+
+    /// Live slices.
+    pub fn live(&self) -> impl DoubleEndedIterator<Item = &Entry> {
+        self.entries.iter().filter(|e| !e.dead())
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.len() - self.dead_entries
+    }
+
+    /// Point live slice `id` at a new place in a new log.
+    pub fn relocate(&mut self, id: u64, offset: u64, bytes: u32) {
+        if let Some(i) = self.position(id) {
+            self.entries[i].offset = offset;
+            self.entries[i].bytes = bytes;
         }
     }
 
-    fn ids_in(&self, namespace: &str, upto: u64) -> Vec<u64> {
-        let Some(&ns) = self.ns_index.get(namespace) else {
-            return Vec::new();
+    /// Ids of live slices below `upto`, in namespace `ns` (all when `None`).
+    fn ids_in(&self, ns: Option<&str>, upto: u64) -> Vec<u64> {
+        let ns = match ns {
+            Some(name) => match self.ns_index.get(name) {
+                Some(&n) => Some(n),
+                None => return Vec::new(),
+            },
+            None => None,
         };
-        self.ns_rows[ns as usize]
-            .iter()
-            .map(|&r| self.row_ids[r as usize])
-            .filter(|&id| id != DEAD && id < upto)
+        self.live()
+            .take_while(|e| e.id < upto)
+            .filter(|e| ns.is_none_or(|n| e.ns == n))
+            .map(|e| e.id)
             .collect()
     }
 
-    /// Drop dead rows from the matrix once they are the majority.
-    fn tidy_rows(&mut self) {
-        if self.dead_rows < 1024 || self.dead_rows * 2 < self.row_ids.len() {
-            return;
-        }
-        self.rebuild_rows();
+    pub fn uses(&self, id: u64) -> (u32, u64) {
+        self.touched
+            .get(&id)
+            .map_or((0, id), |t| (t.uses, t.last_used_seq))
     }
 
-    pub fn rebuild_rows(&mut self) {
-        let dim = self.dim;
-        let mut qvecs = Vec::with_capacity(self.entries.len() * dim);
-        let mut scales = Vec::with_capacity(self.entries.len());
-        let mut row_ids = Vec::with_capacity(self.entries.len());
-        for r in &mut self.ns_rows {
-            r.clear();
-        }
-        for (&id, e) in self.entries.iter_mut() {
-            let old = e.row as usize;
-            e.row = row_ids.len() as u32;
-            row_ids.push(id);
-            qvecs.extend_from_slice(&self.qvecs[old * dim..(old + 1) * dim]);
-            scales.push(self.scales[old]);
-            self.ns_rows[e.ns as usize].push(e.row);
-        }
-        self.qvecs = qvecs;
-        self.scales = scales;
-        self.row_ids = row_ids;
-        self.dead_rows = 0;
+    /// What the witness weighs for every live slice; each slice's bytes
+    /// include its row in the index.
+    pub fn standings(&self) -> Vec<Standing> {
+        let row = (self.dim + 12) as u64;
+        self.live()
+            .map(|e| {
+                let (uses, last_used_seq) = self.uses(e.id);
+                Standing {
+                    id: e.id,
+                    bytes: e.bytes as u64 + row,
+                    salience: e.salience,
+                    uses,
+                    last_used_seq,
+                    pinned: e.pinned(),
+                }
+            })
+            .collect()
     }
 
-    /// Give back the slack of grown vectors (after a replay).
-    pub fn shrink(&mut self) {
-        self.qvecs.shrink_to_fit();
-        self.scales.shrink_to_fit();
-        self.row_ids.shrink_to_fit();
-        for r in &mut self.ns_rows {
-            r.shrink_to_fit();
+    /// The slice record of live slice `id`, read from the log and checked.
+    pub fn read_record(&self, id: u64) -> Option<std::io::Result<SliceRec>> {
+        let e = self.get(id)?;
+        let mut buf = vec![0u8; e.bytes as usize];
+        if let Err(err) = self.log.read_at(e.offset, &mut buf) {
+            return Some(Err(err));
         }
+        let rec = if format::check(&buf) {
+            format::decode_slice(&buf[RECORD_HEADER..], self.dim)
+        } else {
+            None
+        };
+        Some(rec.filter(|r| r.id == id).ok_or_else(|| {
+            std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!("slice {id} at offset {} fails its checksum", e.offset),
+            )
+        }))
     }
 
+    /// Metadata of live slice `id` (turn, time and external id come from
+    /// its record in the log).
     pub fn meta(&self, id: u64) -> Option<SliceMeta> {
-        self.entries.get(&id).map(|e| self.to_meta(id, e))
-    }
-
-    pub fn to_meta(&self, id: u64, e: &Entry) -> SliceMeta {
-        SliceMeta {
+        let e = self.get(id)?;
+        let rec = self.read_record(id)?.ok()?;
+        let (uses, last_used_seq) = self.uses(id);
+        Some(SliceMeta {
             id,
-            namespace: self.ns_names[e.ns as usize].clone(),
-            source: e.source,
+            namespace: self.ns_name(e.ns).to_string(),
+            source: Source::from_u8(e.source).unwrap_or(Source::Document),
             tokens: e.tokens,
-            turn: e.turn,
-            ext_id: e.ext_id.as_deref().map(str::to_string),
-            time_ms: e.time_ms,
+            turn: rec.turn,
+            ext_id: rec.ext_id,
+            time_ms: rec.time_ms,
             bytes: e.bytes as u64,
             salience: e.salience,
-            uses: e.uses,
-            last_used_seq: e.last_used_seq,
-            pinned: e.pinned,
-        }
+            uses,
+            last_used_seq,
+            pinned: e.pinned(),
+        })
     }
 
     /// Metadata of live slices, in id order; `ns = None` for all.
     pub fn metas(&self, ns: Option<&str>) -> Vec<SliceMeta> {
-        match ns {
-            None => self
-                .entries
-                .iter()
-                .map(|(&id, e)| self.to_meta(id, e))
-                .collect(),
-            Some(name) => {
-                let Some(&ns) = self.ns_index.get(name) else {
-                    return Vec::new();
-                };
-                let mut ids: Vec<u64> = self.ns_rows[ns as usize]
-                    .iter()
-                    .map(|&r| self.row_ids[r as usize])
-                    .filter(|&id| id != DEAD)
-                    .collect();
-                ids.sort_unstable();
-                ids.iter().filter_map(|id| self.meta(*id)).collect()
-            }
-        }
+        let ns = match ns {
+            Some(name) => match self.ns_index.get(name) {
+                Some(&n) => Some(n),
+                None => return Vec::new(),
+            },
+            None => None,
+        };
+        self.live()
+            .filter(|e| ns.is_none_or(|n| e.ns == n))
+            .filter_map(|e| self.meta(e.id))
+            .collect()
     }
 
     pub fn namespaces(&self) -> Vec<(String, u64)> {
@@ -345,188 +418,30 @@ impl State {
             .unwrap_or(0)
     }
 
-    /// Exact top-`k` by dot product; `ns = None` scans every row, otherwise
-    /// only that namespace's rows.
-    pub fn search(&self, q: &[f32], k: usize, ns: Option<&str>) -> Vec<(f32, u64)> {
-        self.search_with(q, k, ns, k.saturating_mul(4).max(k + 32))
-    }
-
-    /// Exact top-`k`: every row in scope is scored with its stored f16
-    /// vector (slow; a reference for measuring recall).
-    pub fn search_exact(&self, q: &[f32], k: usize, ns: Option<&str>) -> Vec<(f32, u64)> {
-        self.search_with(q, k, ns, usize::MAX)
-    }
-
-    /// Scan the i8 rows in scope for the best `want` candidates, then rank
-    /// those by their exact f16 vectors and keep `k`.
-    fn search_with(&self, q: &[f32], k: usize, ns: Option<&str>, want: usize) -> Vec<(f32, u64)> {
-        if k == 0 {
-            return Vec::new();
-        }
-        let rows: &[u32] = match ns {
-            None => &[],
+    /// Top-`k` by dot product through the index; `ns = None` searches every
+    /// namespace. `exact` scores every row in scope (the reference that the
+    /// index's recall is measured against).
+    pub fn search(&self, q: &[f32], k: usize, ns: Option<&str>, exact: bool) -> Vec<(f32, u64)> {
+        let ns = match ns {
             Some(name) => match self.ns_index.get(name) {
-                Some(&i) => &self.ns_rows[i as usize],
+                Some(&n) => Some(n),
                 None => return Vec::new(),
             },
+            None => None,
         };
-        let n = if ns.is_none() {
-            self.row_ids.len()
-        } else {
-            rows.len()
-        };
-        let row_at = |i: usize| if ns.is_none() { i } else { rows[i] as usize };
-        // Big scans are split over the cores; each part keeps its own top k.
-        let mut qq = Vec::with_capacity(self.dim);
-        let q_scale = quantize(q, &mut qq);
-        let q8 = &qq;
-        let want = want.min(n.max(k));
-        let threads = if n >= PARALLEL_ROWS {
-            std::thread::available_parallelism().map_or(1, |t| t.get().min(8))
-        } else {
-            1
-        };
-        let mut heaps: Vec<BinaryHeap<Scored>> = if threads == 1 {
-            vec![self.scan(q8, q_scale, want, 0..n, &row_at)]
-        } else {
-            let per = n.div_ceil(threads);
-            std::thread::scope(|sc| {
-                let parts: Vec<_> = (0..threads)
-                    .map(|t| {
-                        let range = (t * per).min(n)..((t + 1) * per).min(n);
-                        let row_at = &row_at;
-                        sc.spawn(move || self.scan(q8, q_scale, want, range, row_at))
-                    })
-                    .collect();
-                parts
-                    .into_iter()
-                    .map(|p| p.join().unwrap_or_default())
-                    .collect()
-            })
-        };
-        let mut out: Vec<Scored> = heaps.iter_mut().flat_map(|h| h.drain()).collect();
-        out.sort();
-        out.truncate(want);
-        let mut row = vec![0u8; self.dim * 2];
-        let mut exact = vec![0f32; self.dim];
-        for c in &mut out {
-            if let Some(score) = self.exact_score(q, c.1, &mut row, &mut exact) {
-                c.0 = score;
-            }
-        }
-        out.sort();
-        out.truncate(k);
-        out.into_iter().map(|s| (s.0, s.1)).collect()
+        self.ann.search(q, k, ns, exact)
     }
-
-    /// The dot product of `q` with slice `id`'s stored f16 vector, read
-    /// from the log (a page-cache hit for recent or often-read slices).
-    fn exact_score(&self, q: &[f32], id: u64, raw: &mut [u8], row: &mut [f32]) -> Option<f32> {
-        let e = self.entries.get(&id)?;
-        let at = e.offset + (super::format::RECORD_HEADER + super::format::SLICE_FIXED) as u64;
-        self.log.read_at(at, raw).ok()?;
-        for (x, b) in row.iter_mut().zip(raw.chunks_exact(2)) {
-            *x = f16::from_bits(u16::from_le_bytes([b[0], b[1]])).to_f32();
-        }
-        let s = dot(q, row);
-        s.is_finite().then_some(s)
-    }
-
-    fn scan(
-        &self,
-        q: &[i8],
-        q_scale: f32,
-        k: usize,
-        range: std::ops::Range<usize>,
-        row_at: &(dyn Fn(usize) -> usize + Sync),
-    ) -> BinaryHeap<Scored> {
-        let mut heap: BinaryHeap<Scored> = BinaryHeap::with_capacity(k + 1);
-        for i in range {
-            let r = row_at(i);
-            let id = self.row_ids[r];
-            if id == DEAD {
-                continue;
-            }
-            let d = dot_i8(q, &self.qvecs[r * self.dim..(r + 1) * self.dim]);
-            let score = d as f32 * q_scale * self.scales[r];
-            if !score.is_finite() {
-                continue;
-            }
-            if heap.len() < k {
-                heap.push(Scored(score, id));
-            } else if let Some(worst) = heap.peek() {
-                if Scored(score, id) < *worst {
-                    heap.pop();
-                    heap.push(Scored(score, id));
-                }
-            }
-        }
-        heap
-    }
-}
-
-/// Append `v` quantised to i8 (symmetric, per row) to `out`; returns the scale.
-fn quantize(v: &[f32], out: &mut Vec<i8>) -> f32 {
-    let m = v
-        .iter()
-        .filter(|x| x.is_finite())
-        .fold(0f32, |m, x| m.max(x.abs()));
-    if m == 0.0 {
-        out.extend(std::iter::repeat_n(0i8, v.len()));
-        return 0.0;
-    }
-    let scale = m / 127.0;
-    out.extend(v.iter().map(|x| {
-        if x.is_finite() {
-            (x / scale).round().clamp(-127.0, 127.0) as i8
-        } else {
-            0
-        }
-    }));
-    scale
-}
-
-fn dot_i8(a: &[i8], b: &[i8]) -> i32 {
-    // Sixteen independent lanes so the compiler vectorises the sum.
-    let mut acc = [0i32; 16];
-    let mut ca = a.chunks_exact(16);
-    let mut cb = b.chunks_exact(16);
-    for (x, y) in (&mut ca).zip(&mut cb) {
-        for l in 0..16 {
-            acc[l] += x[l] as i32 * y[l] as i32;
-        }
-    }
-    let tail: i32 = ca
-        .remainder()
-        .iter()
-        .zip(cb.remainder())
-        .map(|(x, y)| *x as i32 * *y as i32)
-        .sum();
-    acc.iter().sum::<i32>() + tail
-}
-
-fn dot(a: &[f32], b: &[f32]) -> f32 {
-    // Eight independent lanes so the compiler vectorises the sum.
-    let mut acc = [0f32; 8];
-    let chunks = a.len() / 8;
-    for i in 0..chunks {
-        for l in 0..8 {
-            acc[l] += a[i * 8 + l] * b[i * 8 + l];
-        }
-    }
-    let mut s: f32 = acc.iter().sum();
-    for i in chunks * 8..a.len() {
-        s += a[i] * b[i];
-    }
-    s
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::pool::storage::{Dir, MemDir};
+    use crate::pool::vector::quantize;
 
     fn rec(id: u64, ns: &str, v: &[f32]) -> Rec {
+        let mut q = Vec::new();
+        let scale = quantize(v, &mut q);
         Rec::Slice(SliceRec {
             id,
             time_ms: 0,
@@ -542,36 +457,33 @@ mod tests {
             text_len: 0,
             dict: None,
             text_z: Vec::new(),
-            vector: v.iter().map(|x| f16::from_f32(*x)).collect(),
+            scale,
+            vector: q,
         })
     }
 
     #[test]
-    fn parallel_scan_matches_a_single_scan() {
+    fn tail_search_filters_deletes_and_namespaces() {
         let log = MemDir::new().open("x", true).unwrap();
         let mut s = State::new(4, log, 1, 0);
-        let n = PARALLEL_ROWS as u64 + 5000;
-        for id in 1..=n {
+        for id in 1..=5000u64 {
             let a = (id as f32 * 0.37).sin();
             let b = (id as f32 * 0.11).cos();
             let ns = if id % 2 == 0 { "even" } else { "odd" };
             s.apply(&rec(id, ns, &[a, b, a * b, 0.5]), id * 100, 100);
         }
-        s.apply(&Rec::Evict(vec![7, 8, 9]), n * 100 + 100, 10);
         let q = [0.3, -0.8, 0.2, 0.1];
-        let got = s.search(&q, 10, None);
-        let mut q8 = Vec::new();
-        let qs = quantize(&q, &mut q8);
-        let all = s.scan(&q8, qs, 10, 0..s.row_ids.len(), &|i| i);
-        let mut want = all.into_vec();
-        want.sort();
-        let want: Vec<(f32, u64)> = want.into_iter().map(|x| (x.0, x.1)).collect();
-        // The log here is empty, so no exact re-ranking: the i8 scores stand.
-        assert_eq!(got, want);
-        assert!(got.iter().all(|(_, id)| ![7, 8, 9].contains(id)));
-        let even = s.search(&q, 10, Some("even"));
+        let best = s.search(&q, 1, None, true)[0].1;
+        s.apply(&Rec::Evict(vec![best]), 600_000, 10);
+        let got = s.search(&q, 10, None, false);
+        assert_eq!(got.len(), 10);
+        assert!(got.iter().all(|(_, id)| *id != best));
+        assert!(got.windows(2).all(|w| w[0].0 >= w[1].0));
+        let even = s.search(&q, 10, Some("even"), false);
         assert_eq!(even.len(), 10);
         assert!(even.iter().all(|(_, id)| id % 2 == 0));
-        assert!(s.search(&q, 10, Some("none")).is_empty());
+        assert!(s.search(&q, 10, Some("none"), false).is_empty());
+        assert_eq!(s.len(), 4999);
+        assert!(!s.contains(best));
     }
 }

@@ -39,6 +39,37 @@ pub trait Dir: Send + Sync {
     fn remove(&self, name: &str) -> io::Result<()>;
     /// Identity of the file currently at `name`, to notice a rename over it.
     fn identity(&self, name: &str) -> io::Result<u64>;
+    /// Names of the files in the directory.
+    fn list(&self) -> io::Result<Vec<String>>;
+    /// The whole of an immutable file as bytes: memory-mapped where the
+    /// directory is real. The file must never change while mapped (index
+    /// segments are written once under a temporary name, then renamed).
+    fn map(&self, name: &str) -> io::Result<Mapped>;
+}
+
+/// An immutable file's bytes, mapped or in memory.
+pub type Mapped = Arc<dyn AsRef<[u8]> + Send + Sync>;
+
+struct MappedFile(memmap2::Mmap);
+
+impl AsRef<[u8]> for MappedFile {
+    fn as_ref(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+/// Map `file` read-only.
+#[allow(unsafe_code)]
+fn map_file(file: &File) -> io::Result<Mapped> {
+    if file.metadata()?.len() == 0 {
+        return Ok(Arc::new(Vec::<u8>::new()));
+    }
+    // SAFETY: the pool maps only index segments, which are written in full
+    // under a temporary name, synced, and renamed into place; nothing
+    // writes or truncates them afterwards (they are replaced by new files
+    // and unlinked, which leaves an existing mapping intact).
+    let map = unsafe { memmap2::Mmap::map(file)? };
+    Ok(Arc::new(MappedFile(map)))
 }
 
 /// A real file.
@@ -119,6 +150,18 @@ impl Dir for FileDir {
     fn identity(&self, name: &str) -> io::Result<u64> {
         use std::os::unix::fs::MetadataExt;
         Ok(std::fs::metadata(self.path.join(name))?.ino())
+    }
+    fn list(&self) -> io::Result<Vec<String>> {
+        let mut out = Vec::new();
+        for e in std::fs::read_dir(&self.path)? {
+            if let Some(name) = e?.file_name().to_str() {
+                out.push(name.to_string());
+            }
+        }
+        Ok(out)
+    }
+    fn map(&self, name: &str) -> io::Result<Mapped> {
+        map_file(&File::open(self.path.join(name))?)
     }
 }
 
@@ -257,6 +300,23 @@ impl Dir for MemDir {
             .map(|f| f.id)
             .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, format!("{name} not found")))
     }
+    fn list(&self) -> io::Result<Vec<String>> {
+        Ok(self
+            .files
+            .lock()
+            .map_err(|_| poisoned())?
+            .keys()
+            .cloned()
+            .collect())
+    }
+    fn map(&self, name: &str) -> io::Result<Mapped> {
+        let files = self.files.lock().map_err(|_| poisoned())?;
+        let f = files
+            .get(name)
+            .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, format!("{name} not found")))?;
+        let bytes = f.bytes.read().map_err(|_| poisoned())?.clone();
+        Ok(Arc::new(bytes))
+    }
 }
 
 /// Which fault a [`FaultyDir`] injects once its byte allowance is spent.
@@ -367,6 +427,12 @@ impl Dir for FaultyDir {
     fn identity(&self, name: &str) -> io::Result<u64> {
         self.inner.identity(name)
     }
+    fn list(&self) -> io::Result<Vec<String>> {
+        self.inner.list()
+    }
+    fn map(&self, name: &str) -> io::Result<Mapped> {
+        self.inner.map(name)
+    }
 }
 
 #[cfg(test)]
@@ -403,6 +469,10 @@ mod tests {
         let mut buf = [0u8; 5];
         a.read_at(0, &mut buf).unwrap();
         assert_eq!(&buf, b"hello");
+        let mut names = dir.list().unwrap();
+        names.sort();
+        assert_eq!(names, vec!["a".to_string()]);
+        assert_eq!(dir.map("a").unwrap().as_ref().as_ref(), b"new");
         dir.remove("a").unwrap();
         assert!(!dir.exists("a"));
         dir.remove("a").unwrap();

@@ -457,13 +457,18 @@ fn encoder_dim_and_version_are_checked() {
             err,
             Error::Version {
                 found: 7,
-                supported: 1,
+                supported: 2,
                 ..
             }
         ),
         "{err}"
     );
     assert!(err.to_string().contains("upgrade uctx"), "{err}");
+    // Version 1 stored f16 vectors; it is refused with the way forward.
+    bytes[8] = 1;
+    std::fs::write(&log, &bytes).unwrap();
+    let err = Pool::open(tmp.path(), opts()).unwrap_err();
+    assert!(err.to_string().contains("re-ingest"), "{err}");
     std::fs::write(&log, b"this is not a pool at all, just text").unwrap();
     assert!(matches!(
         Pool::open(tmp.path(), opts()),

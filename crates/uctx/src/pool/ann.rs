@@ -1,0 +1,1171 @@
+//! The vector index: approximate nearest neighbours over every live slice.
+//!
+//! An inverted-file (IVF) index in immutable *segments* plus a *tail*:
+//!
+//! - The tail holds the newest rows (i8 codes and scales) in memory and is
+//!   scanned exactly. When it reaches [`SEAL_ROWS`] live rows the writer
+//!   *seals* it into a segment.
+//! - A segment is one file (`seg-GEN.ivf`, see `docs/format.md`): rows are
+//!   clustered into lists by spherical k-means, stored list by list (and
+//!   within a list, namespace by namespace), with the lists' centroids. It
+//!   is memory-mapped: its bytes are file pages, not private memory.
+//!   Search scores the centroids and scans the best lists.
+//! - Segments of one level merge [`FANIN`] at a time into one of the next
+//!   level, so a pool of N rows has O(log N) segments; a segment whose rows
+//!   are mostly deleted is rewritten without them.
+//! - Deleted rows of a segment are tombstones (a set of ids) until then.
+//!
+//! Segments cover disjoint ranges of slice ids. The log is the source of
+//! truth: on open, any live slice no segment covers goes to the tail, and a
+//! missing, damaged or stale segment only means more rows in the tail until
+//! the writer seals them again. A crash between writing a merged segment and
+//! deleting its sources leaves overlapping files; the one covering the wider
+//! range (then the newer) wins and the rest are deleted.
+
+use std::collections::{BinaryHeap, HashSet};
+use std::io;
+
+use super::storage::{Dir, Mapped};
+use super::vector::{dequantize, dot_i8, quantize};
+use crate::encoder::{dot, normalize};
+
+/// Segment files are named `seg-GEN.ivf`.
+pub const SEGMENT_PREFIX: &str = "seg-";
+pub const SEGMENT_SUFFIX: &str = ".ivf";
+/// A segment being written.
+const SEGMENT_TMP: &str = ".tmp";
+const MAGIC: [u8; 8] = *b"UCTXIVF1";
+const VERSION: u32 = 1;
+const HEADER: usize = 64;
+/// Live rows in the tail at which it is sealed into a segment.
+pub const SEAL_ROWS: usize = 65_536;
+/// Segments of one level merged into one of the next.
+pub const FANIN: usize = 8;
+/// Levels above this are not merged further.
+const MAX_LEVEL: u32 = 3;
+/// Average rows per list.
+const LIST_ROWS: usize = 512;
+const MAX_LISTS: usize = 4096;
+/// Fraction of a segment's lists each search scans, and the least number.
+pub const PROBE_FRACTION: f32 = 0.04;
+const MIN_PROBE: usize = 8;
+/// A namespace-filtered search scans lists until it has scored at least
+/// this many of the namespace's rows in a segment (or all of them).
+const MIN_FILTERED_SCAN: usize = 4096;
+/// k-means: training sample per list, iterations.
+const TRAIN_PER_LIST: usize = 48;
+const KMEANS_ITERS: usize = 6;
+/// Rows scanned at which a search splits over threads.
+const PARALLEL_ROWS: usize = 65_536;
+
+/// One row handed to the index: id, namespace, i8 codes and their scale.
+pub struct Row<'a> {
+    pub id: u64,
+    pub ns: u32,
+    pub q: &'a [i8],
+    pub scale: f32,
+}
+
+/// Rows collected for a segment build.
+#[derive(Default)]
+pub struct Rows {
+    pub ids: Vec<u64>,
+    pub ns: Vec<u32>,
+    pub scales: Vec<f32>,
+    pub q: Vec<i8>,
+}
+
+impl Rows {
+    fn len(&self) -> usize {
+        self.ids.len()
+    }
+    fn push(&mut self, r: Row<'_>) {
+        self.ids.push(r.id);
+        self.ns.push(r.ns);
+        self.scales.push(r.scale);
+        self.q.extend_from_slice(r.q);
+    }
+}
+
+/// The newest rows, scanned exactly.
+#[derive(Default)]
+struct Tail {
+    rows: Rows,
+    /// Positions of deleted rows are marked by id `DEAD`.
+    dead: usize,
+}
+
+const DEAD: u64 = u64::MAX;
+
+/// One mapped segment file.
+pub struct Segment {
+    pub name: String,
+    pub gen: u64,
+    pub level: u32,
+    pub first_id: u64,
+    pub last_id: u64,
+    pub rows: usize,
+    lists: usize,
+    dim: usize,
+    map: Mapped,
+    /// Pool-wide namespace number of each of the segment's namespaces.
+    ns_global: Vec<u32>,
+    ns_rows: Vec<u64>,
+    at_cscales: usize,
+    at_centroids: usize,
+    at_list_runs: usize,
+    at_runs: usize,
+    at_ids: usize,
+    at_scales: usize,
+    at_vecs: usize,
+    /// Rows deleted since the segment was written.
+    pub dead: usize,
+}
+
+fn u32_at(b: &[u8], o: usize) -> u32 {
+    u32::from_le_bytes([b[o], b[o + 1], b[o + 2], b[o + 3]])
+}
+
+fn u64_at(b: &[u8], o: usize) -> u64 {
+    let mut x = [0u8; 8];
+    x.copy_from_slice(&b[o..o + 8]);
+    u64::from_le_bytes(x)
+}
+
+fn f32_at(b: &[u8], o: usize) -> f32 {
+    f32::from_bits(u32_at(b, o))
+}
+
+fn as_i8(b: &[u8]) -> &[i8] {
+    bytemuck::cast_slice(b)
+}
+
+fn pad8(n: usize) -> usize {
+    n.div_ceil(8) * 8
+}
+
+/// Why a segment file was not used.
+#[derive(Debug)]
+pub struct Rejected {
+    pub name: String,
+    pub why: String,
+}
+
+impl Segment {
+    fn bytes(&self) -> &[u8] {
+        (*self.map).as_ref()
+    }
+
+    /// Parse and verify a mapped segment; `intern` maps namespace names to
+    /// the pool's numbers.
+    fn parse(
+        name: &str,
+        map: Mapped,
+        dim: usize,
+        intern: &mut dyn FnMut(&str) -> u32,
+    ) -> Result<Segment, String> {
+        let b = (*map).as_ref();
+        if b.len() < HEADER + 4 || b[..8] != MAGIC {
+            return Err("not an index segment".into());
+        }
+        let body = b.len() - 4;
+        if crc32fast::hash(&b[..body]) != u32_at(b, body) {
+            return Err("fails its checksum".into());
+        }
+        if u32_at(b, 8) != VERSION {
+            return Err(format!("segment format {} is not read", u32_at(b, 8)));
+        }
+        if u32_at(b, 12) as usize != dim {
+            return Err("vectors of another dimension".into());
+        }
+        let gen = u64_at(b, 16);
+        let first_id = u64_at(b, 24);
+        let last_id = u64_at(b, 32);
+        let rows = u64_at(b, 40) as usize;
+        let lists = u32_at(b, 48) as usize;
+        let level = u32_at(b, 52);
+        let ns_count = u32_at(b, 56) as usize;
+        let runs = u32_at(b, 60) as usize;
+        let mut at = HEADER;
+        let mut ns_global = Vec::with_capacity(ns_count);
+        let mut ns_rows = Vec::with_capacity(ns_count);
+        for _ in 0..ns_count {
+            if at + 10 > body {
+                return Err("truncated namespace table".into());
+            }
+            let n = u64_at(b, at);
+            let len = u16::from_le_bytes([b[at + 8], b[at + 9]]) as usize;
+            at += 10;
+            let name = b
+                .get(at..at + len)
+                .and_then(|s| std::str::from_utf8(s).ok())
+                .ok_or("a damaged namespace name")?;
+            ns_global.push(intern(name));
+            ns_rows.push(n);
+            at += len;
+        }
+        let at_cscales = pad8(at);
+        let at_centroids = pad8(at_cscales + 4 * lists);
+        let at_list_runs = pad8(at_centroids + lists * dim);
+        let at_runs = pad8(at_list_runs + 4 * (lists + 1));
+        let at_ids = pad8(at_runs + 8 * (runs + 1));
+        let at_scales = pad8(at_ids + 8 * rows);
+        let at_vecs = pad8(at_scales + 4 * rows);
+        if at_vecs + rows * dim != body || lists == 0 || first_id > last_id {
+            return Err("sizes do not match its header".into());
+        }
+        let seg = Segment {
+            name: name.to_string(),
+            gen,
+            level,
+            first_id,
+            last_id,
+            rows,
+            lists,
+            dim,
+            map,
+            ns_global,
+            ns_rows,
+            at_cscales,
+            at_centroids,
+            at_list_runs,
+            at_runs,
+            at_ids,
+            at_scales,
+            at_vecs,
+            dead: 0,
+        };
+        // Runs must be ordered and inside the rows, or scans would misread.
+        let mut prev = 0usize;
+        for r in 0..=runs {
+            let (ns, start) = seg.run(r);
+            if start < prev || start > rows || (r < runs && ns as usize >= ns_count) {
+                return Err("a damaged list directory".into());
+            }
+            prev = start;
+        }
+        if seg.run(runs).1 != rows {
+            return Err("a damaged list directory".into());
+        }
+        for l in 0..=lists {
+            if seg.list_run(l) > runs || (l > 0 && seg.list_run(l) < seg.list_run(l - 1)) {
+                return Err("a damaged list directory".into());
+            }
+        }
+        Ok(seg)
+    }
+
+    fn list_run(&self, l: usize) -> usize {
+        u32_at(self.bytes(), self.at_list_runs + 4 * l) as usize
+    }
+
+    /// Run `r`: (segment namespace, first row).
+    fn run(&self, r: usize) -> (u32, usize) {
+        let b = self.bytes();
+        let o = self.at_runs + 8 * r;
+        (u32_at(b, o), u32_at(b, o + 4) as usize)
+    }
+
+    pub fn id(&self, row: usize) -> u64 {
+        u64_at(self.bytes(), self.at_ids + 8 * row)
+    }
+
+    fn scale(&self, row: usize) -> f32 {
+        f32_at(self.bytes(), self.at_scales + 4 * row)
+    }
+
+    fn vector(&self, row: usize) -> &[i8] {
+        let o = self.at_vecs + row * self.dim;
+        as_i8(&self.bytes()[o..o + self.dim])
+    }
+
+    fn centroid(&self, l: usize) -> (&[i8], f32) {
+        let o = self.at_centroids + l * self.dim;
+        (
+            as_i8(&self.bytes()[o..o + self.dim]),
+            f32_at(self.bytes(), self.at_cscales + 4 * l),
+        )
+    }
+
+    /// The segment-local number of pool namespace `g`.
+    fn local(&self, g: u32) -> Option<u32> {
+        self.ns_global.iter().position(|&x| x == g).map(|i| i as u32)
+    }
+
+    pub fn file_bytes(&self) -> u64 {
+        self.bytes().len() as u64
+    }
+
+    /// Every row: (row, id, pool namespace).
+    fn for_each_row(&self, mut f: impl FnMut(usize, u64, u32)) {
+        let runs = self.list_run(self.lists);
+        for r in 0..runs {
+            let (ns, start) = self.run(r);
+            let end = self.run(r + 1).1;
+            let g = self.ns_global[ns as usize];
+            for row in start..end {
+                f(row, self.id(row), g);
+            }
+        }
+    }
+
+    /// Scan rows `[start, end)` into `heap`.
+    fn scan(&self, q: &Query<'_>, start: usize, end: usize, heap: &mut Top) {
+        for row in start..end {
+            let id = self.id(row);
+            if self.dead > 0 && q.dead.contains(&id) {
+                continue;
+            }
+            let d = dot_i8(q.q8, self.vector(row));
+            heap.offer(d as f32 * q.scale * self.scale(row), id);
+        }
+    }
+
+    /// Search this segment for `q`, filtered to `q.ns`; exact scans every
+    /// row in scope.
+    fn search(&self, q: &Query<'_>, heap: &mut Top) {
+        let local = match q.ns {
+            None => None,
+            Some(g) => match self.local(g) {
+                Some(l) => Some(l),
+                None => return,
+            },
+        };
+        let in_scope = local.map_or(self.rows, |l| self.ns_rows[l as usize] as usize);
+        let scan_list = |l: usize, heap: &mut Top| -> usize {
+            let (a, b) = (self.list_run(l), self.list_run(l + 1));
+            if local.is_none() {
+                let (start, end) = (self.run(a).1, self.run(b).1);
+                self.scan(q, start, end, heap);
+                return end - start;
+            }
+            let mut n = 0;
+            for r in a..b {
+                let (ns, start) = self.run(r);
+                if Some(ns) == local {
+                    let end = self.run(r + 1).1;
+                    self.scan(q, start, end, heap);
+                    n += end - start;
+                }
+            }
+            n
+        };
+        if q.exact {
+            for l in 0..self.lists {
+                scan_list(l, heap);
+            }
+            return;
+        }
+        let mut order: Vec<(f32, usize)> = (0..self.lists)
+            .map(|l| {
+                let (c, s) = self.centroid(l);
+                (dot_i8(q.q8, c) as f32 * s, l)
+            })
+            .collect();
+        let probe = probes(self.lists);
+        let min_scan = if local.is_some() && self.ns_global.len() > 1 {
+            MIN_FILTERED_SCAN.min(in_scope)
+        } else {
+            0
+        };
+        let by_score = |a: &(f32, usize), b: &(f32, usize)| b.0.total_cmp(&a.0);
+        if probe < order.len() {
+            order.select_nth_unstable_by(probe, by_score);
+            order[..probe].sort_unstable_by(by_score);
+        }
+        let mut scanned = 0usize;
+        let mut sorted_rest = false;
+        let mut i = 0;
+        while i < order.len() {
+            if i >= probe && scanned >= min_scan {
+                break;
+            }
+            if i == probe && !sorted_rest {
+                order[probe..].sort_unstable_by(by_score);
+                sorted_rest = true;
+            }
+            scanned += scan_list(order[i].1, heap);
+            i += 1;
+        }
+    }
+}
+
+/// Lists scanned per search in a segment of `lists` lists.
+fn probes(lists: usize) -> usize {
+    ((lists as f32 * PROBE_FRACTION).ceil() as usize)
+        .max(MIN_PROBE)
+        .min(lists)
+}
+
+/// A query, quantised once.
+struct Query<'a> {
+    q8: &'a [i8],
+    scale: f32,
+    ns: Option<u32>,
+    exact: bool,
+    dead: &'a HashSet<u64>,
+}
+
+/// The best `k` (score, id) seen so far.
+struct Top {
+    k: usize,
+    heap: BinaryHeap<Scored>,
+}
+
+#[derive(PartialEq)]
+struct Scored(f32, u64);
+
+impl Eq for Scored {}
+
+impl PartialOrd for Scored {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for Scored {
+    /// Better first: higher score, then the older id.
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        other.0.total_cmp(&self.0).then(self.1.cmp(&other.1))
+    }
+}
+
+impl Top {
+    fn new(k: usize) -> Top {
+        Top {
+            k,
+            heap: BinaryHeap::with_capacity(k + 1),
+        }
+    }
+
+    fn offer(&mut self, score: f32, id: u64) {
+        if !score.is_finite() || self.k == 0 {
+            return;
+        }
+        let s = Scored(score, id);
+        if self.heap.len() < self.k {
+            self.heap.push(s);
+        } else if self.heap.peek().is_some_and(|worst| s < *worst) {
+            self.heap.pop();
+            self.heap.push(s);
+        }
+    }
+
+    fn merge(&mut self, other: Top) {
+        for s in other.heap {
+            self.offer(s.0, s.1);
+        }
+    }
+
+    fn into_sorted(self) -> Vec<(f32, u64)> {
+        let mut v = self.heap.into_vec();
+        v.sort();
+        v.into_iter().map(|s| (s.0, s.1)).collect()
+    }
+}
+
+/// What the writer should do next to keep the index in shape.
+pub enum Job {
+    /// Seal the tail's rows up to and including this id.
+    Seal { upto: u64 },
+    /// Merge these segments (by name) into one of `level`.
+    Merge { names: Vec<String>, level: u32 },
+    /// Rewrite this segment without its deleted rows.
+    Vacuum { name: String },
+}
+
+/// A segment built and written, ready to install.
+pub struct Built {
+    segment: Option<Segment>,
+    replaces: Vec<String>,
+    tail_upto: Option<u64>,
+}
+
+/// The index. See the module docs.
+pub struct Ann {
+    dim: usize,
+    segments: Vec<Segment>,
+    tail: Tail,
+    /// Deleted ids that still sit in a segment.
+    dead: HashSet<u64>,
+    next_gen: u64,
+}
+
+impl Ann {
+    pub fn new(dim: usize) -> Ann {
+        Ann {
+            dim,
+            segments: Vec::new(),
+            tail: Tail::default(),
+            dead: HashSet::new(),
+            next_gen: 1,
+        }
+    }
+
+    /// Map the segments in `dir`. Damaged or superseded files are skipped
+    /// (and, for a writer, deleted, as are unfinished ones); returns them.
+    pub fn open(
+        dir: &dyn Dir,
+        dim: usize,
+        writer: bool,
+        intern: &mut dyn FnMut(&str) -> u32,
+    ) -> io::Result<(Ann, Vec<Rejected>)> {
+        let mut ann = Ann::new(dim);
+        let mut rejected = Vec::new();
+        let mut found = Vec::new();
+        let mut names = dir.list()?;
+        names.sort();
+        for name in names {
+            if !name.starts_with(SEGMENT_PREFIX) {
+                continue;
+            }
+            if name.ends_with(SEGMENT_TMP) {
+                if writer {
+                    dir.remove(&name)?;
+                }
+                continue;
+            }
+            if !name.ends_with(SEGMENT_SUFFIX) {
+                continue;
+            }
+            let map = dir.map(&name)?;
+            match Segment::parse(&name, map, dim, intern) {
+                Ok(s) => found.push(s),
+                Err(why) => rejected.push(Rejected { name, why }),
+            }
+        }
+        for s in &found {
+            ann.next_gen = ann.next_gen.max(s.gen + 1);
+        }
+        // Wider ranges first, then newer: a merge or rewrite supersedes
+        // the files it was made from.
+        found.sort_by(|a, b| {
+            (b.last_id - b.first_id)
+                .cmp(&(a.last_id - a.first_id))
+                .then(b.gen.cmp(&a.gen))
+        });
+        for s in found {
+            let overlaps = ann
+                .segments
+                .iter()
+                .any(|t| s.first_id <= t.last_id && t.first_id <= s.last_id);
+            if overlaps {
+                rejected.push(Rejected {
+                    name: s.name.clone(),
+                    why: "superseded by a newer segment".into(),
+                });
+            } else {
+                ann.segments.push(s);
+            }
+        }
+        ann.segments.sort_by_key(|s| s.first_id);
+        if writer {
+            for r in &rejected {
+                dir.remove(&r.name)?;
+            }
+        }
+        Ok((ann, rejected))
+    }
+
+    /// Whether a segment holds (or held) slice `id`.
+    pub fn covers(&self, id: u64) -> bool {
+        let i = self.segments.partition_point(|s| s.last_id < id);
+        self.segments.get(i).is_some_and(|s| s.first_id <= id)
+    }
+
+    fn segment_of(&mut self, id: u64) -> Option<&mut Segment> {
+        let i = self.segments.partition_point(|s| s.last_id < id);
+        self.segments.get_mut(i).filter(|s| s.first_id <= id)
+    }
+
+    /// After a replay: the ids a segment holds that the log no longer has
+    /// become tombstones.
+    pub fn settle(&mut self, live: &dyn Fn(u64) -> bool) {
+        for s in &mut self.segments {
+            let mut dead = Vec::new();
+            s.for_each_row(|_, id, _| {
+                if !live(id) {
+                    dead.push(id);
+                }
+            });
+            s.dead = dead.len();
+            self.dead.extend(dead);
+        }
+    }
+
+    /// Add a new row to the tail (the caller skips rows a segment covers).
+    pub fn push(&mut self, row: Row<'_>) {
+        self.tail.rows.push(row);
+    }
+
+    /// Delete `id` wherever it is indexed.
+    pub fn remove(&mut self, id: u64) {
+        let t = &mut self.tail.rows;
+        if let Ok(i) = t.ids.binary_search(&id) {
+            t.ids[i] = DEAD;
+            self.tail.dead += 1;
+            self.tidy_tail();
+            return;
+        }
+        if let Some(s) = self.segment_of(id) {
+            s.dead += 1;
+            self.dead.insert(id);
+        }
+    }
+
+    /// Drop deleted rows from the tail once they are half of it.
+    fn tidy_tail(&mut self) {
+        let n = self.tail.rows.len();
+        if self.tail.dead < 1024 || self.tail.dead * 2 < n {
+            return;
+        }
+        let old = std::mem::take(&mut self.tail.rows);
+        let dim = self.dim;
+        for i in 0..n {
+            if old.ids[i] != DEAD {
+                self.tail.rows.push(Row {
+                    id: old.ids[i],
+                    ns: old.ns[i],
+                    q: &old.q[i * dim..(i + 1) * dim],
+                    scale: old.scales[i],
+                });
+            }
+        }
+        self.tail.dead = 0;
+    }
+
+    pub fn tail_rows(&self) -> usize {
+        self.tail.rows.len() - self.tail.dead
+    }
+
+    pub fn segments(&self) -> &[Segment] {
+        &self.segments
+    }
+
+    /// Bytes of every segment file.
+    pub fn file_bytes(&self) -> u64 {
+        self.segments.iter().map(Segment::file_bytes).sum()
+    }
+
+    /// Top `k` by dot product with `query` (unit vectors: cosine), among
+    /// rows of namespace `ns` (all when `None`). `exact` scans every row.
+    pub fn search(&self, query: &[f32], k: usize, ns: Option<u32>, exact: bool) -> Vec<(f32, u64)> {
+        if k == 0 || query.len() != self.dim {
+            return Vec::new();
+        }
+        let mut q8 = Vec::with_capacity(self.dim);
+        let scale = quantize(query, &mut q8);
+        let q = Query {
+            q8: &q8,
+            scale,
+            ns,
+            exact,
+            dead: &self.dead,
+        };
+        let mut top = Top::new(k);
+        self.search_tail(&q, &mut top);
+        let rows: usize = self.segments.iter().map(|s| s.rows).sum();
+        let scanned = if exact {
+            rows
+        } else {
+            rows * probes(LIST_ROWS.max(1)) / LIST_ROWS.max(1)
+        };
+        let threads = if self.segments.len() > 1 && scanned >= PARALLEL_ROWS {
+            std::thread::available_parallelism()
+                .map_or(1, |t| t.get())
+                .min(self.segments.len())
+        } else {
+            1
+        };
+        if threads <= 1 {
+            for s in &self.segments {
+                s.search(&q, &mut top);
+            }
+            return top.into_sorted();
+        }
+        // Deal segments to threads, biggest first, to balance the work.
+        let mut order: Vec<&Segment> = self.segments.iter().collect();
+        order.sort_by_key(|s| std::cmp::Reverse(s.rows));
+        let parts: Vec<Top> = std::thread::scope(|sc| {
+            let handles: Vec<_> = (0..threads)
+                .map(|t| {
+                    let mine: Vec<&Segment> =
+                        order.iter().skip(t).step_by(threads).copied().collect();
+                    let q = &q;
+                    sc.spawn(move || {
+                        let mut top = Top::new(k);
+                        for s in mine {
+                            s.search(q, &mut top);
+                        }
+                        top
+                    })
+                })
+                .collect();
+            handles.into_iter().filter_map(|h| h.join().ok()).collect()
+        });
+        for p in parts {
+            top.merge(p);
+        }
+        top.into_sorted()
+    }
+
+    fn search_tail(&self, q: &Query<'_>, top: &mut Top) {
+        let t = &self.tail.rows;
+        for i in 0..t.len() {
+            let id = t.ids[i];
+            if id == DEAD || q.ns.is_some_and(|g| g != t.ns[i]) {
+                continue;
+            }
+            let d = dot_i8(q.q8, &t.q[i * self.dim..(i + 1) * self.dim]);
+            top.offer(d as f32 * q.scale * t.scales[i], id);
+        }
+    }
+
+    /// The next maintenance job, if any.
+    /// `over_budget`: rewrite any segment with deleted rows, to free
+    /// their bytes.
+    pub fn next_job(&self, over_budget: bool) -> Option<Job> {
+        let worst = self.segments.iter().max_by_key(|s| s.dead);
+        if let Some(s) = worst {
+            if s.dead * 2 > s.rows || (over_budget && s.dead > 0) {
+                return Some(Job::Vacuum {
+                    name: s.name.clone(),
+                });
+            }
+        }
+        for level in 0..MAX_LEVEL {
+            let same: Vec<&Segment> = self.segments.iter().filter(|s| s.level == level).collect();
+            if same.len() >= FANIN {
+                return Some(Job::Merge {
+                    names: same[..FANIN].iter().map(|s| s.name.clone()).collect(),
+                    level: level + 1,
+                });
+            }
+        }
+        if self.tail_rows() >= SEAL_ROWS {
+            let upto = self.tail.rows.ids.iter().rev().find(|&&id| id != DEAD)?;
+            return Some(Job::Seal { upto: *upto });
+        }
+        None
+    }
+
+    /// Gather a job's rows and plan its file. Cheap: copies the tail's
+    /// rows, or shares the source segments' maps.
+    pub fn prepare(&self, job: &Job) -> Prepared {
+        let dim = self.dim;
+        let mut rows = Rows::default();
+        let mut replaces = Vec::new();
+        let mut level = 0;
+        let mut tail_upto = None;
+        let mut range = (u64::MAX, 0u64);
+        match job {
+            Job::Seal { upto } => {
+                let t = &self.tail.rows;
+                for i in 0..t.len() {
+                    if t.ids[i] != DEAD && t.ids[i] <= *upto {
+                        rows.push(Row {
+                            id: t.ids[i],
+                            ns: t.ns[i],
+                            q: &t.q[i * dim..(i + 1) * dim],
+                            scale: t.scales[i],
+                        });
+                    }
+                }
+                range = (
+                    rows.ids.first().copied().unwrap_or(0),
+                    rows.ids.last().copied().unwrap_or(0),
+                );
+                tail_upto = Some(*upto);
+            }
+            Job::Merge { .. } | Job::Vacuum { .. } => {
+                let names: Vec<String> = match job {
+                    Job::Merge { names, level: l } => {
+                        level = *l;
+                        names.clone()
+                    }
+                    Job::Vacuum { name } => vec![name.clone()],
+                    Job::Seal { .. } => Vec::new(),
+                };
+                let mut srcs: Vec<&Segment> = self
+                    .segments
+                    .iter()
+                    .filter(|s| names.contains(&s.name))
+                    .collect();
+                srcs.sort_by_key(|s| s.first_id);
+                if let Job::Vacuum { .. } = job {
+                    level = srcs.first().map_or(0, |s| s.level);
+                }
+                // Rows in id order, deleted ones left out.
+                let mut all: Vec<(u64, &Segment, usize, u32)> = Vec::new();
+                for s in &srcs {
+                    range.0 = range.0.min(s.first_id);
+                    range.1 = range.1.max(s.last_id);
+                    s.for_each_row(|row, id, g| {
+                        if !self.dead.contains(&id) {
+                            all.push((id, s, row, g));
+                        }
+                    });
+                    replaces.push(s.name.clone());
+                }
+                all.sort_by_key(|x| x.0);
+                for (id, s, row, g) in all {
+                    rows.push(Row {
+                        id,
+                        ns: g,
+                        q: s.vector(row),
+                        scale: s.scale(row),
+                    });
+                }
+            }
+        }
+        let gen = self.next_gen;
+        Prepared {
+            rows,
+            replaces,
+            level,
+            tail_upto,
+            range,
+            gen,
+        }
+    }
+
+    /// Install a built segment: map it, drop the rows it took from the
+    /// tail, retire the segments it replaces. Returns the files to delete.
+    pub fn install(&mut self, built: Built) -> Vec<String> {
+        if let Some(upto) = built.tail_upto {
+            let old = std::mem::take(&mut self.tail.rows);
+            let dim = self.dim;
+            self.tail.dead = 0;
+            for i in 0..old.len() {
+                if old.ids[i] != DEAD && old.ids[i] > upto {
+                    self.tail.rows.push(Row {
+                        id: old.ids[i],
+                        ns: old.ns[i],
+                        q: &old.q[i * dim..(i + 1) * dim],
+                        scale: old.scales[i],
+                    });
+                }
+            }
+        }
+        let mut gone = Vec::new();
+        for name in &built.replaces {
+            if let Some(pos) = self.segments.iter().position(|s| &s.name == name) {
+                let s = self.segments.remove(pos);
+                s.for_each_row(|_, id, _| {
+                    self.dead.remove(&id);
+                });
+                gone.push(s.name);
+            }
+        }
+        if let Some(seg) = built.segment {
+            self.next_gen = self.next_gen.max(seg.gen + 1);
+            // Tombstones of rows the new segment still holds (deleted while
+            // it was being built) stay; count them.
+            let mut dead = 0;
+            seg.for_each_row(|_, id, _| {
+                if self.dead.contains(&id) {
+                    dead += 1;
+                }
+            });
+            let mut seg = seg;
+            seg.dead = dead;
+            self.segments.push(seg);
+            self.segments.sort_by_key(|s| s.first_id);
+        }
+        gone
+    }
+}
+
+/// A job's rows, ready to build without any lock held.
+pub struct Prepared {
+    rows: Rows,
+    replaces: Vec<String>,
+    level: u32,
+    tail_upto: Option<u64>,
+    range: (u64, u64),
+    gen: u64,
+}
+
+impl Prepared {
+    pub fn rows(&self) -> usize {
+        self.rows.len()
+    }
+
+    /// Cluster the rows, write the segment file durably, and map it.
+    /// `ns_name` names the pool's namespaces; `intern` maps them back.
+    pub fn build(
+        self,
+        dir: &dyn Dir,
+        dim: usize,
+        ns_name: &dyn Fn(u32) -> String,
+        intern: &mut dyn FnMut(&str) -> u32,
+    ) -> io::Result<Built> {
+        if self.rows.len() == 0 {
+            return Ok(Built {
+                segment: None,
+                replaces: self.replaces,
+                tail_upto: self.tail_upto,
+            });
+        }
+        let bytes = encode_segment(&self.rows, dim, self.gen, self.level, self.range, ns_name);
+        let name = format!("{SEGMENT_PREFIX}{:08}{SEGMENT_SUFFIX}", self.gen);
+        let tmp = format!("{name}{SEGMENT_TMP}");
+        dir.remove(&tmp)?;
+        let f = dir.open(&tmp, true)?;
+        f.write_at(0, &bytes)?;
+        f.sync()?;
+        drop(f);
+        dir.rename(&tmp, &name)?;
+        let map = dir.map(&name)?;
+        let seg = Segment::parse(&name, map, dim, intern).map_err(|why| {
+            io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("the index segment just written reads back wrong: {why}"),
+            )
+        })?;
+        Ok(Built {
+            segment: Some(seg),
+            replaces: self.replaces,
+            tail_upto: self.tail_upto,
+        })
+    }
+}
+
+/// Spherical k-means on the rows of `x` (n × dim, unit rows); returns `k`
+/// unit centroids. Deterministic.
+fn kmeans(x: &[f32], dim: usize, k: usize, iters: usize) -> Vec<f32> {
+    let n = x.len() / dim;
+    let k = k.min(n).max(1);
+    // Spread initial centroids evenly over the sample.
+    let mut c: Vec<f32> = (0..k)
+        .flat_map(|i| x[(i * n / k) * dim..(i * n / k + 1) * dim].iter().copied())
+        .collect();
+    let mut assign = vec![0usize; n];
+    for _ in 0..iters {
+        assign_all(x, &c, dim, &mut assign);
+        let mut sum = vec![0f32; k * dim];
+        let mut count = vec![0usize; k];
+        for (i, &a) in assign.iter().enumerate() {
+            count[a] += 1;
+            for (s, v) in sum[a * dim..(a + 1) * dim]
+                .iter_mut()
+                .zip(&x[i * dim..(i + 1) * dim])
+            {
+                *s += v;
+            }
+        }
+        for j in 0..k {
+            if count[j] == 0 {
+                // An empty list takes a row from the middle of the largest.
+                let big = (0..k).max_by_key(|&b| count[b]).unwrap_or(0);
+                if let Some(i) = assign.iter().position(|&a| a == big) {
+                    sum[j * dim..(j + 1) * dim].copy_from_slice(&x[i * dim..(i + 1) * dim]);
+                }
+            }
+            normalize(&mut sum[j * dim..(j + 1) * dim]);
+        }
+        c = sum;
+    }
+    c
+}
+
+/// Nearest centroid (by dot product) of every row, over all cores.
+fn assign_all(x: &[f32], c: &[f32], dim: usize, out: &mut [usize]) {
+    let threads = std::thread::available_parallelism().map_or(1, |t| t.get());
+    let per = out.len().div_ceil(threads).max(1);
+    std::thread::scope(|sc| {
+        for (t, part) in out.chunks_mut(per).enumerate() {
+            sc.spawn(move || {
+                for (j, o) in part.iter_mut().enumerate() {
+                    let i = t * per + j;
+                    *o = nearest(&x[i * dim..(i + 1) * dim], c, dim);
+                }
+            });
+        }
+    });
+}
+
+fn nearest(v: &[f32], c: &[f32], dim: usize) -> usize {
+    let mut best = (f32::NEG_INFINITY, 0);
+    for (j, cj) in c.chunks_exact(dim).enumerate() {
+        let s = dot(v, cj);
+        if s > best.0 {
+            best = (s, j);
+        }
+    }
+    best.1
+}
+
+/// Centroids for `lists` lists over `rows`: flat k-means for few lists,
+/// two-level (coarse clusters, then lists within each) for many, so that
+/// training and assignment cost O(sqrt(lists)) per row, not O(lists).
+/// Returns the centroids and each row's list.
+fn cluster(rows: &Rows, dim: usize, lists: usize) -> (Vec<f32>, Vec<usize>) {
+    let n = rows.len();
+    let row_f32 = |i: usize, out: &mut [f32]| {
+        dequantize(&rows.q[i * dim..(i + 1) * dim], rows.scales[i], out);
+        normalize(out);
+    };
+    let sample_n = (lists * TRAIN_PER_LIST).min(n);
+    let mut sample = vec![0f32; sample_n * dim];
+    for s in 0..sample_n {
+        row_f32(s * n / sample_n, &mut sample[s * dim..(s + 1) * dim]);
+    }
+    let mut all = vec![0f32; n * dim];
+    for i in 0..n {
+        row_f32(i, &mut all[i * dim..(i + 1) * dim]);
+    }
+    let coarse_k = (lists as f64).sqrt().ceil() as usize;
+    if lists <= 64 || coarse_k * 2 > sample_n {
+        let c = kmeans(&sample, dim, lists, KMEANS_ITERS);
+        let mut assign = vec![0usize; n];
+        assign_all(&all, &c, dim, &mut assign);
+        return (c, assign);
+    }
+    let coarse = kmeans(&sample, dim, coarse_k, KMEANS_ITERS);
+    let mut s_assign = vec![0usize; sample_n];
+    assign_all(&sample, &coarse, dim, &mut s_assign);
+    // Lists per coarse cluster, in proportion to its share of the sample.
+    let mut members: Vec<Vec<usize>> = vec![Vec::new(); coarse.len() / dim];
+    for (i, &a) in s_assign.iter().enumerate() {
+        members[a].push(i);
+    }
+    let mut centroids = Vec::new();
+    let mut children: Vec<(usize, usize)> = Vec::new(); // (first list, count)
+    for m in &members {
+        let k = ((lists * m.len()) as f64 / sample_n as f64).round().max(1.0) as usize;
+        let k = k.min(m.len().max(1));
+        let first = centroids.len() / dim;
+        if m.is_empty() {
+            children.push((first, 0));
+            continue;
+        }
+        let mut sub = Vec::with_capacity(m.len() * dim);
+        for &i in m {
+            sub.extend_from_slice(&sample[i * dim..(i + 1) * dim]);
+        }
+        let c = kmeans(&sub, dim, k, KMEANS_ITERS);
+        children.push((first, c.len() / dim));
+        centroids.extend(c);
+    }
+    let mut c_assign = vec![0usize; n];
+    assign_all(&all, &coarse, dim, &mut c_assign);
+    let mut assign = vec![0usize; n];
+    for i in 0..n {
+        let (mut first, mut count) = children[c_assign[i]];
+        if count == 0 {
+            // A coarse cluster the sample left empty: search every list.
+            first = 0;
+            count = centroids.len() / dim;
+        }
+        let local = nearest(
+            &all[i * dim..(i + 1) * dim],
+            &centroids[first * dim..(first + count) * dim],
+            dim,
+        );
+        assign[i] = first + local;
+    }
+    (centroids, assign)
+}
+
+/// Lay out a segment file (see `docs/format.md`).
+fn encode_segment(
+    rows: &Rows,
+    dim: usize,
+    gen: u64,
+    level: u32,
+    range: (u64, u64),
+    ns_name: &dyn Fn(u32) -> String,
+) -> Vec<u8> {
+    let n = rows.len();
+    let lists = (n / LIST_ROWS).clamp(1, MAX_LISTS);
+    let (centroids, assign) = cluster(rows, dim, lists);
+    let lists = centroids.len() / dim;
+    // Segment-local namespaces, in order of first appearance.
+    let mut ns_local: Vec<u32> = Vec::new();
+    let mut ns_rows: Vec<u64> = Vec::new();
+    let mut local_of = std::collections::HashMap::new();
+    let mut row_ns = Vec::with_capacity(n);
+    for &g in &rows.ns {
+        let l = *local_of.entry(g).or_insert_with(|| {
+            ns_local.push(g);
+            ns_rows.push(0);
+            ns_local.len() as u32 - 1
+        });
+        ns_rows[l as usize] += 1;
+        row_ns.push(l);
+    }
+    // Rows ordered by (list, namespace, id).
+    let mut order: Vec<usize> = (0..n).collect();
+    order.sort_by_key(|&i| (assign[i], row_ns[i], rows.ids[i]));
+    // Runs of one (list, namespace); list_runs[l] is list l's first run.
+    let mut runs: Vec<(u32, u32)> = Vec::new();
+    let mut run_list: Vec<usize> = Vec::new();
+    let mut prev: Option<(usize, u32)> = None;
+    for (pos, &i) in order.iter().enumerate() {
+        let key = (assign[i], row_ns[i]);
+        if prev != Some(key) {
+            runs.push((row_ns[i], pos as u32));
+            run_list.push(assign[i]);
+            prev = Some(key);
+        }
+    }
+    let list_runs: Vec<u32> = (0..=lists)
+        .map(|l| run_list.partition_point(|&x| x < l) as u32)
+        .collect();
+    let mut b = Vec::with_capacity(HEADER + n * (dim + 12) + lists * (dim + 8));
+    b.extend_from_slice(&MAGIC);
+    b.extend_from_slice(&VERSION.to_le_bytes());
+    b.extend_from_slice(&(dim as u32).to_le_bytes());
+    b.extend_from_slice(&gen.to_le_bytes());
+    b.extend_from_slice(&range.0.to_le_bytes());
+    b.extend_from_slice(&range.1.to_le_bytes());
+    b.extend_from_slice(&(n as u64).to_le_bytes());
+    b.extend_from_slice(&(lists as u32).to_le_bytes());
+    b.extend_from_slice(&level.to_le_bytes());
+    b.extend_from_slice(&(ns_local.len() as u32).to_le_bytes());
+    b.extend_from_slice(&(runs.len() as u32).to_le_bytes());
+    for (g, count) in ns_local.iter().zip(&ns_rows) {
+        let name = ns_name(*g);
+        let name = &name.as_bytes()[..name.len().min(u16::MAX as usize)];
+        b.extend_from_slice(&count.to_le_bytes());
+        b.extend_from_slice(&(name.len() as u16).to_le_bytes());
+        b.extend_from_slice(name);
+    }
+    let pad = |b: &mut Vec<u8>| b.resize(pad8(b.len()), 0);
+    pad(&mut b);
+    let mut cq = Vec::with_capacity(lists * dim);
+    let mut cs = Vec::with_capacity(lists);
+    for c in centroids.chunks_exact(dim) {
+        cs.push(quantize(c, &mut cq));
+    }
+    for s in &cs {
+        b.extend_from_slice(&s.to_le_bytes());
+    }
+    pad(&mut b);
+    b.extend_from_slice(bytemuck::cast_slice(&cq));
+    pad(&mut b);
+    for x in &list_runs {
+        b.extend_from_slice(&x.to_le_bytes());
+    }
+    pad(&mut b);
+    for (ns, start) in runs.iter().chain(std::iter::once(&(u32::MAX, n as u32))) {
+        b.extend_from_slice(&ns.to_le_bytes());
+        b.extend_from_slice(&start.to_le_bytes());
+    }
+    pad(&mut b);
+    for &i in &order {
+        b.extend_from_slice(&rows.ids[i].to_le_bytes());
+    }
+    pad(&mut b);
+    for &i in &order {
+        b.extend_from_slice(&rows.scales[i].to_le_bytes());
+    }
+    pad(&mut b);
+    for &i in &order {
+        b.extend_from_slice(bytemuck::cast_slice(&rows.q[i * dim..(i + 1) * dim]));
+    }
+    let crc = crc32fast::hash(&b);
+    b.extend_from_slice(&crc.to_le_bytes());
+    b
+}
