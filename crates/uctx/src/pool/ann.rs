@@ -87,15 +87,36 @@ impl Rows {
     }
 }
 
-/// The newest rows, scanned exactly.
+/// The newest rows, scanned exactly; ids ascending.
 #[derive(Default)]
 struct Tail {
     rows: Rows,
-    /// Positions of deleted rows are marked by id `DEAD`.
+    /// Which rows are deleted, and how many.
+    gone: Vec<bool>,
     dead: usize,
 }
 
-const DEAD: u64 = u64::MAX;
+impl Tail {
+    fn push(&mut self, r: Row<'_>) {
+        self.rows.push(r);
+        self.gone.push(false);
+    }
+
+    /// Keep only live rows that `keep` accepts.
+    fn retain(&mut self, dim: usize, keep: impl Fn(u64) -> bool) {
+        let old = std::mem::take(self);
+        for i in 0..old.rows.len() {
+            if !old.gone[i] && keep(old.rows.ids[i]) {
+                self.push(Row {
+                    id: old.rows.ids[i],
+                    ns: old.rows.ns[i],
+                    q: &old.rows.q[i * dim..(i + 1) * dim],
+                    scale: old.rows.scales[i],
+                });
+            }
+        }
+    }
+}
 
 /// One mapped segment file.
 pub struct Segment {
@@ -481,9 +502,29 @@ pub struct Built {
     tail_upto: Option<u64>,
 }
 
+/// Sizes that shape the index; the defaults suit real pools, tests use
+/// small ones to exercise sealing and merging.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Tuning {
+    /// Live tail rows at which the tail is sealed into a segment.
+    pub seal_rows: usize,
+    /// Average rows per list in a segment.
+    pub list_rows: usize,
+}
+
+impl Default for Tuning {
+    fn default() -> Tuning {
+        Tuning {
+            seal_rows: SEAL_ROWS,
+            list_rows: LIST_ROWS,
+        }
+    }
+}
+
 /// The index. See the module docs.
 pub struct Ann {
     dim: usize,
+    pub tuning: Tuning,
     segments: Vec<Segment>,
     tail: Tail,
     /// Deleted ids that still sit in a segment.
@@ -495,6 +536,7 @@ impl Ann {
     pub fn new(dim: usize) -> Ann {
         Ann {
             dim,
+            tuning: Tuning::default(),
             segments: Vec::new(),
             tail: Tail::default(),
             dead: HashSet::new(),
@@ -595,16 +637,17 @@ impl Ann {
 
     /// Add a new row to the tail (the caller skips rows a segment covers).
     pub fn push(&mut self, row: Row<'_>) {
-        self.tail.rows.push(row);
+        self.tail.push(row);
     }
 
     /// Delete `id` wherever it is indexed.
     pub fn remove(&mut self, id: u64) {
-        let t = &mut self.tail.rows;
-        if let Ok(i) = t.ids.binary_search(&id) {
-            t.ids[i] = DEAD;
-            self.tail.dead += 1;
-            self.tidy_tail();
+        if let Ok(i) = self.tail.rows.ids.binary_search(&id) {
+            if !self.tail.gone[i] {
+                self.tail.gone[i] = true;
+                self.tail.dead += 1;
+                self.tidy_tail();
+            }
             return;
         }
         if let Some(s) = self.segment_of(id) {
@@ -619,19 +662,7 @@ impl Ann {
         if self.tail.dead < 1024 || self.tail.dead * 2 < n {
             return;
         }
-        let old = std::mem::take(&mut self.tail.rows);
-        let dim = self.dim;
-        for i in 0..n {
-            if old.ids[i] != DEAD {
-                self.tail.rows.push(Row {
-                    id: old.ids[i],
-                    ns: old.ns[i],
-                    q: &old.q[i * dim..(i + 1) * dim],
-                    scale: old.scales[i],
-                });
-            }
-        }
-        self.tail.dead = 0;
+        self.tail.retain(self.dim, |_| true);
     }
 
     pub fn tail_rows(&self) -> usize {
@@ -668,7 +699,7 @@ impl Ann {
         let scanned = if exact {
             rows
         } else {
-            rows * probes(LIST_ROWS.max(1)) / LIST_ROWS.max(1)
+            (rows as f32 * PROBE_FRACTION) as usize
         };
         let threads = if self.segments.len() > 1 && scanned >= PARALLEL_ROWS {
             std::thread::available_parallelism()
@@ -713,7 +744,7 @@ impl Ann {
         let t = &self.tail.rows;
         for i in 0..t.len() {
             let id = t.ids[i];
-            if id == DEAD || q.ns.is_some_and(|g| g != t.ns[i]) {
+            if self.tail.gone[i] || q.ns.is_some_and(|g| g != t.ns[i]) {
                 continue;
             }
             let d = dot_i8(q.q8, &t.q[i * self.dim..(i + 1) * self.dim]);
@@ -742,9 +773,12 @@ impl Ann {
                 });
             }
         }
-        if self.tail_rows() >= SEAL_ROWS {
-            let upto = self.tail.rows.ids.iter().rev().find(|&&id| id != DEAD)?;
-            return Some(Job::Seal { upto: *upto });
+        if self.tail_rows() >= self.tuning.seal_rows.max(1) {
+            let t = &self.tail;
+            let last = (0..t.rows.len()).rev().find(|&i| !t.gone[i])?;
+            return Some(Job::Seal {
+                upto: t.rows.ids[last],
+            });
         }
         None
     }
@@ -762,7 +796,7 @@ impl Ann {
             Job::Seal { upto } => {
                 let t = &self.tail.rows;
                 for i in 0..t.len() {
-                    if t.ids[i] != DEAD && t.ids[i] <= *upto {
+                    if !self.tail.gone[i] && t.ids[i] <= *upto {
                         rows.push(Row {
                             id: t.ids[i],
                             ns: t.ns[i],
@@ -820,6 +854,7 @@ impl Ann {
         }
         let gen = self.next_gen;
         Prepared {
+            list_rows: self.tuning.list_rows.max(1),
             rows,
             replaces,
             level,
@@ -833,19 +868,7 @@ impl Ann {
     /// tail, retire the segments it replaces. Returns the files to delete.
     pub fn install(&mut self, built: Built) -> Vec<String> {
         if let Some(upto) = built.tail_upto {
-            let old = std::mem::take(&mut self.tail.rows);
-            let dim = self.dim;
-            self.tail.dead = 0;
-            for i in 0..old.len() {
-                if old.ids[i] != DEAD && old.ids[i] > upto {
-                    self.tail.rows.push(Row {
-                        id: old.ids[i],
-                        ns: old.ns[i],
-                        q: &old.q[i * dim..(i + 1) * dim],
-                        scale: old.scales[i],
-                    });
-                }
-            }
+            self.tail.retain(self.dim, |id| id > upto);
         }
         let mut gone = Vec::new();
         for name in &built.replaces {
@@ -878,6 +901,7 @@ impl Ann {
 
 /// A job's rows, ready to build without any lock held.
 pub struct Prepared {
+    list_rows: usize,
     rows: Rows,
     replaces: Vec<String>,
     level: u32,
@@ -907,7 +931,10 @@ impl Prepared {
                 tail_upto: self.tail_upto,
             });
         }
-        let bytes = encode_segment(&self.rows, dim, self.gen, self.level, self.range, ns_name);
+        let lists = (self.rows.len() / self.list_rows).clamp(1, MAX_LISTS);
+        let bytes = encode_segment(
+            &self.rows, dim, lists, self.gen, self.level, self.range, ns_name,
+        );
         let name = format!("{SEGMENT_PREFIX}{:08}{SEGMENT_SUFFIX}", self.gen);
         let tmp = format!("{name}{SEGMENT_TMP}");
         dir.remove(&tmp)?;
@@ -1072,13 +1099,13 @@ fn cluster(rows: &Rows, dim: usize, lists: usize) -> (Vec<f32>, Vec<usize>) {
 fn encode_segment(
     rows: &Rows,
     dim: usize,
+    lists: usize,
     gen: u64,
     level: u32,
     range: (u64, u64),
     ns_name: &dyn Fn(u32) -> String,
 ) -> Vec<u8> {
     let n = rows.len();
-    let lists = (n / LIST_ROWS).clamp(1, MAX_LISTS);
     let (centroids, assign) = cluster(rows, dim, lists);
     let lists = centroids.len() / dim;
     // Segment-local namespaces, in order of first appearance.

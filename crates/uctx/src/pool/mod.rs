@@ -100,6 +100,19 @@ pub struct PoolStats {
     pub namespaces: u64,
 }
 
+/// The vector index at a glance.
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize)]
+pub struct IndexStats {
+    /// Sealed segment files.
+    pub segments: u64,
+    /// Rows in them (deleted ones included until rewritten).
+    pub segment_rows: u64,
+    /// Newest rows, searched exactly, not yet sealed.
+    pub tail_rows: u64,
+    /// Bytes of segment files.
+    pub bytes: u64,
+}
+
 /// The writer's side: serialises every mutation.
 struct Writer {
     /// Set when a sync failed: what is on disk is unknown until reopened.
@@ -285,6 +298,12 @@ impl Pool {
             if !opts.read_only && b != pool.read().budget {
                 pool.set_budget(b)?;
             }
+        }
+        if !opts.read_only {
+            // Catch the index up with the log (after a crash, or when its
+            // files were lost): seal what the tail holds beyond a segment.
+            let mut w = pool.lock_writer()?;
+            pool.maintain(&mut w);
         }
         Ok(pool)
     }
@@ -581,6 +600,24 @@ impl Pool {
         }
         let dict = zstd::dict::from_samples(&samples, DICT_BYTES).ok()?;
         Some((id, dict))
+    }
+
+    /// Change the index's shape (tests: small seals to exercise merging).
+    #[doc(hidden)]
+    pub fn set_index_tuning(&self, tuning: ann::Tuning) {
+        self.write_state().ann.tuning = tuning;
+    }
+
+    /// The index at a glance.
+    pub fn index_stats(&self) -> IndexStats {
+        let _ = self.auto_refresh();
+        let s = self.read();
+        IndexStats {
+            segments: s.ann.segments().len() as u64,
+            segment_rows: s.ann.segments().iter().map(|g| g.rows as u64).sum(),
+            tail_rows: s.ann.tail_rows() as u64,
+            bytes: s.ann.file_bytes(),
+        }
     }
 
     /// Whether new text is compressed with a dictionary trained on the pool.

@@ -912,3 +912,168 @@ fn read_acks(
     });
     (reader, rx)
 }
+
+fn small_index() -> uctx::pool::ann::Tuning {
+    uctx::pool::ann::Tuning {
+        seal_rows: 500,
+        list_rows: 100,
+    }
+}
+
+fn segment_files(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .filter(|n| n.starts_with("seg-"))
+        .collect();
+    v.sort();
+    v
+}
+
+fn ids(hits: &[uctx::pool::Hit]) -> Vec<u64> {
+    hits.iter().map(|h| h.meta.id).collect()
+}
+
+/// Overlap of the top ten: how many of `want` `got` found.
+fn overlap(got: &[u64], want: &[u64]) -> usize {
+    got.iter().filter(|id| want.contains(id)).count()
+}
+
+#[test]
+fn index_seals_merges_filters_and_recovers_from_its_own_loss() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("pool");
+    let pool = Pool::open(&dir, opts()).unwrap();
+    pool.set_index_tuning(small_index());
+    // 4,600 slices: 70% in "a", 30% in "b", in batches.
+    let mut vectors = std::collections::HashMap::new();
+    for b in 0..46u64 {
+        let batch: Vec<_> = (0..100)
+            .map(|i| {
+                let n = b * 100 + i;
+                slice(if n % 10 < 7 { "a" } else { "b" }, n)
+            })
+            .collect();
+        let got = pool.append(&batch).unwrap();
+        for (id, (s, v)) in got.into_iter().zip(batch) {
+            vectors.insert(id, (v, s.namespace));
+        }
+    }
+    assert_eq!(pool.maintenance_error(), None);
+    let st = pool.index_stats();
+    // Nine seals of 500 rows; eight merged into one level-1 segment.
+    assert_eq!(st.segments, 2, "{st:?}");
+    assert_eq!(st.segment_rows + st.tail_rows, 4600, "{st:?}");
+    assert!(st.tail_rows < 500);
+    assert_eq!(segment_files(&dir).len(), 2);
+    assert!(pool.stats().bytes_on_disk > st.bytes);
+
+    // Brute force over the vectors as written, for reference.
+    let truth = |q: &[f32], ns: Option<&str>| -> Vec<u64> {
+        let mut all: Vec<(f32, u64)> = vectors
+            .iter()
+            .filter(|(_, (_, space))| ns.is_none_or(|n| n == space))
+            .map(|(id, (v, _))| (-dot(q, v), *id))
+            .collect();
+        all.sort_by(|a, b| a.partial_cmp(b).unwrap());
+        all.iter().take(10).map(|x| x.1).collect()
+    };
+    let queries: Vec<Vec<f32>> = (0..40).map(|i| unit(1_000_000 + i)).collect();
+    let (mut exact_hits, mut ann_hits, mut ns_hits) = (0, 0, 0);
+    for q in &queries {
+        let exact = ids(&pool.search_exact(q, 10, Scope::All).unwrap());
+        exact_hits += overlap(&exact, &truth(q, None));
+        ann_hits += overlap(&ids(&pool.search(q, 10, Scope::All).unwrap()), &exact);
+        let b = pool.search(q, 10, Scope::Namespace("b")).unwrap();
+        assert_eq!(b.len(), 10);
+        assert!(b.iter().all(|h| h.meta.namespace == "b"));
+        ns_hits += overlap(&ids(&b), &truth(q, Some("b")));
+    }
+    let n = (queries.len() * 10) as f64;
+    // i8 codes against f32: near-ties may swap at the edge of the top ten.
+    assert!(exact_hits as f64 / n >= 0.95, "exact {exact_hits}");
+    assert!(ann_hits as f64 / n >= 0.8, "ann {ann_hits}");
+    assert!(ns_hits as f64 / n >= 0.8, "filtered {ns_hits}");
+
+    // Deletions reach the sealed rows at once.
+    assert_eq!(pool.delete_namespace("b").unwrap(), 1380);
+    let before: Vec<Vec<u64>> = queries
+        .iter()
+        .map(|q| ids(&pool.search(q, 10, Scope::All).unwrap()))
+        .collect();
+    for hits in &before {
+        assert_eq!(hits.len(), 10);
+        assert!(hits.iter().all(|id| pool.meta(*id).unwrap().namespace == "a"));
+    }
+    assert!(pool
+        .search(&queries[0], 10, Scope::Namespace("b"))
+        .unwrap()
+        .is_empty());
+    drop(pool);
+
+    // Reopened, the same answers.
+    let pool = Pool::open(&dir, opts()).unwrap();
+    let again: Vec<Vec<u64>> = queries
+        .iter()
+        .map(|q| ids(&pool.search(q, 10, Scope::All).unwrap()))
+        .collect();
+    assert_eq!(before, again);
+    drop(pool);
+
+    // A damaged segment and a stray unfinished one: the log is the source
+    // of truth, so their rows are searched from the tail instead, and the
+    // writer deletes both files.
+    let files = segment_files(&dir);
+    let victim = dir.join(&files[0]);
+    let mut bytes = std::fs::read(&victim).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0x55;
+    std::fs::write(&victim, &bytes).unwrap();
+    std::fs::write(dir.join("seg-99999999.ivf.tmp"), b"half a segment").unwrap();
+    let pool = Pool::open(&dir, opts()).unwrap();
+    assert!(!victim.exists());
+    assert!(!dir.join("seg-99999999.ivf.tmp").exists());
+    let st = pool.index_stats();
+    assert_eq!(st.segments, 1, "{st:?}");
+    for q in &queries {
+        let got = ids(&pool.search(q, 10, Scope::All).unwrap());
+        assert!(got.iter().all(|id| pool.meta(*id).unwrap().namespace == "a"));
+        assert!(overlap(&got, &truth(q, Some("a"))) >= 7);
+    }
+    // With the index files gone altogether, a writer seals them again.
+    drop(pool);
+    for f in segment_files(&dir) {
+        std::fs::remove_file(dir.join(f)).unwrap();
+    }
+    let pool = Pool::open(&dir, opts()).unwrap();
+    assert_eq!(pool.index_stats().segment_rows, 0);
+    assert_eq!(pool.index_stats().tail_rows, 3220);
+    pool.set_index_tuning(small_index());
+    pool.append(&[slice("a", 99_999)]).unwrap();
+    let st = pool.index_stats();
+    assert!(st.segments >= 1 && st.tail_rows < 500, "{st:?}");
+}
+
+#[test]
+fn a_reader_follows_the_writer_as_it_seals() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("pool");
+    let w = Pool::open(&dir, opts()).unwrap();
+    w.set_index_tuning(small_index());
+    w.append(&(0..100).map(|n| slice("a", n)).collect::<Vec<_>>())
+        .unwrap();
+    let r = Pool::open(&dir, ro()).unwrap();
+    assert_eq!(r.index_stats().segments, 0);
+    w.append(&(100..1200).map(|n| slice("a", n)).collect::<Vec<_>>())
+        .unwrap();
+    assert!(w.index_stats().segments >= 1);
+    // The reader maps the new segment and finds every slice.
+    let st = r.index_stats();
+    assert_eq!(st, w.index_stats());
+    assert_eq!(r.stats().slices, 1200);
+    let q = unit(555);
+    assert_eq!(
+        ids(&r.search(&q, 10, Scope::All).unwrap()),
+        ids(&w.search(&q, 10, Scope::All).unwrap())
+    );
+}
