@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use anyhow::{bail, Context};
 use uctx::encoder::Encoder;
-use uctx::pool::bench::{run_scale, ScaleOptions, ScaleReport};
+use uctx::pool::bench::{build_scale, ScaleOptions, ScaleReport};
 
 /// The Debian package the default corpus comes from.
 pub const CORPUS_PACKAGE: &str = "linux-source-6.1";
@@ -92,6 +92,8 @@ fn run(cmd: &mut Command) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Build the pool and measure ingest and size; the caller measures search
+/// and memory (`uctx::pool::bench::probe_pool`), in a process of its own.
 pub fn run_bench(
     args: &Args,
     progress: Option<&(dyn Fn(u64, u64) + Sync)>,
@@ -100,7 +102,7 @@ pub fn run_bench(
         Some(c) => c.clone(),
         None => ensure_corpus(&args.cache)?,
     };
-    Ok(run_scale(
+    Ok(build_scale(
         Arc::clone(&args.encoder),
         &ScaleOptions {
             corpus,
@@ -132,37 +134,47 @@ pub fn table(r: &ScaleReport) -> String {
             "ingest tokens/s",
             format!("{:.2}M", r.ingest_tokens_per_sec / 1e6),
         ),
-        ("time to open", format!("{:.2} s", r.open_seconds)),
         ("index", r.index.clone()),
         (
+            "index segments / tail rows / bytes",
+            format!(
+                "{} / {} / {}",
+                r.probe.index_stats.segments,
+                r.probe.index_stats.tail_rows,
+                mb(r.probe.index_stats.bytes)
+            ),
+        ),
+        ("measured in", r.probed_in.clone()),
+        ("time to open", format!("{:.2} s", r.probe.open_seconds)),
+        (
             "top-10 search, all (p50 / p99)",
-            format!("{:.2} / {:.2} ms", r.search_all.p50_ms, r.search_all.p99_ms),
+            format!("{:.2} / {:.2} ms", r.probe.search_all.p50_ms, r.probe.search_all.p99_ms),
         ),
         (
             "top-10 search, one namespace",
             format!(
                 "{:.2} / {:.2} ms",
-                r.search_namespace.p50_ms, r.search_namespace.p99_ms
+                r.probe.search_namespace.p50_ms, r.probe.search_namespace.p99_ms
             ),
         ),
         (
             "recall@10 vs exact",
-            format!("{:.3} ({} queries)", r.recall_at_10, r.recall_queries),
+            format!("{:.3} ({} queries)", r.probe.recall_at_10, r.probe.recall_queries),
         ),
         (
             "memory after open (private / file)",
             format!(
                 "{} / {}",
-                mb(r.memory_after_open.private_bytes),
-                mb(r.memory_after_open.file_bytes)
+                mb(r.probe.memory_after_open.private_bytes),
+                mb(r.probe.memory_after_open.file_bytes)
             ),
         ),
         (
             "memory searching (private / file)",
             format!(
                 "{} / {}",
-                mb(r.memory_searching.private_bytes),
-                mb(r.memory_searching.file_bytes)
+                mb(r.probe.memory_searching.private_bytes),
+                mb(r.probe.memory_searching.file_bytes)
             ),
         ),
     ];

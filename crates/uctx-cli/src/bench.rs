@@ -21,6 +21,12 @@ pub fn bench(g: &Global, a: &BenchArgs) -> anyhow::Result<ExitCode> {
 }
 
 fn bench_scale(g: &Global, a: &ScaleArgs) -> anyhow::Result<ExitCode> {
+    if let Some(dir) = &a.probe {
+        let probe =
+            uctx::pool::bench::probe_pool(open::encoder(g)?, dir, a.queries, a.probe_fraction)?;
+        open::print_json(&probe)?;
+        return Ok(ExitCode::SUCCESS);
+    }
     if !(a.gb.is_finite() && a.gb > 0.0) {
         anyhow::bail!("--gb must be a positive number of GB, got {}", a.gb);
     }
@@ -51,12 +57,12 @@ fn bench_scale(g: &Global, a: &ScaleArgs) -> anyhow::Result<ExitCode> {
             );
         }
     };
-    let report = scale::run_bench(
+    let mut report = scale::run_bench(
         &scale::Args {
             encoder: open::encoder(g)?,
             corpus: a.corpus.clone(),
             cache: data.join("corpus"),
-            pool_dir,
+            pool_dir: pool_dir.clone(),
             target_bytes: (a.gb * 1e9) as u64,
             queries: a.queries,
         },
@@ -65,6 +71,28 @@ fn bench_scale(g: &Global, a: &ScaleArgs) -> anyhow::Result<ExitCode> {
     if show {
         eprintln!();
     }
+    // Open and search from a fresh process, as another reader would: the
+    // builder's heap would otherwise count as the reader's memory.
+    let mut cmd = std::process::Command::new(std::env::current_exe()?);
+    cmd.args(["bench", "scale", "--json", "--queries"])
+        .arg(a.queries.to_string())
+        .arg("--probe")
+        .arg(&pool_dir);
+    if let Some(e) = &g.encoder {
+        cmd.arg("--encoder").arg(e);
+    }
+    if let Some(p) = a.probe_fraction {
+        cmd.arg("--probe-fraction").arg(p.to_string());
+    }
+    let out = cmd.output()?;
+    if !out.status.success() {
+        anyhow::bail!(
+            "measuring the pool from a second process failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    report.probe = serde_json::from_slice(&out.stdout)?;
+    report.probed_in = "a separate read-only process".into();
     emit(g, &report, scale::table(&report))
 }
 

@@ -24,9 +24,10 @@
 
 use std::collections::{BinaryHeap, HashSet};
 use std::io;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use super::storage::{Dir, Mapped};
-use super::vector::{dequantize, dot_i8, quantize};
+use super::vector::{dequantize, dots_i8, quantize};
 use crate::encoder::{dot, normalize};
 
 /// Segment files are named `seg-GEN.ivf`.
@@ -47,7 +48,7 @@ const MAX_LEVEL: u32 = 3;
 const LIST_ROWS: usize = 512;
 const MAX_LISTS: usize = 4096;
 /// Fraction of a segment's lists each search scans, and the least number.
-pub const PROBE_FRACTION: f32 = 0.04;
+pub const PROBE_FRACTION: f32 = 0.06;
 const MIN_PROBE: usize = 8;
 /// A namespace-filtered search scans lists until it has scored at least
 /// this many of the namespace's rows in a segment (or all of them).
@@ -300,12 +301,8 @@ impl Segment {
         as_i8(&self.bytes()[o..o + self.dim])
     }
 
-    fn centroid(&self, l: usize) -> (&[i8], f32) {
-        let o = self.at_centroids + l * self.dim;
-        (
-            as_i8(&self.bytes()[o..o + self.dim]),
-            f32_at(self.bytes(), self.at_cscales + 4 * l),
-        )
+    fn centroid_scale(&self, l: usize) -> f32 {
+        f32_at(self.bytes(), self.at_cscales + 4 * l)
     }
 
     /// The segment-local number of pool namespace `g`.
@@ -331,14 +328,22 @@ impl Segment {
     }
 
     /// Scan rows `[start, end)` into `heap`.
-    fn scan(&self, q: &Query<'_>, start: usize, end: usize, heap: &mut Top) {
-        for row in start..end {
-            let id = self.id(row);
-            if self.dead > 0 && q.dead.contains(&id) {
-                continue;
+    fn scan(&self, q: &Query<'_>, start: usize, end: usize, heap: &mut Top, buf: &mut Vec<i32>) {
+        SCANNED.fetch_add((end - start) as u64, Ordering::Relaxed);
+        let o = self.at_vecs + start * self.dim;
+        dots_i8(
+            q.q8,
+            as_i8(&self.bytes()[o..o + (end - start) * self.dim]),
+            buf,
+        );
+        for (row, d) in (start..end).zip(buf.iter()) {
+            let score = *d as f32 * q.scale * self.scale(row);
+            if heap.would_take(score) {
+                let id = self.id(row);
+                if self.dead == 0 || !q.dead.contains(&id) {
+                    heap.offer(score, id);
+                }
             }
-            let d = dot_i8(q.q8, self.vector(row));
-            heap.offer(d as f32 * q.scale * self.scale(row), id);
         }
     }
 
@@ -353,11 +358,12 @@ impl Segment {
             },
         };
         let in_scope = local.map_or(self.rows, |l| self.ns_rows[l as usize] as usize);
-        let scan_list = |l: usize, heap: &mut Top| -> usize {
+        let mut buf = Vec::new();
+        let mut scan_list = |l: usize, heap: &mut Top| -> usize {
             let (a, b) = (self.list_run(l), self.list_run(l + 1));
             if local.is_none() {
                 let (start, end) = (self.run(a).1, self.run(b).1);
-                self.scan(q, start, end, heap);
+                self.scan(q, start, end, heap, &mut buf);
                 return end - start;
             }
             let mut n = 0;
@@ -365,7 +371,7 @@ impl Segment {
                 let (ns, start) = self.run(r);
                 if Some(ns) == local {
                     let end = self.run(r + 1).1;
-                    self.scan(q, start, end, heap);
+                    self.scan(q, start, end, heap, &mut buf);
                     n += end - start;
                 }
             }
@@ -377,13 +383,19 @@ impl Segment {
             }
             return;
         }
-        let mut order: Vec<(f32, usize)> = (0..self.lists)
-            .map(|l| {
-                let (c, s) = self.centroid(l);
-                (dot_i8(q.q8, c) as f32 * s, l)
-            })
+        let mut cdots = Vec::with_capacity(self.lists);
+        let o = self.at_centroids;
+        dots_i8(
+            q.q8,
+            as_i8(&self.bytes()[o..o + self.lists * self.dim]),
+            &mut cdots,
+        );
+        let mut order: Vec<(f32, usize)> = cdots
+            .iter()
+            .enumerate()
+            .map(|(l, d)| (*d as f32 * self.centroid_scale(l), l))
             .collect();
-        let probe = probes(self.lists);
+        let probe = probes(self.lists, q.probe);
         let min_scan = if local.is_some() && self.ns_global.len() > 1 {
             MIN_FILTERED_SCAN.min(in_scope)
         } else {
@@ -411,15 +423,24 @@ impl Segment {
     }
 }
 
+/// Rows scored by every search in this process (for `uctx bench scale`).
+static SCANNED: AtomicU64 = AtomicU64::new(0);
+
+/// Rows scored by every search in this process so far.
+pub fn rows_scanned() -> u64 {
+    SCANNED.load(Ordering::Relaxed)
+}
+
 /// Lists scanned per search in a segment of `lists` lists.
-fn probes(lists: usize) -> usize {
-    ((lists as f32 * PROBE_FRACTION).ceil() as usize)
+fn probes(lists: usize, fraction: f32) -> usize {
+    ((lists as f32 * fraction).ceil() as usize)
         .max(MIN_PROBE)
         .min(lists)
 }
 
 /// A query, quantised once.
 struct Query<'a> {
+    probe: f32,
     q8: &'a [i8],
     scale: f32,
     ns: Option<u32>,
@@ -457,6 +478,11 @@ impl Top {
             k,
             heap: BinaryHeap::with_capacity(k + 1),
         }
+    }
+
+    /// Whether `score` could enter the top (ties decided by `offer`).
+    fn would_take(&self, score: f32) -> bool {
+        self.heap.len() < self.k || self.heap.peek().is_some_and(|w| score >= w.0)
     }
 
     fn offer(&mut self, score: f32, id: u64) {
@@ -504,12 +530,14 @@ pub struct Built {
 
 /// Sizes that shape the index; the defaults suit real pools, tests use
 /// small ones to exercise sealing and merging.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Tuning {
     /// Live tail rows at which the tail is sealed into a segment.
     pub seal_rows: usize,
     /// Average rows per list in a segment.
     pub list_rows: usize,
+    /// Fraction of a segment's lists a search scans.
+    pub probe: f32,
 }
 
 impl Default for Tuning {
@@ -517,6 +545,7 @@ impl Default for Tuning {
         Tuning {
             seal_rows: SEAL_ROWS,
             list_rows: LIST_ROWS,
+            probe: PROBE_FRACTION,
         }
     }
 }
@@ -687,6 +716,7 @@ impl Ann {
         let mut q8 = Vec::with_capacity(self.dim);
         let scale = quantize(query, &mut q8);
         let q = Query {
+            probe: self.tuning.probe,
             q8: &q8,
             scale,
             ns,
@@ -699,7 +729,7 @@ impl Ann {
         let scanned = if exact {
             rows
         } else {
-            (rows as f32 * PROBE_FRACTION) as usize
+            (rows as f32 * self.tuning.probe) as usize
         };
         let threads = if self.segments.len() > 1 && scanned >= PARALLEL_ROWS {
             std::thread::available_parallelism()
@@ -742,13 +772,13 @@ impl Ann {
 
     fn search_tail(&self, q: &Query<'_>, top: &mut Top) {
         let t = &self.tail.rows;
-        for i in 0..t.len() {
-            let id = t.ids[i];
+        let mut d = Vec::with_capacity(t.len());
+        dots_i8(q.q8, &t.q, &mut d);
+        for (i, d) in d.iter().enumerate() {
             if self.tail.gone[i] || q.ns.is_some_and(|g| g != t.ns[i]) {
                 continue;
             }
-            let d = dot_i8(q.q8, &t.q[i * self.dim..(i + 1) * self.dim]);
-            top.offer(d as f32 * q.scale * t.scales[i], id);
+            top.offer(*d as f32 * q.scale * t.scales[i], t.ids[i]);
         }
     }
 
@@ -1023,6 +1053,29 @@ fn nearest(v: &[f32], c: &[f32], dim: usize) -> usize {
     best.1
 }
 
+/// `pick` applied to every row (as a unit f32 vector), over all cores,
+/// without holding more than one row per thread in f32.
+fn assign_rows(rows: &Rows, dim: usize, pick: impl Fn(&[f32]) -> usize + Sync) -> Vec<usize> {
+    let mut out = vec![0usize; rows.len()];
+    let threads = std::thread::available_parallelism().map_or(1, |t| t.get());
+    let per = out.len().div_ceil(threads).max(1);
+    let pick = &pick;
+    std::thread::scope(|sc| {
+        for (t, part) in out.chunks_mut(per).enumerate() {
+            sc.spawn(move || {
+                let mut v = vec![0f32; dim];
+                for (j, o) in part.iter_mut().enumerate() {
+                    let i = t * per + j;
+                    dequantize(&rows.q[i * dim..(i + 1) * dim], rows.scales[i], &mut v);
+                    normalize(&mut v);
+                    *o = pick(&v);
+                }
+            });
+        }
+    });
+    out
+}
+
 /// Centroids for `lists` lists over `rows`: flat k-means for few lists,
 /// two-level (coarse clusters, then lists within each) for many, so that
 /// training and assignment cost O(sqrt(lists)) per row, not O(lists).
@@ -1038,15 +1091,10 @@ fn cluster(rows: &Rows, dim: usize, lists: usize) -> (Vec<f32>, Vec<usize>) {
     for s in 0..sample_n {
         row_f32(s * n / sample_n, &mut sample[s * dim..(s + 1) * dim]);
     }
-    let mut all = vec![0f32; n * dim];
-    for i in 0..n {
-        row_f32(i, &mut all[i * dim..(i + 1) * dim]);
-    }
     let coarse_k = (lists as f64).sqrt().ceil() as usize;
     if lists <= 64 || coarse_k * 2 > sample_n {
         let c = kmeans(&sample, dim, lists, KMEANS_ITERS);
-        let mut assign = vec![0usize; n];
-        assign_all(&all, &c, dim, &mut assign);
+        let assign = assign_rows(rows, dim, |v| nearest(v, &c, dim));
         return (c, assign);
     }
     let coarse = kmeans(&sample, dim, coarse_k, KMEANS_ITERS);
@@ -1075,24 +1123,55 @@ fn cluster(rows: &Rows, dim: usize, lists: usize) -> (Vec<f32>, Vec<usize>) {
         children.push((first, c.len() / dim));
         centroids.extend(c);
     }
-    let mut c_assign = vec![0usize; n];
-    assign_all(&all, &coarse, dim, &mut c_assign);
-    let mut assign = vec![0usize; n];
-    for i in 0..n {
-        let (mut first, mut count) = children[c_assign[i]];
+    let assign = assign_rows(rows, dim, |v| {
+        let (mut first, mut count) = children[nearest(v, &coarse, dim)];
         if count == 0 {
             // A coarse cluster the sample left empty: search every list.
             first = 0;
             count = centroids.len() / dim;
         }
-        let local = nearest(
-            &all[i * dim..(i + 1) * dim],
-            &centroids[first * dim..(first + count) * dim],
-            dim,
-        );
-        assign[i] = first + local;
-    }
+        first + nearest(v, &centroids[first * dim..(first + count) * dim], dim)
+    });
     (centroids, assign)
+}
+
+/// Split every list over twice the average size with k-means of its own
+/// rows: a search that probes a few lists then scans about as many rows
+/// wherever the query falls (code corpora cluster very unevenly).
+fn balance(rows: &Rows, dim: usize, mut c: Vec<f32>, mut assign: Vec<usize>) -> (Vec<f32>, Vec<usize>) {
+    let lists = c.len() / dim;
+    let n = assign.len();
+    let avg = n.div_ceil(lists.max(1)).max(1);
+    let mut members: Vec<Vec<usize>> = vec![Vec::new(); lists];
+    for (i, &a) in assign.iter().enumerate() {
+        members[a].push(i);
+    }
+    let mut v = vec![0f32; dim];
+    for (l, m) in members.iter().enumerate() {
+        if m.len() <= 2 * avg {
+            continue;
+        }
+        let mut x = Vec::with_capacity(m.len() * dim);
+        for &i in m {
+            dequantize(&rows.q[i * dim..(i + 1) * dim], rows.scales[i], &mut v);
+            normalize(&mut v);
+            x.extend_from_slice(&v);
+        }
+        let sub = kmeans(&x, dim, m.len().div_ceil(avg), KMEANS_ITERS);
+        let k = sub.len() / dim;
+        if k < 2 {
+            continue;
+        }
+        // The first part keeps list l; the rest become new lists.
+        let first_new = c.len() / dim;
+        c[l * dim..(l + 1) * dim].copy_from_slice(&sub[..dim]);
+        c.extend_from_slice(&sub[dim..]);
+        for (j, &i) in m.iter().enumerate() {
+            let part = nearest(&x[j * dim..(j + 1) * dim], &sub, dim);
+            assign[i] = if part == 0 { l } else { first_new + part - 1 };
+        }
+    }
+    (c, assign)
 }
 
 /// Lay out a segment file (see `docs/format.md`).
@@ -1107,6 +1186,7 @@ fn encode_segment(
 ) -> Vec<u8> {
     let n = rows.len();
     let (centroids, assign) = cluster(rows, dim, lists);
+    let (centroids, assign) = balance(rows, dim, centroids, assign);
     let lists = centroids.len() / dim;
     // Segment-local namespaces, in order of first appearance.
     let mut ns_local: Vec<u32> = Vec::new();

@@ -101,7 +101,7 @@ pub struct PoolStats {
 }
 
 /// The vector index at a glance.
-#[derive(Clone, Debug, Default, PartialEq, serde::Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct IndexStats {
     /// Sealed segment files.
     pub segments: u64,
@@ -606,6 +606,23 @@ impl Pool {
     #[doc(hidden)]
     pub fn set_index_tuning(&self, tuning: ann::Tuning) {
         self.write_state().ann.tuning = tuning;
+    }
+
+    /// Up to `n` live slice ids spread evenly over the pool, in id order.
+    pub fn sample(&self, n: usize) -> Vec<u64> {
+        let _ = self.auto_refresh();
+        let s = self.read();
+        let len = s.len();
+        let n = n.min(len);
+        let mut out = Vec::with_capacity(n);
+        let mut next = 0;
+        for (i, e) in s.live().enumerate() {
+            if out.len() < n && i == next * len / n.max(1) {
+                out.push(e.id);
+                next += 1;
+            }
+        }
+        out
     }
 
     /// The index at a glance.

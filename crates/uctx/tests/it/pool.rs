@@ -917,6 +917,7 @@ fn small_index() -> uctx::pool::ann::Tuning {
     uctx::pool::ann::Tuning {
         seal_rows: 500,
         list_rows: 100,
+        ..Default::default()
     }
 }
 
