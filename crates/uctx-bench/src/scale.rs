@@ -148,7 +148,10 @@ pub fn table(r: &ScaleReport) -> String {
         ("time to open", format!("{:.2} s", r.probe.open_seconds)),
         (
             "top-10 search, all (p50 / p99)",
-            format!("{:.2} / {:.2} ms", r.probe.search_all.p50_ms, r.probe.search_all.p99_ms),
+            format!(
+                "{:.2} / {:.2} ms",
+                r.probe.search_all.p50_ms, r.probe.search_all.p99_ms
+            ),
         ),
         (
             "top-10 search, one namespace",
@@ -159,7 +162,10 @@ pub fn table(r: &ScaleReport) -> String {
         ),
         (
             "recall@10 vs exact",
-            format!("{:.3} ({} queries)", r.probe.recall_at_10, r.probe.recall_queries),
+            format!(
+                "{:.3} ({} queries)",
+                r.probe.recall_at_10, r.probe.recall_queries
+            ),
         ),
         (
             "memory after open (private / file)",

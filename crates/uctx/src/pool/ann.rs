@@ -307,7 +307,10 @@ impl Segment {
 
     /// The segment-local number of pool namespace `g`.
     fn local(&self, g: u32) -> Option<u32> {
-        self.ns_global.iter().position(|&x| x == g).map(|i| i as u32)
+        self.ns_global
+            .iter()
+            .position(|&x| x == g)
+            .map(|i| i as u32)
     }
 
     pub fn file_bytes(&self) -> u64 {
@@ -1108,7 +1111,9 @@ fn cluster(rows: &Rows, dim: usize, lists: usize) -> (Vec<f32>, Vec<usize>) {
     let mut centroids = Vec::new();
     let mut children: Vec<(usize, usize)> = Vec::new(); // (first list, count)
     for m in &members {
-        let k = ((lists * m.len()) as f64 / sample_n as f64).round().max(1.0) as usize;
+        let k = ((lists * m.len()) as f64 / sample_n as f64)
+            .round()
+            .max(1.0) as usize;
         let k = k.min(m.len().max(1));
         let first = centroids.len() / dim;
         if m.is_empty() {
@@ -1138,7 +1143,12 @@ fn cluster(rows: &Rows, dim: usize, lists: usize) -> (Vec<f32>, Vec<usize>) {
 /// Split every list over twice the average size with k-means of its own
 /// rows: a search that probes a few lists then scans about as many rows
 /// wherever the query falls (code corpora cluster very unevenly).
-fn balance(rows: &Rows, dim: usize, mut c: Vec<f32>, mut assign: Vec<usize>) -> (Vec<f32>, Vec<usize>) {
+fn balance(
+    rows: &Rows,
+    dim: usize,
+    mut c: Vec<f32>,
+    mut assign: Vec<usize>,
+) -> (Vec<f32>, Vec<usize>) {
     let lists = c.len() / dim;
     let n = assign.len();
     let avg = n.div_ceil(lists.max(1)).max(1);

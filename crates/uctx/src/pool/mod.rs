@@ -414,6 +414,16 @@ impl Pool {
                 ));
             }
         }
+        {
+            let s = self.read();
+            if let Some((n, _)) = batch.iter().find(|(n, _)| !s.has_room_for(&n.namespace)) {
+                return Err(Error::invalid(format!(
+                    "the pool holds {} namespaces, its most; cannot add {:?}: delete unused namespaces (`uctx clear --namespace`)",
+                    state::State::MAX_NAMESPACES,
+                    n.namespace
+                )));
+            }
+        }
         let mut w = self.lock_writer()?;
         let first = self.read().next_id;
         let time_ms = now_ms();
@@ -1077,20 +1087,17 @@ impl Pool {
             .rename(COMPACT_FILE, LOG_FILE)
             .map_err(|e| io("install the new log", e))?;
         let mut s = self.write_state();
-        let mut live = 0u64;
-        for (&(id, ..), (off, n)) in items.iter().zip(offsets) {
-            if s.contains(id) {
-                s.relocate(id, off, n);
-                live += n as u64;
-            }
-        }
-        s.live_bytes = live;
+        let moves: Vec<(u64, u64, u32)> = items
+            .iter()
+            .zip(offsets)
+            .map(|(&(id, ..), (off, n))| (id, off, n))
+            .collect();
+        s.relocate(&moves);
         s.identity = new.identity();
         s.log = new;
         s.generation = generation + 1;
         s.header_len = header_len;
         s.end = written;
-        s.sweep_now();
         Ok(())
     }
 }

@@ -20,8 +20,10 @@ pub struct Dict {
 
 const PINNED: u8 = 1;
 const DEAD: u8 = 2;
+/// Bits of the flags byte that hold the source.
+const SOURCE_SHIFT: u8 = 2;
 
-/// What the pool keeps in memory per slice.
+/// One slice as the table hands it out.
 #[derive(Clone, Copy, Debug)]
 pub struct Entry {
     pub id: u64,
@@ -29,9 +31,9 @@ pub struct Entry {
     pub bytes: u32,
     pub tokens: u32,
     pub ns: u32,
+    /// Salience quantised to 1/255 (the record holds the exact value).
     pub salience: f32,
     flags: u8,
-    source: u8,
 }
 
 impl Entry {
@@ -40,6 +42,125 @@ impl Entry {
     }
     fn dead(&self) -> bool {
         self.flags & DEAD != 0
+    }
+    fn source(&self) -> u8 {
+        self.flags >> SOURCE_SHIFT
+    }
+}
+
+/// A run of entries whose ids and offsets are stored as `u32` deltas from
+/// the run's first.
+#[derive(Clone, Copy, Debug)]
+struct Block {
+    first: usize,
+    id: u64,
+    offset: u64,
+}
+
+/// Every slice applied, in id order (ids, and so log offsets, increase with
+/// position): 16 bytes a slice in columns, ids and offsets as deltas.
+#[derive(Default)]
+struct Table {
+    blocks: Vec<Block>,
+    id: Vec<u32>,
+    offset: Vec<u32>,
+    bytes: Vec<u32>,
+    tokens: Vec<u32>,
+    ns: Vec<u16>,
+    salience: Vec<u8>,
+    flags: Vec<u8>,
+}
+
+impl Table {
+    fn len(&self) -> usize {
+        self.id.len()
+    }
+
+    fn block_of(&self, i: usize) -> &Block {
+        let b = self.blocks.partition_point(|b| b.first <= i);
+        &self.blocks[b - 1]
+    }
+
+    fn get(&self, i: usize) -> Entry {
+        let b = self.block_of(i);
+        Entry {
+            id: b.id + self.id[i] as u64,
+            offset: b.offset + self.offset[i] as u64,
+            bytes: self.bytes[i],
+            tokens: self.tokens[i],
+            ns: self.ns[i] as u32,
+            salience: self.salience[i] as f32 / 255.0,
+            flags: self.flags[i],
+        }
+    }
+
+    /// Append `e`, whose id and offset exceed every entry's.
+    fn push(&mut self, e: &Entry) {
+        let fits = self.blocks.last().is_some_and(|b| {
+            e.id >= b.id
+                && e.offset >= b.offset
+                && e.id - b.id <= u32::MAX as u64
+                && e.offset - b.offset <= u32::MAX as u64
+        });
+        if !fits {
+            self.blocks.push(Block {
+                first: self.len(),
+                id: e.id,
+                offset: e.offset,
+            });
+        }
+        let b = self.blocks[self.blocks.len() - 1];
+        self.id.push((e.id - b.id) as u32);
+        self.offset.push((e.offset - b.offset) as u32);
+        self.bytes.push(e.bytes);
+        self.tokens.push(e.tokens);
+        self.ns.push(e.ns as u16);
+        self.salience
+            .push((e.salience.clamp(0.0, 1.0) * 255.0).round() as u8);
+        self.flags.push(e.flags);
+    }
+
+    /// Index of the entry with `id` (live or not).
+    fn find(&self, id: u64) -> Option<usize> {
+        let b = self.blocks.partition_point(|b| b.id <= id);
+        if b == 0 {
+            return None;
+        }
+        let blk = self.blocks[b - 1];
+        let end = self.blocks.get(b).map_or(self.len(), |n| n.first);
+        let delta = id - blk.id;
+        if delta > u32::MAX as u64 {
+            return None;
+        }
+        let run = &self.id[blk.first..end];
+        run.binary_search(&(delta as u32))
+            .ok()
+            .map(|j| blk.first + j)
+    }
+
+    fn last_id(&self) -> Option<u64> {
+        (self.len() > 0).then(|| self.get(self.len() - 1).id)
+    }
+
+    /// Rebuild from `entries` (in id and offset order).
+    fn rebuild(entries: impl Iterator<Item = Entry>) -> Table {
+        let mut t = Table::default();
+        for e in entries {
+            t.push(&e);
+        }
+        t.shrink();
+        t
+    }
+
+    fn shrink(&mut self) {
+        self.blocks.shrink_to_fit();
+        self.id.shrink_to_fit();
+        self.offset.shrink_to_fit();
+        self.bytes.shrink_to_fit();
+        self.tokens.shrink_to_fit();
+        self.ns.shrink_to_fit();
+        self.salience.shrink_to_fit();
+        self.flags.shrink_to_fit();
     }
 }
 
@@ -62,7 +183,7 @@ pub struct State {
     pub budget: u64,
     /// Every slice applied, in id order; deleted ones are flagged until
     /// they are swept out.
-    entries: Vec<Entry>,
+    entries: Table,
     dead_entries: usize,
     touched: HashMap<u64, Touch>,
     ns_names: Vec<String>,
@@ -90,7 +211,7 @@ impl State {
             end: header_len,
             next_id: 1,
             budget: 0,
-            entries: Vec::new(),
+            entries: Table::default(),
             dead_entries: 0,
             touched: HashMap::new(),
             ns_names: Vec::new(),
@@ -103,6 +224,14 @@ impl State {
             dicts: HashMap::new(),
             current_dict: None,
         }
+    }
+
+    /// Namespaces a pool can hold (numbers are kept in 16 bits).
+    pub const MAX_NAMESPACES: usize = 1 << 16;
+
+    /// Whether `name` is known, or there is room for it.
+    pub fn has_room_for(&self, name: &str) -> bool {
+        self.ns_index.contains_key(name) || self.ns_names.len() < Self::MAX_NAMESPACES
     }
 
     /// The number of namespace `name`, made when new.
@@ -146,8 +275,8 @@ impl State {
                             }
                             t.last_used_seq = t.last_used_seq.max(seq);
                         }
-                        2 => self.entries[i].flags |= PINNED,
-                        3 => self.entries[i].flags &= !PINNED,
+                        2 => self.entries.flags[i] |= PINNED,
+                        3 => self.entries.flags[i] &= !PINNED,
                         _ => {}
                     }
                 }
@@ -194,17 +323,24 @@ impl State {
             tokens: s.tokens,
             ns,
             salience: s.salience,
-            flags: if s.pinned { PINNED } else { 0 },
-            source: s.source,
+            flags: u8::from(s.pinned) | (s.source.min(63) << SOURCE_SHIFT),
         };
-        // Ids arrive in increasing order (appends, and compacted logs);
-        // anything else is placed where it belongs.
-        match self.entries.last() {
-            Some(last) if last.id >= s.id => {
-                let at = self.entries.partition_point(|x| x.id < s.id);
-                self.entries.insert(at, e);
-            }
-            _ => self.entries.push(e),
+        // Ids (and offsets) arrive in increasing order: appends, and
+        // compacted logs. Anything else rebuilds the table in order.
+        let in_order = self.entries.len() == 0
+            || (self.entries.last_id().is_some_and(|l| l < s.id)
+                && self.entries.get(self.entries.len() - 1).offset < offset);
+        if in_order {
+            self.entries.push(&e);
+        } else {
+            let mut all: Vec<Entry> = (0..self.entries.len())
+                .map(|i| self.entries.get(i))
+                .filter(|x| !x.dead())
+                .collect();
+            all.push(e);
+            all.sort_by_key(|x| x.id);
+            self.dead_entries = 0;
+            self.entries = Table::rebuild(all.into_iter());
         }
         if s.uses != 0 || s.last_used_seq != s.id {
             self.touched.insert(
@@ -231,15 +367,13 @@ impl State {
 
     /// Index of live slice `id` in `entries`.
     fn position(&self, id: u64) -> Option<usize> {
-        let i = self.entries.partition_point(|e| e.id < id);
         self.entries
-            .get(i)
-            .filter(|e| e.id == id && !e.dead())
-            .map(|_| i)
+            .find(id)
+            .filter(|&i| self.entries.flags[i] & DEAD == 0)
     }
 
-    pub fn get(&self, id: u64) -> Option<&Entry> {
-        self.position(id).map(|i| &self.entries[i])
+    pub fn get(&self, id: u64) -> Option<Entry> {
+        self.position(id).map(|i| self.entries.get(i))
     }
 
     pub fn contains(&self, id: u64) -> bool {
@@ -250,9 +384,8 @@ impl State {
         let Some(i) = self.position(id) else {
             return;
         };
-        let e = &mut self.entries[i];
-        e.flags |= DEAD;
-        let e = *e;
+        self.entries.flags[i] |= DEAD;
+        let e = self.entries.get(i);
         self.dead_entries += 1;
         self.touched.remove(&id);
         self.ns_live[e.ns as usize] -= 1;
@@ -270,31 +403,43 @@ impl State {
     }
 
     pub fn sweep_now(&mut self) {
-        self.entries.retain(|e| !e.dead());
+        let t = &self.entries;
+        let live = (0..t.len()).map(|i| t.get(i)).filter(|e| !e.dead());
+        self.entries = Table::rebuild(live);
         self.dead_entries = 0;
     }
 
     /// Give back the slack of grown tables (after a replay).
     pub fn shrink(&mut self) {
-        self.entries.shrink_to_fit();
+        self.entries.shrink();
         self.touched.shrink_to_fit();
     }
 
-    /// Live slices.
-    pub fn live(&self) -> impl DoubleEndedIterator<Item = &Entry> {
-        self.entries.iter().filter(|e| !e.dead())
+    /// Live slices, in id order.
+    pub fn live(&self) -> impl DoubleEndedIterator<Item = Entry> + '_ {
+        (0..self.entries.len())
+            .map(|i| self.entries.get(i))
+            .filter(|e| !e.dead())
     }
 
     pub fn len(&self) -> usize {
         self.entries.len() - self.dead_entries
     }
 
-    /// Point live slice `id` at a new place in a new log.
-    pub fn relocate(&mut self, id: u64, offset: u64, bytes: u32) {
-        if let Some(i) = self.position(id) {
-            self.entries[i].offset = offset;
-            self.entries[i].bytes = bytes;
+    /// Point live slices at their places in a new log: `moves` holds
+    /// (id, offset, bytes) in id order.
+    pub fn relocate(&mut self, moves: &[(u64, u64, u32)]) {
+        let mut live = Vec::with_capacity(moves.len());
+        for &(id, offset, bytes) in moves {
+            if let Some(mut e) = self.get(id) {
+                e.offset = offset;
+                e.bytes = bytes;
+                live.push(e);
+            }
         }
+        self.live_bytes = live.iter().map(|e| e.bytes as u64).sum();
+        self.entries = Table::rebuild(live.into_iter());
+        self.dead_entries = 0;
     }
 
     /// Ids of live slices below `upto`, in namespace `ns` (all when `None`).
@@ -367,13 +512,13 @@ impl State {
         Some(SliceMeta {
             id,
             namespace: self.ns_name(e.ns).to_string(),
-            source: Source::from_u8(e.source).unwrap_or(Source::Document),
+            source: Source::from_u8(e.source()).unwrap_or(Source::Document),
             tokens: e.tokens,
             turn: rec.turn,
             ext_id: rec.ext_id,
             time_ms: rec.time_ms,
             bytes: e.bytes as u64,
-            salience: e.salience,
+            salience: rec.salience,
             uses,
             last_used_seq,
             pinned: e.pinned(),
@@ -460,6 +605,58 @@ mod tests {
             scale,
             vector: q,
         })
+    }
+
+    #[test]
+    fn the_table_spans_offsets_and_ids_past_32_bits() {
+        let mut t = Table::default();
+        let mut want = Vec::new();
+        let (mut id, mut off) = (1u64, 0u64);
+        for i in 0..2000u64 {
+            id += if i % 500 == 499 {
+                5_000_000_000
+            } else {
+                1 + i % 3
+            };
+            off += if i % 700 == 699 { 6 << 30 } else { 1000 + i };
+            let e = Entry {
+                id,
+                offset: off,
+                bytes: 900 + i as u32,
+                tokens: i as u32,
+                ns: (i % 7) as u32,
+                salience: 0.6,
+                flags: PINNED | (3 << SOURCE_SHIFT),
+            };
+            t.push(&e);
+            want.push(e);
+        }
+        assert!(t.blocks.len() > 1);
+        for (i, e) in want.iter().enumerate() {
+            assert_eq!(t.find(e.id), Some(i));
+            let g = t.get(i);
+            assert_eq!(
+                (g.id, g.offset, g.bytes, g.tokens, g.ns),
+                (e.id, e.offset, e.bytes, e.tokens, e.ns)
+            );
+            assert!(g.pinned() && g.source() == 3 && (g.salience - 0.6).abs() < 0.01);
+            assert_eq!(t.find(e.id + 5_000_000_000 * 7), None);
+        }
+        assert_eq!(t.find(0), None);
+    }
+
+    #[test]
+    fn a_slice_out_of_order_still_lands_in_place() {
+        let log = MemDir::new().open("x", true).unwrap();
+        let mut s = State::new(4, log, 1, 0);
+        for id in [1u64, 2, 5] {
+            s.apply(&rec(id, "a", &[1.0, 0.0, 0.0, 0.0]), id * 100, 100);
+        }
+        s.apply(&rec(3, "a", &[0.0, 1.0, 0.0, 0.0]), 50, 100);
+        let ids: Vec<u64> = s.live().map(|e| e.id).collect();
+        assert_eq!(ids, vec![1, 2, 3, 5]);
+        assert_eq!(s.get(3).unwrap().offset, 50);
+        assert_eq!(s.len(), 4);
     }
 
     #[test]

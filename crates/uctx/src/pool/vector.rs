@@ -127,13 +127,18 @@ mod tests {
         let sb = quantize(&b, &mut qb);
         let approx = dot_i8(&qa, &qb) as f32 * sa * sb;
         let exact = dot(&a, &b);
-        assert!((approx - exact).abs() < 0.05 * (1.0 + exact.abs()), "{approx} {exact}");
+        assert!(
+            (approx - exact).abs() < 0.05 * (1.0 + exact.abs()),
+            "{approx} {exact}"
+        );
         let mut back = vec![0f32; 256];
         dequantize(&qa, sa, &mut back);
         assert!(back.iter().zip(&a).all(|(x, y)| (x - y).abs() <= sa));
         let rows: Vec<i8> = qb.iter().chain(&qa).copied().collect();
         // Extremes too: every pair of ±127.
-        let ext: Vec<i8> = (0..256).map(|i| if i % 3 == 0 { -127 } else { 127 }).collect();
+        let ext: Vec<i8> = (0..256)
+            .map(|i| if i % 3 == 0 { -127 } else { 127 })
+            .collect();
         let mut out = Vec::new();
         dots_i8(&ext, &ext, &mut out);
         assert_eq!(out, vec![256 * 127 * 127]);

@@ -1004,7 +1004,9 @@ fn index_seals_merges_filters_and_recovers_from_its_own_loss() {
         .collect();
     for hits in &before {
         assert_eq!(hits.len(), 10);
-        assert!(hits.iter().all(|id| pool.meta(*id).unwrap().namespace == "a"));
+        assert!(hits
+            .iter()
+            .all(|id| pool.meta(*id).unwrap().namespace == "a"));
     }
     assert!(pool
         .search(&queries[0], 10, Scope::Namespace("b"))
@@ -1038,7 +1040,9 @@ fn index_seals_merges_filters_and_recovers_from_its_own_loss() {
     assert_eq!(st.segments, 1, "{st:?}");
     for q in &queries {
         let got = ids(&pool.search(q, 10, Scope::All).unwrap());
-        assert!(got.iter().all(|id| pool.meta(*id).unwrap().namespace == "a"));
+        assert!(got
+            .iter()
+            .all(|id| pool.meta(*id).unwrap().namespace == "a"));
         assert!(overlap(&got, &truth(q, Some("a"))) >= 7);
     }
     // With the index files gone altogether, a writer seals them again.
