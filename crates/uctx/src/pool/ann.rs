@@ -351,8 +351,10 @@ impl Segment {
     }
 
     /// Search this segment for `q`, filtered to `q.ns`; exact scans every
-    /// row in scope.
-    fn search(&self, q: &Query<'_>, heap: &mut Top) {
+    /// row in scope. Part `part.0` of `part.1`: the lists to scan are dealt
+    /// out in turn, so that threads can share one big segment.
+    fn search(&self, q: &Query<'_>, heap: &mut Top, part: (usize, usize)) {
+        let (me, parts) = (part.0, part.1.max(1));
         let local = match q.ns {
             None => None,
             Some(g) => match self.local(g) {
@@ -381,7 +383,7 @@ impl Segment {
             n
         };
         if q.exact {
-            for l in 0..self.lists {
+            for l in (me..self.lists).step_by(parts) {
                 scan_list(l, heap);
             }
             return;
@@ -400,7 +402,7 @@ impl Segment {
             .collect();
         let probe = probes(self.lists, q.probe);
         let min_scan = if local.is_some() && self.ns_global.len() > 1 {
-            MIN_FILTERED_SCAN.min(in_scope)
+            MIN_FILTERED_SCAN.min(in_scope) / parts
         } else {
             0
         };
@@ -416,11 +418,13 @@ impl Segment {
             if i >= probe && scanned >= min_scan {
                 break;
             }
-            if i == probe && !sorted_rest {
+            if i >= probe && !sorted_rest {
                 order[probe..].sort_unstable_by(by_score);
                 sorted_rest = true;
             }
-            scanned += scan_list(order[i].1, heap);
+            if i % parts == me {
+                scanned += scan_list(order[i].1, heap);
+            }
             i += 1;
         }
     }
@@ -734,32 +738,27 @@ impl Ann {
         } else {
             (rows as f32 * self.tuning.probe) as usize
         };
-        let threads = if self.segments.len() > 1 && scanned >= PARALLEL_ROWS {
-            std::thread::available_parallelism()
-                .map_or(1, |t| t.get())
-                .min(self.segments.len())
+        let threads = if scanned >= PARALLEL_ROWS {
+            std::thread::available_parallelism().map_or(1, |t| t.get().min(8))
         } else {
             1
         };
         if threads <= 1 {
             for s in &self.segments {
-                s.search(&q, &mut top);
+                s.search(&q, &mut top, (0, 1));
             }
             return top.into_sorted();
         }
-        // Deal segments to threads, biggest first, to balance the work.
-        let mut order: Vec<&Segment> = self.segments.iter().collect();
-        order.sort_by_key(|s| std::cmp::Reverse(s.rows));
+        // Every thread takes its share of every segment's lists.
         let parts: Vec<Top> = std::thread::scope(|sc| {
             let handles: Vec<_> = (0..threads)
                 .map(|t| {
-                    let mine: Vec<&Segment> =
-                        order.iter().skip(t).step_by(threads).copied().collect();
                     let q = &q;
+                    let segments = &self.segments;
                     sc.spawn(move || {
                         let mut top = Top::new(k);
-                        for s in mine {
-                            s.search(q, &mut top);
+                        for s in segments {
+                            s.search(q, &mut top, (t, threads));
                         }
                         top
                     })

@@ -1082,3 +1082,57 @@ fn a_reader_follows_the_writer_as_it_seals() {
         ids(&w.search(&q, 10, Scope::All).unwrap())
     );
 }
+
+#[test]
+fn the_budget_counts_index_segments_and_reclaims_them() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("pool");
+    let budget = 400_000u64;
+    let pool = Pool::open(
+        &dir,
+        PoolOptions {
+            budget_bytes: Some(budget),
+            ..opts()
+        },
+    )
+    .unwrap();
+    pool.set_index_tuning(small_index());
+    let on_disk = || -> u64 {
+        std::fs::read_dir(&dir)
+            .unwrap()
+            .filter_map(|e| e.ok()?.metadata().ok())
+            .map(|m| m.len())
+            .sum()
+    };
+    let mut n = 0;
+    let mut sealed = false;
+    for round in 0..300u64 {
+        let batch: Vec<_> = (n..n + 20).map(|k| slice("s", k)).collect();
+        n += 20;
+        pool.append(&batch).unwrap();
+        assert_eq!(pool.maintenance_error(), None);
+        let st = pool.stats();
+        sealed |= pool.index_stats().segments > 0;
+        // Every file counts; the lock file is the only one stats leave out.
+        let lock = std::fs::metadata(dir.join("LOCK")).map_or(0, |m| m.len());
+        assert_eq!(st.bytes_on_disk + lock, on_disk(), "round {round}");
+        // Over by at most one batch and one sealed segment.
+        assert!(
+            st.bytes_on_disk <= budget + 40_000,
+            "round {round}: {} bytes on disk over a budget of {budget}",
+            st.bytes_on_disk
+        );
+    }
+    assert!(sealed, "the index never sealed a segment");
+    let st = pool.stats();
+    assert!(st.slices < n);
+    // The newest slice is searchable and nothing evicted comes back.
+    let hits = pool.search(&unit(n - 1), 1, Scope::All).unwrap();
+    assert_eq!(
+        pool.get(hits[0].meta.id).unwrap().unwrap().text,
+        text_of(n - 1)
+    );
+    for h in pool.search(&unit(3), 50, Scope::All).unwrap() {
+        assert!(pool.get(h.meta.id).unwrap().is_some());
+    }
+}
