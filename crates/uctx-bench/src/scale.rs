@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use anyhow::{bail, Context};
 use uctx::encoder::Encoder;
-use uctx::pool::bench::{build_scale, ScaleOptions, ScaleReport};
+use uctx::pool::bench::{build_scale, Probe, ScaleOptions, ScaleReport};
 
 /// The Debian package the default corpus comes from.
 pub const CORPUS_PACKAGE: &str = "linux-source-6.1";
@@ -116,14 +116,87 @@ pub fn run_bench(
     )?)
 }
 
+fn mb(b: u64) -> String {
+    format!("{:.1} MB", b as f64 / 1e6)
+}
+
+/// The rows a probe measured.
+fn probe_rows(p: &Probe) -> Vec<(&'static str, String)> {
+    vec![
+        (
+            "index segments / tail rows / bytes",
+            format!(
+                "{} / {} / {}",
+                p.index_stats.segments,
+                p.index_stats.tail_rows,
+                mb(p.index_stats.bytes)
+            ),
+        ),
+        ("time to open", format!("{:.2} s", p.open_seconds)),
+        (
+            "top-10 search, all (p50 / p99)",
+            format!("{:.2} / {:.2} ms", p.search_all.p50_ms, p.search_all.p99_ms),
+        ),
+        (
+            "top-10 search, one namespace",
+            format!(
+                "{:.2} / {:.2} ms",
+                p.search_namespace.p50_ms, p.search_namespace.p99_ms
+            ),
+        ),
+        (
+            "rows scored per search (all)",
+            format!("{:.0}", p.rows_scanned_per_search),
+        ),
+        (
+            "recall@10 vs exact",
+            format!("{:.3} ({} queries)", p.recall_at_10, p.recall_queries),
+        ),
+        (
+            "memory after open (private / file)",
+            format!(
+                "{} / {}",
+                mb(p.memory_after_open.private_bytes),
+                mb(p.memory_after_open.file_bytes)
+            ),
+        ),
+        (
+            "memory searching (private / file)",
+            format!(
+                "{} / {}",
+                mb(p.memory_searching.private_bytes),
+                mb(p.memory_searching.file_bytes)
+            ),
+        ),
+    ]
+}
+
+fn render(rows: Vec<(&str, String)>) -> String {
+    let mut t = String::new();
+    t.push_str("| measure                              | value                    |\n");
+    t.push_str("|--------------------------------------|--------------------------|\n");
+    for (k, v) in rows {
+        t.push_str(&format!("| {k:<36} | {v:<24} |\n"));
+    }
+    t
+}
+
+/// A probe of an existing pool as a table.
+pub fn probe_table(dir: &Path, p: &Probe) -> String {
+    format!(
+        "probe of {} (read-only, this process)\n\n{}",
+        dir.display(),
+        render(probe_rows(p))
+    )
+}
+
 /// The report as a table.
 pub fn table(r: &ScaleReport) -> String {
-    let mb = |b: u64| format!("{:.1} MB", b as f64 / 1e6);
-    let mut t = format!(
+    let head = format!(
         "scale: {} files of {} ingested {} time(s) into {} namespaces; encoder {}; tokens by {}\n\n",
         r.files, r.corpus, r.passes, r.namespaces, r.encoder, r.tokenizer
     );
-    let rows = [
+    let mut rows = vec![
         ("slices", r.slices.to_string()),
         ("tokens", r.tokens.to_string()),
         ("bytes on disk (all files)", mb(r.bytes_on_disk)),
@@ -135,59 +208,8 @@ pub fn table(r: &ScaleReport) -> String {
             format!("{:.2}M", r.ingest_tokens_per_sec / 1e6),
         ),
         ("index", r.index.clone()),
-        (
-            "index segments / tail rows / bytes",
-            format!(
-                "{} / {} / {}",
-                r.probe.index_stats.segments,
-                r.probe.index_stats.tail_rows,
-                mb(r.probe.index_stats.bytes)
-            ),
-        ),
         ("measured in", r.probed_in.clone()),
-        ("time to open", format!("{:.2} s", r.probe.open_seconds)),
-        (
-            "top-10 search, all (p50 / p99)",
-            format!(
-                "{:.2} / {:.2} ms",
-                r.probe.search_all.p50_ms, r.probe.search_all.p99_ms
-            ),
-        ),
-        (
-            "top-10 search, one namespace",
-            format!(
-                "{:.2} / {:.2} ms",
-                r.probe.search_namespace.p50_ms, r.probe.search_namespace.p99_ms
-            ),
-        ),
-        (
-            "recall@10 vs exact",
-            format!(
-                "{:.3} ({} queries)",
-                r.probe.recall_at_10, r.probe.recall_queries
-            ),
-        ),
-        (
-            "memory after open (private / file)",
-            format!(
-                "{} / {}",
-                mb(r.probe.memory_after_open.private_bytes),
-                mb(r.probe.memory_after_open.file_bytes)
-            ),
-        ),
-        (
-            "memory searching (private / file)",
-            format!(
-                "{} / {}",
-                mb(r.probe.memory_searching.private_bytes),
-                mb(r.probe.memory_searching.file_bytes)
-            ),
-        ),
     ];
-    t.push_str("| measure                              | value                    |\n");
-    t.push_str("|--------------------------------------|--------------------------|\n");
-    for (k, v) in rows {
-        t.push_str(&format!("| {k:<36} | {v:<24} |\n"));
-    }
-    t
+    rows.extend(probe_rows(&r.probe));
+    head + &render(rows)
 }

@@ -24,8 +24,7 @@ fn bench_scale(g: &Global, a: &ScaleArgs) -> anyhow::Result<ExitCode> {
     if let Some(dir) = &a.probe {
         let probe =
             uctx::pool::bench::probe_pool(open::encoder(g)?, dir, a.queries, a.probe_fraction)?;
-        open::print_json(&probe)?;
-        return Ok(ExitCode::SUCCESS);
+        return emit(g, &probe, scale::probe_table(dir, &probe));
     }
     if !(a.gb.is_finite() && a.gb > 0.0) {
         anyhow::bail!("--gb must be a positive number of GB, got {}", a.gb);

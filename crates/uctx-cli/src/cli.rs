@@ -212,8 +212,8 @@ pub struct ScaleArgs {
     /// Where to build the benchmark's pool (emptied first) [default: uctx/bench-scale-pool under the user's data directory].
     #[arg(long, value_name = "DIR")]
     pub dir: Option<std::path::PathBuf>,
-    /// Only open the pool at DIR read-only and measure search and memory (the bench runs this in a process of its own).
-    #[arg(long, value_name = "DIR", hide = true)]
+    /// Build nothing: open the pool at DIR read-only and measure opening, search, recall and memory (the bench runs this in a process of its own after building).
+    #[arg(long, value_name = "DIR")]
     pub probe: Option<std::path::PathBuf>,
     /// Fraction of each index segment's lists a search scans [default: the pool's].
     #[arg(long, value_name = "F")]

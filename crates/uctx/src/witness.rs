@@ -255,10 +255,10 @@ mod tests {
         #[test]
         fn used_beats_unused(m in arb_meta(), now in 0u64..10_000, uses in 1u32..30) {
             let p = WitnessParams::default();
-            let mut unused = m.clone();
+            let mut unused = m;
             unused.pinned = false;
             unused.uses = 0;
-            let mut used = unused.clone();
+            let mut used = unused;
             used.uses = uses;
             prop_assert!(retention(&used, now, &p) > retention(&unused, now, &p));
         }

@@ -731,19 +731,20 @@ impl Ann {
             dead: &self.dead,
         };
         let mut top = Top::new(k);
-        self.search_tail(&q, &mut top);
         let rows: usize = self.segments.iter().map(|s| s.rows).sum();
-        let scanned = if exact {
-            rows
-        } else {
-            (rows as f32 * self.tuning.probe) as usize
-        };
+        let scanned = self.tail.rows.len()
+            + if exact {
+                rows
+            } else {
+                (rows as f32 * self.tuning.probe) as usize
+            };
         let threads = if scanned >= PARALLEL_ROWS {
             std::thread::available_parallelism().map_or(1, |t| t.get().min(8))
         } else {
             1
         };
         if threads <= 1 {
+            self.search_tail(&q, &mut top, (0, 1));
             for s in &self.segments {
                 s.search(&q, &mut top, (0, 1));
             }
@@ -757,6 +758,7 @@ impl Ann {
                     let segments = &self.segments;
                     sc.spawn(move || {
                         let mut top = Top::new(k);
+                        self.search_tail(q, &mut top, (t, threads));
                         for s in segments {
                             s.search(q, &mut top, (t, threads));
                         }
@@ -772,11 +774,17 @@ impl Ann {
         top.into_sorted()
     }
 
-    fn search_tail(&self, q: &Query<'_>, top: &mut Top) {
+    /// Scan part `part.0` of `part.1` of the tail.
+    fn search_tail(&self, q: &Query<'_>, top: &mut Top, part: (usize, usize)) {
         let t = &self.tail.rows;
-        let mut d = Vec::with_capacity(t.len());
-        dots_i8(q.q8, &t.q, &mut d);
-        for (i, d) in d.iter().enumerate() {
+        let per = t.len().div_ceil(part.1.max(1));
+        let (start, end) = (
+            (part.0 * per).min(t.len()),
+            ((part.0 + 1) * per).min(t.len()),
+        );
+        let mut d = Vec::with_capacity(end - start);
+        dots_i8(q.q8, &t.q[start * self.dim..end * self.dim], &mut d);
+        for (i, d) in (start..end).zip(d.iter()) {
             if self.tail.gone[i] || q.ns.is_some_and(|g| g != t.ns[i]) {
                 continue;
             }

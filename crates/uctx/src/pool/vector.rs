@@ -40,7 +40,7 @@ pub fn dots_i8(q: &[i8], rows: &[i8], out: &mut Vec<i32>) {
     }
     out.reserve(rows.len() / q.len());
     #[cfg(target_arch = "x86_64")]
-    if q.len() % 32 == 0 && std::arch::is_x86_feature_detected!("avx2") {
+    if q.len().is_multiple_of(32) && std::arch::is_x86_feature_detected!("avx2") {
         avx2::dots(q, rows, out);
         return;
     }
