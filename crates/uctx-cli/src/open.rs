@@ -405,6 +405,7 @@ pub fn status(g: &Global) -> anyhow::Result<ExitCode> {
     let memory = memory_ro(g)?;
     let pool = memory.pool();
     let s = pool.stats();
+    let index = pool.index_stats();
     let (hits, misses) = load_pager_totals(&pager_stats_path(g)?);
     let hit_rate = (hits + misses > 0).then(|| hits as f64 / (hits + misses) as f64);
     if g.json {
@@ -415,6 +416,7 @@ pub fn status(g: &Global) -> anyhow::Result<ExitCode> {
             "budget_bytes": s.budget_bytes,
             "reach_tokens": reach_tokens(&s),
             "hit_rate": hit_rate,
+            "index": index,
             "namespaces": pool.namespaces().into_iter().map(|(n, c)| serde_json::json!({"namespace": n, "slices": c})).collect::<Vec<_>>(),
         }))?;
         return Ok(ExitCode::SUCCESS);
@@ -430,6 +432,13 @@ pub fn status(g: &Global) -> anyhow::Result<ExitCode> {
         100.0 * s.bytes_on_disk as f64 / s.budget_bytes.max(1) as f64
     );
     println!("reach     ≈ {} tokens", human(reach_tokens(&s)));
+    println!(
+        "index     {} segments ({} rows, {:.3} GB), {} newest rows searched exactly",
+        index.segments,
+        index.segment_rows,
+        index.bytes as f64 / GB,
+        index.tail_rows
+    );
     match hit_rate {
         Some(r) => println!("hit rate  {:.1}% ({hits} of {})", 100.0 * r, hits + misses),
         None => println!("hit rate  — (no slice paged in yet)"),

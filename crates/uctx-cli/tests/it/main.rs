@@ -120,6 +120,9 @@ fn ingest_recall_status_round_trip_with_json_shapes() {
     }
     assert_eq!(v["slices"], 4);
     assert!(v["bytes_on_disk"].as_u64().unwrap() > 0);
+    // Four slices stay in the index's tail, searched exactly.
+    assert_eq!(v["index"]["tail_rows"], 4);
+    assert_eq!(v["index"]["segments"], 0);
 
     let out = run(uctx(&pool).args(["clear", "--all"]));
     assert!(
