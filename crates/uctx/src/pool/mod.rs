@@ -908,7 +908,8 @@ impl Pool {
                 Ok(b) => b,
                 Err(e) => {
                     // Try again once the tail has grown a little more.
-                    w.index_retry_at = self.read().ann.tail_rows() + ann::SEAL_ROWS / 4;
+                    let s = self.read();
+                    w.index_retry_at = s.ann.tail_rows() + s.ann.tuning.seal_rows / 4;
                     return Err(self.write_error("write an index segment", e));
                 }
             };
