@@ -80,6 +80,12 @@ impl Rows {
     fn len(&self) -> usize {
         self.ids.len()
     }
+    /// Row `i` as the unit f32 vector its codes stand for.
+    fn unit(&self, i: usize, dim: usize, out: &mut [f32]) {
+        dequantize(&self.q[i * dim..(i + 1) * dim], self.scales[i], out);
+        normalize(out);
+    }
+
     fn push(&mut self, r: Row<'_>) {
         self.ids.push(r.id);
         self.ns.push(r.ns);
@@ -103,19 +109,29 @@ impl Tail {
         self.gone.push(false);
     }
 
-    /// Keep only live rows that `keep` accepts.
-    fn retain(&mut self, dim: usize, keep: impl Fn(u64) -> bool) {
-        let old = std::mem::take(self);
-        for i in 0..old.rows.len() {
-            if !old.gone[i] && keep(old.rows.ids[i]) {
-                self.push(Row {
-                    id: old.rows.ids[i],
-                    ns: old.rows.ns[i],
-                    q: &old.rows.q[i * dim..(i + 1) * dim],
-                    scale: old.rows.scales[i],
+    /// A copy of the live rows whose ids `keep` accepts.
+    fn live_rows(&self, dim: usize, keep: impl Fn(u64) -> bool) -> Rows {
+        let t = &self.rows;
+        let mut out = Rows::default();
+        for i in 0..t.len() {
+            if !self.gone[i] && keep(t.ids[i]) {
+                out.push(Row {
+                    id: t.ids[i],
+                    ns: t.ns[i],
+                    q: &t.q[i * dim..(i + 1) * dim],
+                    scale: t.scales[i],
                 });
             }
         }
+        out
+    }
+
+    /// Keep only live rows that `keep` accepts.
+    fn retain(&mut self, dim: usize, keep: impl Fn(u64) -> bool) {
+        let rows = self.live_rows(dim, keep);
+        self.gone = vec![false; rows.len()];
+        self.rows = rows;
+        self.dead = 0;
     }
 }
 
@@ -166,11 +182,9 @@ fn pad8(n: usize) -> usize {
     n.div_ceil(8) * 8
 }
 
-/// Why a segment file was not used.
-#[derive(Debug)]
-pub struct Rejected {
-    pub name: String,
-    pub why: String,
+/// Whether `name` is an installed segment file (not one being written).
+pub fn is_segment_file(name: &str) -> bool {
+    name.starts_with(SEGMENT_PREFIX) && name.ends_with(SEGMENT_SUFFIX)
 }
 
 impl Segment {
@@ -581,35 +595,33 @@ impl Ann {
     }
 
     /// Map the segments in `dir`. Damaged or superseded files are skipped
-    /// (and, for a writer, deleted, as are unfinished ones); returns them.
+    /// (and, for a writer, deleted, as are unfinished ones). Returns the
+    /// index and the names of the segment files left in the directory.
     pub fn open(
         dir: &dyn Dir,
         dim: usize,
         writer: bool,
         intern: &mut dyn FnMut(&str) -> u32,
-    ) -> io::Result<(Ann, Vec<Rejected>)> {
+    ) -> io::Result<(Ann, Vec<String>)> {
         let mut ann = Ann::new(dim);
         let mut rejected = Vec::new();
         let mut found = Vec::new();
         let mut names = dir.list()?;
         names.sort();
+        let mut files = Vec::new();
         for name in names {
-            if !name.starts_with(SEGMENT_PREFIX) {
+            if writer && name.starts_with(SEGMENT_PREFIX) && name.ends_with(SEGMENT_TMP) {
+                dir.remove(&name)?;
+            }
+            if !is_segment_file(&name) {
                 continue;
             }
-            if name.ends_with(SEGMENT_TMP) {
-                if writer {
-                    dir.remove(&name)?;
-                }
-                continue;
-            }
-            if !name.ends_with(SEGMENT_SUFFIX) {
-                continue;
-            }
+            files.push(name.clone());
             let map = dir.map(&name)?;
             match Segment::parse(&name, map, dim, intern) {
                 Ok(s) => found.push(s),
-                Err(why) => rejected.push(Rejected { name, why }),
+                // Damaged, or from another format or dimension.
+                Err(_) => rejected.push(name),
             }
         }
         for s in &found {
@@ -628,21 +640,20 @@ impl Ann {
                 .iter()
                 .any(|t| s.first_id <= t.last_id && t.first_id <= s.last_id);
             if overlaps {
-                rejected.push(Rejected {
-                    name: s.name.clone(),
-                    why: "superseded by a newer segment".into(),
-                });
+                // Superseded by a merge or rewrite of it.
+                rejected.push(s.name.clone());
             } else {
                 ann.segments.push(s);
             }
         }
         ann.segments.sort_by_key(|s| s.first_id);
         if writer {
-            for r in &rejected {
-                dir.remove(&r.name)?;
+            for name in &rejected {
+                dir.remove(name)?;
             }
+            files.retain(|f| !rejected.contains(f));
         }
-        Ok((ann, rejected))
+        Ok((ann, files))
     }
 
     /// Whether a segment holds (or held) slice `id`.
@@ -826,72 +837,24 @@ impl Ann {
     /// Gather a job's rows and plan its file. Cheap: copies the tail's
     /// rows, or shares the source segments' maps.
     pub fn prepare(&self, job: &Job) -> Prepared {
-        let dim = self.dim;
-        let mut rows = Rows::default();
-        let mut replaces = Vec::new();
-        let mut level = 0;
-        let mut tail_upto = None;
-        let mut range = (u64::MAX, 0u64);
-        match job {
+        let (rows, replaces, level, tail_upto, range) = match job {
             Job::Seal { upto } => {
-                let t = &self.tail.rows;
-                for i in 0..t.len() {
-                    if !self.tail.gone[i] && t.ids[i] <= *upto {
-                        rows.push(Row {
-                            id: t.ids[i],
-                            ns: t.ns[i],
-                            q: &t.q[i * dim..(i + 1) * dim],
-                            scale: t.scales[i],
-                        });
-                    }
-                }
-                range = (
+                let rows = self.tail.live_rows(self.dim, |id| id <= *upto);
+                let range = (
                     rows.ids.first().copied().unwrap_or(0),
                     rows.ids.last().copied().unwrap_or(0),
                 );
-                tail_upto = Some(*upto);
+                (rows, Vec::new(), 0, Some(*upto), range)
             }
-            Job::Merge { .. } | Job::Vacuum { .. } => {
-                let names: Vec<String> = match job {
-                    Job::Merge { names, level: l } => {
-                        level = *l;
-                        names.clone()
-                    }
-                    Job::Vacuum { name } => vec![name.clone()],
-                    Job::Seal { .. } => Vec::new(),
-                };
-                let mut srcs: Vec<&Segment> = self
-                    .segments
-                    .iter()
-                    .filter(|s| names.contains(&s.name))
-                    .collect();
-                srcs.sort_by_key(|s| s.first_id);
-                if let Job::Vacuum { .. } = job {
-                    level = srcs.first().map_or(0, |s| s.level);
-                }
-                // Rows in id order, deleted ones left out.
-                let mut all: Vec<(u64, &Segment, usize, u32)> = Vec::new();
-                for s in &srcs {
-                    range.0 = range.0.min(s.first_id);
-                    range.1 = range.1.max(s.last_id);
-                    s.for_each_row(|row, id, g| {
-                        if !self.dead.contains(&id) {
-                            all.push((id, s, row, g));
-                        }
-                    });
-                    replaces.push(s.name.clone());
-                }
-                all.sort_by_key(|x| x.0);
-                for (id, s, row, g) in all {
-                    rows.push(Row {
-                        id,
-                        ns: g,
-                        q: s.vector(row),
-                        scale: s.scale(row),
-                    });
-                }
+            Job::Merge { names, level } => {
+                let (rows, replaces, _, range) = self.gather(names);
+                (rows, replaces, *level, None, range)
             }
-        }
+            Job::Vacuum { name } => {
+                let (rows, replaces, level, range) = self.gather(std::slice::from_ref(name));
+                (rows, replaces, level, None, range)
+            }
+        };
         let gen = self.next_gen;
         Prepared {
             list_rows: self.tuning.list_rows.max(1),
@@ -904,6 +867,40 @@ impl Ann {
         }
     }
 
+    /// The live rows of the segments named, in id order; with the names
+    /// found, their (lowest) level and the id range they cover.
+    fn gather(&self, names: &[String]) -> (Rows, Vec<String>, u32, (u64, u64)) {
+        let srcs: Vec<&Segment> = self
+            .segments
+            .iter()
+            .filter(|s| names.contains(&s.name))
+            .collect();
+        let mut range = (u64::MAX, 0u64);
+        let mut all: Vec<(u64, &Segment, usize, u32)> = Vec::new();
+        for s in &srcs {
+            range.0 = range.0.min(s.first_id);
+            range.1 = range.1.max(s.last_id);
+            s.for_each_row(|row, id, g| {
+                if !self.dead.contains(&id) {
+                    all.push((id, s, row, g));
+                }
+            });
+        }
+        all.sort_by_key(|x| x.0);
+        let mut rows = Rows::default();
+        for (id, s, row, g) in all {
+            rows.push(Row {
+                id,
+                ns: g,
+                q: s.vector(row),
+                scale: s.scale(row),
+            });
+        }
+        let level = srcs.iter().map(|s| s.level).min().unwrap_or(0);
+        let replaces = srcs.iter().map(|s| s.name.clone()).collect();
+        (rows, replaces, level, range)
+    }
+
     /// Install a built segment: map it, drop the rows it took from the
     /// tail, retire the segments it replaces. Returns the files to delete.
     pub fn install(&mut self, built: Built) -> Vec<String> {
@@ -914,24 +911,19 @@ impl Ann {
         for name in &built.replaces {
             if let Some(pos) = self.segments.iter().position(|s| &s.name == name) {
                 let s = self.segments.remove(pos);
-                s.for_each_row(|_, id, _| {
-                    self.dead.remove(&id);
-                });
+                // The new segment left its deleted rows out.
+                if s.dead > 0 {
+                    s.for_each_row(|_, id, _| {
+                        self.dead.remove(&id);
+                    });
+                }
                 gone.push(s.name);
             }
         }
+        // Deletes wait on the writer lock that the build held, so the new
+        // segment holds no deleted row.
         if let Some(seg) = built.segment {
             self.next_gen = self.next_gen.max(seg.gen + 1);
-            // Tombstones of rows the new segment still holds (deleted while
-            // it was being built) stay; count them.
-            let mut dead = 0;
-            seg.for_each_row(|_, id, _| {
-                if self.dead.contains(&id) {
-                    dead += 1;
-                }
-            });
-            let mut seg = seg;
-            seg.dead = dead;
             self.segments.push(seg);
             self.segments.sort_by_key(|s| s.first_id);
         }
@@ -951,18 +943,13 @@ pub struct Prepared {
 }
 
 impl Prepared {
-    pub fn rows(&self) -> usize {
-        self.rows.len()
-    }
-
     /// Cluster the rows, write the segment file durably, and map it.
-    /// `ns_name` names the pool's namespaces; `intern` maps them back.
+    /// `ns_name` names the pool's namespaces.
     pub fn build(
         self,
         dir: &dyn Dir,
         dim: usize,
         ns_name: &dyn Fn(u32) -> String,
-        intern: &mut dyn FnMut(&str) -> u32,
     ) -> io::Result<Built> {
         if self.rows.len() == 0 {
             return Ok(Built {
@@ -972,7 +959,7 @@ impl Prepared {
             });
         }
         let lists = (self.rows.len() / self.list_rows).clamp(1, MAX_LISTS);
-        let bytes = encode_segment(
+        let (bytes, names) = encode_segment(
             &self.rows, dim, lists, self.gen, self.level, self.range, ns_name,
         );
         let name = format!("{SEGMENT_PREFIX}{:08}{SEGMENT_SUFFIX}", self.gen);
@@ -984,7 +971,9 @@ impl Prepared {
         drop(f);
         dir.rename(&tmp, &name)?;
         let map = dir.map(&name)?;
-        let seg = Segment::parse(&name, map, dim, intern).map_err(|why| {
+        // The file names the namespaces it was written with.
+        let mut intern = |n: &str| names.iter().find(|x| x.0 == n).map_or(u32::MAX, |x| x.1);
+        let seg = Segment::parse(&name, map, dim, &mut intern).map_err(|why| {
             io::Error::new(
                 io::ErrorKind::InvalidData,
                 format!("the index segment just written reads back wrong: {why}"),
@@ -1009,7 +998,7 @@ fn kmeans(x: &[f32], dim: usize, k: usize, iters: usize) -> Vec<f32> {
         .collect();
     let mut assign = vec![0usize; n];
     for _ in 0..iters {
-        assign_all(x, &c, dim, &mut assign);
+        assign = assign_all(x, &c, dim);
         let mut sum = vec![0f32; k * dim];
         let mut count = vec![0usize; k];
         for (i, &a) in assign.iter().enumerate() {
@@ -1036,20 +1025,41 @@ fn kmeans(x: &[f32], dim: usize, k: usize, iters: usize) -> Vec<f32> {
     c
 }
 
-/// Nearest centroid (by dot product) of every row, over all cores.
-fn assign_all(x: &[f32], c: &[f32], dim: usize, out: &mut [usize]) {
+/// `pick` of every one of `n` rows, over all cores: `row(i, buf)` puts
+/// row `i` in a per-thread buffer of `dim` values, so no more than one row
+/// per thread is held as f32.
+fn par_pick(
+    n: usize,
+    dim: usize,
+    row: impl Fn(usize, &mut [f32]) + Sync,
+    pick: impl Fn(&[f32]) -> usize + Sync,
+) -> Vec<usize> {
+    let mut out = vec![0usize; n];
     let threads = std::thread::available_parallelism().map_or(1, |t| t.get());
-    let per = out.len().div_ceil(threads).max(1);
+    let per = n.div_ceil(threads).max(1);
+    let (row, pick) = (&row, &pick);
     std::thread::scope(|sc| {
         for (t, part) in out.chunks_mut(per).enumerate() {
             sc.spawn(move || {
+                let mut v = vec![0f32; dim];
                 for (j, o) in part.iter_mut().enumerate() {
-                    let i = t * per + j;
-                    *o = nearest(&x[i * dim..(i + 1) * dim], c, dim);
+                    row(t * per + j, &mut v);
+                    *o = pick(&v);
                 }
             });
         }
     });
+    out
+}
+
+/// Nearest of centroids `c` for every row of `x` (n × dim), over all cores.
+fn assign_all(x: &[f32], c: &[f32], dim: usize) -> Vec<usize> {
+    par_pick(
+        x.len() / dim,
+        dim,
+        |i, v| v.copy_from_slice(&x[i * dim..(i + 1) * dim]),
+        |v| nearest(v, c, dim),
+    )
 }
 
 fn nearest(v: &[f32], c: &[f32], dim: usize) -> usize {
@@ -1063,27 +1073,9 @@ fn nearest(v: &[f32], c: &[f32], dim: usize) -> usize {
     best.1
 }
 
-/// `pick` applied to every row (as a unit f32 vector), over all cores,
-/// without holding more than one row per thread in f32.
+/// `pick` of every row of `rows` as a unit f32 vector, over all cores.
 fn assign_rows(rows: &Rows, dim: usize, pick: impl Fn(&[f32]) -> usize + Sync) -> Vec<usize> {
-    let mut out = vec![0usize; rows.len()];
-    let threads = std::thread::available_parallelism().map_or(1, |t| t.get());
-    let per = out.len().div_ceil(threads).max(1);
-    let pick = &pick;
-    std::thread::scope(|sc| {
-        for (t, part) in out.chunks_mut(per).enumerate() {
-            sc.spawn(move || {
-                let mut v = vec![0f32; dim];
-                for (j, o) in part.iter_mut().enumerate() {
-                    let i = t * per + j;
-                    dequantize(&rows.q[i * dim..(i + 1) * dim], rows.scales[i], &mut v);
-                    normalize(&mut v);
-                    *o = pick(&v);
-                }
-            });
-        }
-    });
-    out
+    par_pick(rows.len(), dim, |i, v| rows.unit(i, dim, v), pick)
 }
 
 /// Centroids for `lists` lists over `rows`: flat k-means for few lists,
@@ -1092,14 +1084,10 @@ fn assign_rows(rows: &Rows, dim: usize, pick: impl Fn(&[f32]) -> usize + Sync) -
 /// Returns the centroids and each row's list.
 fn cluster(rows: &Rows, dim: usize, lists: usize) -> (Vec<f32>, Vec<usize>) {
     let n = rows.len();
-    let row_f32 = |i: usize, out: &mut [f32]| {
-        dequantize(&rows.q[i * dim..(i + 1) * dim], rows.scales[i], out);
-        normalize(out);
-    };
     let sample_n = (lists * TRAIN_PER_LIST).min(n);
     let mut sample = vec![0f32; sample_n * dim];
     for s in 0..sample_n {
-        row_f32(s * n / sample_n, &mut sample[s * dim..(s + 1) * dim]);
+        rows.unit(s * n / sample_n, dim, &mut sample[s * dim..(s + 1) * dim]);
     }
     let coarse_k = (lists as f64).sqrt().ceil() as usize;
     if lists <= 64 || coarse_k * 2 > sample_n {
@@ -1108,8 +1096,7 @@ fn cluster(rows: &Rows, dim: usize, lists: usize) -> (Vec<f32>, Vec<usize>) {
         return (c, assign);
     }
     let coarse = kmeans(&sample, dim, coarse_k, KMEANS_ITERS);
-    let mut s_assign = vec![0usize; sample_n];
-    assign_all(&sample, &coarse, dim, &mut s_assign);
+    let s_assign = assign_all(&sample, &coarse, dim);
     // Lists per coarse cluster, in proportion to its share of the sample.
     let mut members: Vec<Vec<usize>> = vec![Vec::new(); coarse.len() / dim];
     for (i, &a) in s_assign.iter().enumerate() {
@@ -1170,8 +1157,7 @@ fn balance(
         }
         let mut x = Vec::with_capacity(m.len() * dim);
         for &i in m {
-            dequantize(&rows.q[i * dim..(i + 1) * dim], rows.scales[i], &mut v);
-            normalize(&mut v);
+            rows.unit(i, dim, &mut v);
             x.extend_from_slice(&v);
         }
         let sub = kmeans(&x, dim, m.len().div_ceil(avg), KMEANS_ITERS);
@@ -1191,7 +1177,8 @@ fn balance(
     (c, assign)
 }
 
-/// Lay out a segment file (see `docs/format.md`).
+/// Lay out a segment file (see `docs/format.md`); returns it with the
+/// namespaces it names and their numbers.
 fn encode_segment(
     rows: &Rows,
     dim: usize,
@@ -1200,7 +1187,7 @@ fn encode_segment(
     level: u32,
     range: (u64, u64),
     ns_name: &dyn Fn(u32) -> String,
-) -> Vec<u8> {
+) -> (Vec<u8>, Vec<(String, u32)>) {
     let n = rows.len();
     let (centroids, assign) = cluster(rows, dim, lists);
     let (centroids, assign) = balance(rows, dim, centroids, assign);
@@ -1249,12 +1236,14 @@ fn encode_segment(
     b.extend_from_slice(&level.to_le_bytes());
     b.extend_from_slice(&(ns_local.len() as u32).to_le_bytes());
     b.extend_from_slice(&(runs.len() as u32).to_le_bytes());
+    let mut names = Vec::with_capacity(ns_local.len());
     for (g, count) in ns_local.iter().zip(&ns_rows) {
+        // Namespaces are at most 65,535 bytes (checked at append).
         let name = ns_name(*g);
-        let name = &name.as_bytes()[..name.len().min(u16::MAX as usize)];
         b.extend_from_slice(&count.to_le_bytes());
         b.extend_from_slice(&(name.len() as u16).to_le_bytes());
-        b.extend_from_slice(name);
+        b.extend_from_slice(name.as_bytes());
+        names.push((name, *g));
     }
     let pad = |b: &mut Vec<u8>| b.resize(pad8(b.len()), 0);
     pad(&mut b);
@@ -1291,5 +1280,5 @@ fn encode_segment(
     }
     let crc = crc32fast::hash(&b);
     b.extend_from_slice(&crc.to_le_bytes());
-    b
+    (b, names)
 }

@@ -5,7 +5,6 @@
 //! - `append` returns only after the batch is durable (survives kill -9).
 //! - ids are assigned in write order, strictly increasing, never reused.
 
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
 
@@ -416,11 +415,10 @@ impl Pool {
         }
         {
             let s = self.read();
-            if let Some((n, _)) = batch.iter().find(|(n, _)| !s.has_room_for(&n.namespace)) {
+            if let Some(n) = s.no_room_for(batch.iter().map(|(n, _)| n.namespace.as_str())) {
                 return Err(Error::invalid(format!(
-                    "the pool holds {} namespaces, its most; cannot add {:?}: delete unused namespaces (`uctx clear --namespace`)",
+                    "the pool holds {} namespaces, its most; cannot add {n:?}: delete unused namespaces (`uctx clear --namespace`)",
                     state::State::MAX_NAMESPACES,
-                    n.namespace
                 )));
             }
         }
@@ -527,12 +525,9 @@ impl Pool {
     /// A live slice with its text; `None` when absent or evicted.
     pub fn get(&self, id: u64) -> Result<Option<Slice>> {
         self.auto_refresh()?;
-        let (rec, meta) = {
-            let s = self.read();
-            let Some(rec) = s.read_record(id) else {
-                return Ok(None);
-            };
-            (rec, s.meta(id))
+        let s = self.read();
+        let Some(rec) = s.read_record(id) else {
+            return Ok(None);
         };
         let rec = rec.map_err(|e| {
             if e.kind() == std::io::ErrorKind::InvalidData {
@@ -547,9 +542,10 @@ impl Pool {
                 )
             }
         })?;
-        let Some(meta) = meta else {
+        let Some(meta) = s.meta_of(&rec) else {
             return Ok(None);
         };
+        drop(s);
         let text = self.text_of(&rec)?;
         Ok(Some(Slice { meta, text }))
     }
@@ -749,7 +745,7 @@ impl Pool {
         PoolStats {
             slices: s.len() as u64,
             tokens: s.tokens,
-            bytes_on_disk: s.end + s.ann.file_bytes(),
+            bytes_on_disk: s.bytes_on_disk(),
             budget_bytes: s.budget,
             namespaces: s.live_namespaces(),
         }
@@ -880,30 +876,20 @@ impl Pool {
     /// lock but not the state lock: searches go on meanwhile.
     fn maintain_index(&self, w: &mut Writer) -> Result<()> {
         loop {
-            let (prepared, names, index) = {
+            let (prepared, names) = {
                 let s = self.read();
                 if s.ann.tail_rows() < w.index_retry_at {
                     return Ok(());
                 }
-                let over = s.end + s.ann.file_bytes() > s.budget;
+                let over = s.bytes_on_disk() > s.budget;
                 let Some(job) = s.ann.next_job(over) else {
                     return Ok(());
                 };
-                let names: Vec<String> = s.namespaces_all().to_vec();
-                let index: HashMap<String, u32> = names
-                    .iter()
-                    .enumerate()
-                    .map(|(i, n)| (n.clone(), i as u32))
-                    .collect();
-                (s.ann.prepare(&job), names, index)
+                (s.ann.prepare(&job), s.namespaces_all().to_vec())
             };
-            let dim = self.dim();
-            let built = prepared.build(
-                &*self.dir,
-                dim,
-                &|g| names.get(g as usize).cloned().unwrap_or_default(),
-                &mut |n| index.get(n).copied().unwrap_or(u32::MAX),
-            );
+            let built = prepared.build(&*self.dir, self.dim(), &|g| {
+                names.get(g as usize).cloned().unwrap_or_default()
+            });
             let built = match built {
                 Ok(b) => b,
                 Err(e) => {
@@ -924,7 +910,8 @@ impl Pool {
     }
 
     fn govern(&self, w: &mut Writer) -> Result<()> {
-        let (end, index, budget, live, header, rows) = {
+        // `rows`: the live slices' rows in the index.
+        let (end, total, budget, live, header, rows) = {
             let s = self.read();
             // A compacted log also carries the budget, next id and dictionary.
             let dict = s
@@ -933,14 +920,14 @@ impl Pool {
                 .map_or(0, |d| d.raw.len() as u64 + 13);
             (
                 s.end,
-                s.ann.file_bytes(),
+                s.bytes_on_disk(),
                 s.budget,
                 s.live_bytes,
                 s.header_len + 64 + dict,
-                s.len() as u64,
+                s.len() as u64 * s.index_row_bytes(),
             )
         };
-        if end + index > budget {
+        if total > budget {
             // Evict down to a low-water mark, so that the next compaction
             // is a growth unit away rather than one slice away. Each slice
             // counts its record and its row in the index.
@@ -949,7 +936,7 @@ impl Pool {
                 let s = self.read();
                 (s.standings(), s.next_id.saturating_sub(1))
             };
-            let held = live + header + rows * (self.dim() as u64 + 12);
+            let held = live + header + rows;
             let v = witness::victims(&standings, held, target.max(header), now, &self.params);
             let evicted = !v.is_empty();
             if evicted {
@@ -1149,7 +1136,7 @@ fn segment_files(dir: &dyn Dir, path: &Path) -> Result<Vec<String>> {
         .list()
         .map_err(|e| Error::io(format!("cannot list the pool at {}", path.display()), e))?
         .into_iter()
-        .filter(|n| n.starts_with(ann::SEGMENT_PREFIX) && n.ends_with(ann::SEGMENT_SUFFIX))
+        .filter(|n| ann::is_segment_file(n))
         .collect();
     names.sort();
     Ok(names)
@@ -1175,8 +1162,7 @@ fn load(
         header_len as u64,
     );
     let dim = header.dim as usize;
-    state.segment_files = segment_files(dir, path)?;
-    let (ann, _rejected) = {
+    let (ann, files) = {
         let st = &mut state;
         ann::Ann::open(dir, dim, writer, &mut |n| st.intern(n)).map_err(|e| {
             Error::io(
@@ -1186,6 +1172,7 @@ fn load(
         })?
     };
     state.ann = ann;
+    state.segment_files = files;
     let end = replay(&*log, header_len as u64, len, dim, path, |rec, at, n| {
         state.apply(&rec, at, n)
     })?;

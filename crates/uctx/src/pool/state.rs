@@ -226,12 +226,23 @@ impl State {
         }
     }
 
+    /// Bytes of the log and the index's segment files.
+    pub fn bytes_on_disk(&self) -> u64 {
+        self.end + self.ann.file_bytes()
+    }
+
     /// Namespaces a pool can hold (numbers are kept in 16 bits).
     pub const MAX_NAMESPACES: usize = 1 << 16;
 
-    /// Whether `name` is known, or there is room for it.
-    pub fn has_room_for(&self, name: &str) -> bool {
-        self.ns_index.contains_key(name) || self.ns_names.len() < Self::MAX_NAMESPACES
+    /// The first of `names` there is no room for, counting the new names
+    /// before it; `None` when all fit.
+    pub fn no_room_for<'a>(&self, names: impl Iterator<Item = &'a str>) -> Option<&'a str> {
+        let mut new = std::collections::HashSet::new();
+        names.into_iter().find(|&n| {
+            !self.ns_index.contains_key(n)
+                && new.insert(n)
+                && self.ns_names.len() + new.len() > Self::MAX_NAMESPACES
+        })
     }
 
     /// The number of namespace `name`, made when new.
@@ -442,14 +453,19 @@ impl State {
         self.dead_entries = 0;
     }
 
+    /// The number of namespace `ns` (`Some(None)` for every namespace);
+    /// `None` when no slice was ever written to it.
+    fn scope(&self, ns: Option<&str>) -> Option<Option<u32>> {
+        match ns {
+            Some(name) => self.ns_index.get(name).map(|&n| Some(n)),
+            None => Some(None),
+        }
+    }
+
     /// Ids of live slices below `upto`, in namespace `ns` (all when `None`).
     fn ids_in(&self, ns: Option<&str>, upto: u64) -> Vec<u64> {
-        let ns = match ns {
-            Some(name) => match self.ns_index.get(name) {
-                Some(&n) => Some(n),
-                None => return Vec::new(),
-            },
-            None => None,
+        let Some(ns) = self.scope(ns) else {
+            return Vec::new();
         };
         self.live()
             .take_while(|e| e.id < upto)
@@ -464,10 +480,15 @@ impl State {
             .map_or((0, id), |t| (t.uses, t.last_used_seq))
     }
 
+    /// Bytes a slice's row takes in an index segment: codes, id, scale.
+    pub fn index_row_bytes(&self) -> u64 {
+        self.dim as u64 + 12
+    }
+
     /// What the witness weighs for every live slice; each slice's bytes
     /// include its row in the index.
     pub fn standings(&self) -> Vec<Standing> {
-        let row = (self.dim + 12) as u64;
+        let row = self.index_row_bytes();
         self.live()
             .map(|e| {
                 let (uses, last_used_seq) = self.uses(e.id);
@@ -506,8 +527,14 @@ impl State {
     /// Metadata of live slice `id` (turn, time and external id come from
     /// its record in the log).
     pub fn meta(&self, id: u64) -> Option<SliceMeta> {
-        let e = self.get(id)?;
         let rec = self.read_record(id)?.ok()?;
+        self.meta_of(&rec)
+    }
+
+    /// Metadata of live slice `rec.id`, given its record already read.
+    pub fn meta_of(&self, rec: &SliceRec) -> Option<SliceMeta> {
+        let id = rec.id;
+        let e = self.get(id)?;
         let (uses, last_used_seq) = self.uses(id);
         Some(SliceMeta {
             id,
@@ -515,7 +542,7 @@ impl State {
             source: Source::from_u8(e.source()).unwrap_or(Source::Document),
             tokens: e.tokens,
             turn: rec.turn,
-            ext_id: rec.ext_id,
+            ext_id: rec.ext_id.clone(),
             time_ms: rec.time_ms,
             bytes: e.bytes as u64,
             salience: rec.salience,
@@ -527,12 +554,8 @@ impl State {
 
     /// Metadata of live slices, in id order; `ns = None` for all.
     pub fn metas(&self, ns: Option<&str>) -> Vec<SliceMeta> {
-        let ns = match ns {
-            Some(name) => match self.ns_index.get(name) {
-                Some(&n) => Some(n),
-                None => return Vec::new(),
-            },
-            None => None,
+        let Some(ns) = self.scope(ns) else {
+            return Vec::new();
         };
         self.live()
             .filter(|e| ns.is_none_or(|n| e.ns == n))
@@ -567,12 +590,8 @@ impl State {
     /// namespace. `exact` scores every row in scope (the reference that the
     /// index's recall is measured against).
     pub fn search(&self, q: &[f32], k: usize, ns: Option<&str>, exact: bool) -> Vec<(f32, u64)> {
-        let ns = match ns {
-            Some(name) => match self.ns_index.get(name) {
-                Some(&n) => Some(n),
-                None => return Vec::new(),
-            },
-            None => None,
+        let Some(ns) = self.scope(ns) else {
+            return Vec::new();
         };
         self.ann.search(q, k, ns, exact)
     }
