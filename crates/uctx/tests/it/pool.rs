@@ -272,18 +272,19 @@ fn child_role() {
 }
 
 fn child(dir: &Path, role: &str, start: u64) -> std::process::Child {
-    child_with_budget(dir, role, start, None)
+    child_with_env(dir, role, start, &[])
 }
 
-fn child_with_budget(
+/// A child in `role`, with more environment variables for it.
+fn child_with_env(
     dir: &Path,
     role: &str,
     start: u64,
-    budget: Option<u64>,
+    env: &[(&str, String)],
 ) -> std::process::Child {
     let mut cmd = Command::new(std::env::current_exe().unwrap());
-    if let Some(b) = budget {
-        cmd.env("UCTX_POOL_TEST_BUDGET", b.to_string());
+    for (k, v) in env {
+        cmd.env(k, v);
     }
     cmd.args([
         "--exact",
@@ -298,6 +299,27 @@ fn child_with_budget(
     .stderr(Stdio::null())
     .spawn()
     .unwrap()
+}
+
+/// Start a writer child at `start`, let it write for `wait` after its
+/// first acknowledgement, SIGKILL it, and return what it acknowledged.
+fn kill_writer(dir: &Path, start: u64, wait: Duration, env: &[(&str, String)]) -> Vec<(u64, u64)> {
+    let mut c = child_with_env(dir, "writer", start, env);
+    let (reader, first_rx) = read_acks(c.stdout.take().unwrap());
+    // Kill at a random moment after the writer got going.
+    let _ = first_rx.recv_timeout(Duration::from_secs(10));
+    std::thread::sleep(wait);
+    c.kill().unwrap();
+    c.wait().unwrap();
+    reader.join().unwrap()
+}
+
+/// The next number of a xorshift sequence.
+fn xorshift(x: &mut u64) -> u64 {
+    *x ^= *x << 13;
+    *x ^= *x >> 7;
+    *x ^= *x << 17;
+    *x
 }
 
 #[test]
@@ -336,29 +358,9 @@ fn kill_9_during_index_work_loses_nothing() {
     let mut acked: Vec<(u64, u64)> = Vec::new();
     let mut next = 0u64;
     for run in 0..20 {
-        rng ^= rng << 13;
-        rng ^= rng >> 7;
-        rng ^= rng << 17;
-        let mut cmd = Command::new(std::env::current_exe().unwrap());
-        cmd.args([
-            "--exact",
-            "pool::child_role",
-            "--nocapture",
-            "--test-threads=1",
-        ])
-        .env("UCTX_POOL_TEST_DIR", tmp.path())
-        .env("UCTX_POOL_TEST_ROLE", "writer")
-        .env("UCTX_POOL_TEST_START", next.to_string())
-        .env("UCTX_POOL_TEST_SMALL_INDEX", "1")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null());
-        let mut c = cmd.spawn().unwrap();
-        let (reader, first_rx) = read_acks(c.stdout.take().unwrap());
-        let _ = first_rx.recv_timeout(Duration::from_secs(10));
-        std::thread::sleep(Duration::from_micros(rng % 60_000));
-        c.kill().unwrap();
-        c.wait().unwrap();
-        let got = reader.join().unwrap();
+        let wait = Duration::from_micros(xorshift(&mut rng) % 60_000);
+        let env = [("UCTX_POOL_TEST_SMALL_INDEX", "1".to_string())];
+        let got = kill_writer(tmp.path(), next, wait, &env);
         if let Some(&(k, _)) = got.last() {
             next = k + 1;
         }
@@ -401,18 +403,8 @@ fn kill_9_loses_nothing_acknowledged() {
     let mut next = 0u64;
     let t0 = Instant::now();
     for run in 0..runs {
-        rng ^= rng << 13;
-        rng ^= rng >> 7;
-        rng ^= rng << 17;
-        let wait = Duration::from_micros(rng % 40_000);
-        let mut c = child(tmp.path(), "writer", next);
-        let (reader, first_rx) = read_acks(c.stdout.take().unwrap());
-        // Kill at a random moment after the writer got going.
-        let _ = first_rx.recv_timeout(Duration::from_secs(10));
-        std::thread::sleep(wait);
-        c.kill().unwrap();
-        c.wait().unwrap();
-        let got = reader.join().unwrap();
+        let wait = Duration::from_micros(xorshift(&mut rng) % 40_000);
+        let got = kill_writer(tmp.path(), next, wait, &[]);
         if let Some(&(k, _)) = got.last() {
             next = k + 1;
         }
@@ -870,16 +862,9 @@ fn kill_9_during_eviction_and_compaction() {
     let mut next = 0u64;
     let mut acked_total = 0;
     for run in 0..20 {
-        rng ^= rng << 13;
-        rng ^= rng >> 7;
-        rng ^= rng << 17;
-        let mut c = child_with_budget(tmp.path(), "writer", next, Some(budget));
-        let (reader, rx) = read_acks(c.stdout.take().unwrap());
-        let _ = rx.recv_timeout(Duration::from_secs(10));
-        std::thread::sleep(Duration::from_micros(rng % 60_000));
-        c.kill().unwrap();
-        c.wait().unwrap();
-        let got = reader.join().unwrap();
+        let wait = Duration::from_micros(xorshift(&mut rng) % 60_000);
+        let env = [("UCTX_POOL_TEST_BUDGET", budget.to_string())];
+        let got = kill_writer(tmp.path(), next, wait, &env);
         acked_total += got.len();
         let pool = Pool::open(tmp.path(), opts()).unwrap();
         if let Some(&(k, id)) = got.last() {
