@@ -103,6 +103,8 @@ pub enum Command {
     Clear(ClearArgs),
     /// Re-encode the pool's stored text with the current encoder (after changing --encoder).
     Reembed,
+    /// Rewrite a damaged pool log with every record that checks, keeping the damaged file beside it.
+    Repair,
     /// Benchmarks.
     Bench(BenchArgs),
 }

@@ -5,6 +5,7 @@ mod chat;
 mod cli;
 mod ingest;
 mod open;
+mod repair;
 
 use std::io::Write;
 use std::process::ExitCode;
@@ -53,6 +54,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Status => open::status(g),
         Command::Clear(a) => open::clear(g, a),
         Command::Reembed => open::reembed(g),
+        Command::Repair => repair::repair(g),
         Command::Bench(a) => bench::bench(g, a),
     }
 }

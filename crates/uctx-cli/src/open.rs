@@ -38,13 +38,9 @@ pub fn encoder(g: &Global) -> anyhow::Result<Arc<dyn Encoder>> {
 /// Open the pool for writing, creating it (default budget) if absent.
 pub fn memory_rw(g: &Global) -> anyhow::Result<Arc<Memory>> {
     let dir = pool_dir(g)?;
-    Ok(Arc::new(Memory::open(
-        &dir,
-        encoder(g)?,
-        true,
-        false,
-        None,
-    )?))
+    let memory = Memory::open(&dir, encoder(g)?, true, false, None)?;
+    crate::repair::warn_cut(memory.pool());
+    Ok(Arc::new(memory))
 }
 
 /// Open an existing pool for reading (no lock: works while a writer runs).
@@ -158,6 +154,7 @@ pub fn init(g: &Global, a: &InitArgs) -> anyhow::Result<ExitCode> {
         }
     }
     let memory = Memory::open(&dir, encoder(g)?, true, false, Some(budget))?;
+    crate::repair::warn_cut(memory.pool());
     memory.pool().set_budget(budget)?;
     let stats = memory.pool().stats();
     if g.json {
@@ -418,6 +415,9 @@ pub fn status(g: &Global) -> anyhow::Result<ExitCode> {
             "hit_rate": hit_rate,
             "index": index,
             "namespaces": pool.namespaces().into_iter().map(|(n, c)| serde_json::json!({"namespace": n, "slices": c})).collect::<Vec<_>>(),
+            "damaged": pool.damage(),
+            "torn_tail": pool.torn_tail(),
+            "damaged_logs": pool.damaged_logs(),
         }))?;
         return Ok(ExitCode::SUCCESS);
     }
@@ -443,6 +443,7 @@ pub fn status(g: &Global) -> anyhow::Result<ExitCode> {
         Some(r) => println!("hit rate  {:.1}% ({hits} of {})", 100.0 * r, hits + misses),
         None => println!("hit rate  — (no slice paged in yet)"),
     }
+    crate::repair::print_status(pool);
     for (ns, n) in pool.namespaces() {
         println!("  {ns:<24} {n} slices");
     }

@@ -18,6 +18,19 @@ pub enum Error {
     Locked { path: PathBuf, holder: String },
     #[error("the pool at {path} is corrupt: {detail} — run `uctx doctor --pool {path}` or restore a copy")]
     Corrupt { path: PathBuf, detail: String },
+    #[error("{log} is damaged at byte {offset}: {bytes} bytes hold no record that checks, and {records_after} records that do follow them{} — nothing was changed; run `uctx repair --pool {pool}` to rewrite the log with every record that checks (the damaged file is kept beside it)", more_damage(*.more))]
+    Damaged {
+        /// The damaged log file.
+        log: PathBuf,
+        /// Where the first damaged stretch starts, in bytes.
+        offset: u64,
+        bytes: u64,
+        /// Records that check after it.
+        records_after: u64,
+        /// Damaged stretches after the first.
+        more: usize,
+        pool: PathBuf,
+    },
     #[error("the pool at {path} has format version {found}; this uctx reads version {supported} — {fix}")]
     Version {
         path: PathBuf,
@@ -58,5 +71,13 @@ impl Error {
 
     pub fn invalid(what: impl Into<String>) -> Error {
         Error::InvalidInput { what: what.into() }
+    }
+}
+
+fn more_damage(more: usize) -> String {
+    match more {
+        0 => String::new(),
+        1 => " (and one more damaged stretch after it)".into(),
+        n => format!(" (and {n} more damaged stretches after it)"),
     }
 }

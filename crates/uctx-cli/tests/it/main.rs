@@ -1,5 +1,7 @@
 //! The `uctx` binary as a user runs it: exit codes, messages, JSON shapes, bad input.
 
+mod repair;
+
 use std::io::Write;
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
@@ -251,9 +253,11 @@ fn chat_from_a_pipe_with_the_reader_model() {
 fn a_second_writer_is_refused_with_the_holder_named() {
     let dir = tempfile::tempdir().unwrap();
     let pool = dir.path().join("pool");
-    // A chat holds the pool while it waits for input.
+    // A chat holds the pool while it waits for input; its key must not
+    // reach the lock file, which stays after it and others can read.
+    let secret = "sk-do-not-write-me-4f1c";
     let mut holder = uctx(&pool)
-        .args(["chat", "-m", "reader", "--ctx", "2048"])
+        .args(["chat", "-m", "reader", "--ctx", "2048", "--api-key", secret])
         .stdin(Stdio::piped())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -277,9 +281,14 @@ fn a_second_writer_is_refused_with_the_holder_named() {
     no_panic(&out);
     let err = text(&out.stderr);
     assert!(
-        err.contains(&holder.id().to_string()),
-        "the error names the holder's pid: {err}"
+        err.contains(&format!("pid {} (uctx) since unix time", holder.id())),
+        "the error names the holder's pid and program: {err}"
     );
+    let lock = std::fs::read_to_string(pool.join("LOCK")).unwrap();
+    for word in [secret, "--api-key", "chat", "reader"] {
+        assert!(!lock.contains(word), "LOCK holds {word:?}: {lock:?}");
+        assert!(!err.contains(word), "the error quotes {word:?}: {err}");
+    }
     // Readers are not refused while a writer holds the pool.
 }
 

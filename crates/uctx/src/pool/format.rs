@@ -252,6 +252,43 @@ pub fn check(rec: &[u8]) -> bool {
     rec.len() == RECORD_HEADER + len && crc32fast::hash(&rec[8..]) == crc
 }
 
+/// Bytes of a record that [`plausible`] looks at: its header and its
+/// payload's fixed fields (a slice's are the longest).
+pub const PROBE: usize = RECORD_HEADER + SLICE_FIXED;
+
+/// First bytes of a zstd dictionary (the format `zstd::dict` trains).
+const ZSTD_DICT_MAGIC: [u8; 4] = 0xEC30_A437u32.to_le_bytes();
+
+/// Whether `b`, the first bytes of a candidate record (up to [`PROBE`]),
+/// could frame one: a known type, and a payload length that agrees with
+/// the fields it implies. A cheap test, ahead of the checksum, when damaged
+/// bytes are searched for the next record.
+pub fn plausible(b: &[u8], dim: usize) -> bool {
+    if b.len() < RECORD_HEADER {
+        return false;
+    }
+    let (len, _, ty) = frame(b);
+    let p = &b[RECORD_HEADER..];
+    let count = || u32_at_checked(p, 0).map(|n| n as usize);
+    match ty {
+        T_SLICE => {
+            p.len() >= SLICE_FIXED - 4
+                && len
+                    == SLICE_FIXED
+                        + dim
+                        + u16_at(p, 46) as usize
+                        + u16_at(p, 48) as usize
+                        + u32_at(p, 54) as usize
+        }
+        T_WITNESS => count().is_some_and(|n| len == 4 + 17 * n),
+        T_EVICT => count().is_some_and(|n| len == 4 + 8 * n),
+        T_DELETE_NS => (8..=8 + u16::MAX as usize).contains(&len),
+        T_BUDGET | T_CLEAR | T_NEXT_ID => len == 8,
+        T_DICT => len > 8 && p.len() >= 8 && p[4..8] == ZSTD_DICT_MAGIC,
+        _ => false,
+    }
+}
+
 /// Decode a checked record's type byte and payload. `None` when its fields
 /// do not fit together (which a checksum that matched makes a format bug or
 /// a newer writer).
@@ -394,9 +431,9 @@ mod tests {
         );
     }
 
-    #[test]
-    fn records_round_trip() {
-        let recs = vec![
+    /// One record of every type (the slice of dimension 2).
+    fn samples() -> Vec<Rec> {
+        vec![
             Rec::Slice(SliceRec {
                 id: 7,
                 time_ms: 1,
@@ -426,10 +463,14 @@ mod tests {
             Rec::NextId(11),
             Rec::Dict {
                 id: 2,
-                bytes: vec![9, 8, 7],
+                bytes: [&ZSTD_DICT_MAGIC[..], &[9, 8, 7]].concat(),
             },
-        ];
-        for r in recs {
+        ]
+    }
+
+    #[test]
+    fn records_round_trip() {
+        for r in samples() {
             let mut out = Vec::new();
             let n = encode(&r, &mut out);
             assert_eq!(n, out.len());
@@ -439,5 +480,33 @@ mod tests {
             out[RECORD_HEADER] ^= 0x40;
             assert!(!check(&out));
         }
+    }
+
+    #[test]
+    fn every_record_is_plausible_and_zeros_or_shifted_frames_are_not() {
+        for r in samples() {
+            let mut out = Vec::new();
+            encode(&r, &mut out);
+            let probe = &out[..out.len().min(PROBE)];
+            assert!(plausible(probe, 2), "{r:?}");
+            if let Rec::Slice(_) = r {
+                assert!(!plausible(probe, 3), "a slice of another dimension");
+            }
+            // Off by a byte, the frame's fields no longer agree.
+            let shifted = &out[1..out.len().min(PROBE + 1)];
+            assert!(!plausible(shifted, 2), "{r:?}");
+        }
+        assert!(!plausible(&[0; PROBE], 2));
+        assert!(!plausible(&[0xFF; PROBE], 2));
+        // A dictionary without zstd's magic is not taken for one.
+        let mut out = Vec::new();
+        encode(
+            &Rec::Dict {
+                id: 1,
+                bytes: vec![7; 40],
+            },
+            &mut out,
+        );
+        assert!(!plausible(&out, 2));
     }
 }

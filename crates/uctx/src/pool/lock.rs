@@ -68,36 +68,32 @@ impl WriterLock {
     }
 }
 
-/// "pid 123 on host, command: uctx chat".
+/// "pid 123 (uctx) since unix time 1700000000": the process, its program
+/// name and when it took the lock. Never its arguments: the file stays
+/// after the writer exits, other users can read it, and an argument can be
+/// a secret (`--api-key`).
 pub fn holder_description() -> String {
-    let cmd: Vec<String> = std::env::args().collect();
-    let mut cmd = cmd.join(" ");
-    if cmd.len() > 300 {
-        let mut cut = 300;
-        while !cmd.is_char_boundary(cut) {
-            cut -= 1;
-        }
-        cmd.truncate(cut);
-        cmd.push('…');
-    }
+    let program: String = std::env::args_os()
+        .next()
+        .as_deref()
+        .map(Path::new)
+        .and_then(Path::file_name)
+        .map(|n| {
+            n.to_string_lossy()
+                .chars()
+                .filter(|c| !c.is_control())
+                .take(64)
+                .collect()
+        })
+        .filter(|n: &String| !n.is_empty())
+        .unwrap_or_else(|| "unknown program".into());
+    let since = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
     format!(
-        "pid {} on host {}, command: {}",
-        std::process::id(),
-        hostname(),
-        cmd
+        "pid {} ({program}) since unix time {since}",
+        std::process::id()
     )
-}
-
-fn hostname() -> String {
-    for p in ["/proc/sys/kernel/hostname", "/etc/hostname"] {
-        if let Ok(s) = std::fs::read_to_string(p) {
-            let s = s.trim();
-            if !s.is_empty() {
-                return s.to_string();
-            }
-        }
-    }
-    std::env::var("HOSTNAME").unwrap_or_else(|_| "unknown".into())
 }
 
 #[cfg(test)]
@@ -116,5 +112,20 @@ mod tests {
         );
         drop(first);
         WriterLock::acquire(tmp.path()).unwrap();
+    }
+
+    #[test]
+    fn the_lock_records_no_arguments() {
+        let tmp = tempfile::tempdir().unwrap();
+        let _held = WriterLock::acquire(tmp.path()).unwrap();
+        let text = std::fs::read_to_string(tmp.path().join(LOCK_FILE)).unwrap();
+        let program = std::env::args_os().next().unwrap();
+        let program = Path::new(&program).file_name().unwrap().to_string_lossy();
+        // Exactly the pid, the program's name and a time: no argument.
+        let prefix = format!("pid {} ({program}) since unix time ", std::process::id());
+        let since = text
+            .strip_prefix(&prefix)
+            .unwrap_or_else(|| panic!("{text:?}"));
+        assert!(since.parse::<u64>().is_ok(), "{text:?}");
     }
 }

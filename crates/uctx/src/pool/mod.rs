@@ -16,6 +16,8 @@ pub mod ann;
 pub mod bench;
 pub mod format;
 mod lock;
+mod repair;
+mod replay;
 mod state;
 pub mod storage;
 pub mod vector;
@@ -26,6 +28,8 @@ use state::State;
 use storage::{Dir, FileDir, Storage};
 
 pub use lock::LOCK_FILE;
+pub use repair::{Repaired, DAMAGED_PREFIX};
+pub use replay::{Damage, TornTail};
 
 /// The log of record, inside the pool directory.
 pub const LOG_FILE: &str = "pool.log";
@@ -152,7 +156,8 @@ pub struct Pool {
     params: WitnessParams,
     writer: Mutex<Writer>,
     state: RwLock<State>,
-    cut_bytes: u64,
+    /// The torn tail this handle's open cut (a writer's).
+    cut: Option<TornTail>,
     maintenance_error: Mutex<Option<String>>,
     _lock: Option<WriterLock>,
 }
@@ -228,6 +233,8 @@ impl Pool {
                 .map_err(|e| io("cannot remove a stale compaction file", e))?;
             dir.remove(NEW_FILE)
                 .map_err(|e| io("cannot remove a stale new log", e))?;
+            dir.remove(repair::REPAIR_FILE)
+                .map_err(|e| io("cannot remove an unfinished repair", e))?;
         }
         if !dir.exists(LOG_FILE) {
             if !opts.create || opts.read_only {
@@ -289,7 +296,7 @@ impl Pool {
                 index_retry_at: 0,
             }),
             state: RwLock::new(state),
-            cut_bytes: cut,
+            cut,
             maintenance_error: Mutex::new(None),
             _lock: lock,
         };
@@ -777,9 +784,43 @@ impl Pool {
         self.read_only
     }
 
-    /// Bytes of a torn tail cut (or, read-only, ignored) when this pool was opened.
+    /// Bytes of a torn tail a writer cut when it opened the pool (a
+    /// reader cuts nothing: see [`Pool::torn_tail`]).
     pub fn cut_on_open(&self) -> u64 {
-        self.cut_bytes
+        self.cut.map_or(0, |t| t.bytes)
+    }
+
+    /// The torn tail a writer cut when it opened the pool.
+    pub fn tail_cut(&self) -> Option<TornTail> {
+        self.cut
+    }
+
+    /// A torn tail the log ends with now, which a writer would cut (a
+    /// reader's view; also a write in progress).
+    pub fn torn_tail(&self) -> Option<TornTail> {
+        let _ = self.auto_refresh();
+        self.read().tail
+    }
+
+    /// Damaged stretches of the log that a read-only handle skipped
+    /// (`uctx repair` rewrites the log without them). A writer never
+    /// opens a damaged log.
+    pub fn damage(&self) -> Vec<Damage> {
+        let _ = self.auto_refresh();
+        self.read().damage.clone()
+    }
+
+    /// Damaged logs that `uctx repair` kept beside the pool's log, by name.
+    pub fn damaged_logs(&self) -> Vec<String> {
+        let mut names: Vec<String> = self
+            .dir
+            .list()
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|n| n.starts_with(DAMAGED_PREFIX))
+            .collect();
+        names.sort();
+        names
     }
 
     /// The last failure of background maintenance (eviction or compaction)
@@ -811,12 +852,13 @@ impl Pool {
             )
         })?;
         let segments = segment_files(&*self.dir, &self.path)?;
-        let (same, log, end) = {
+        let (same, log, end, walked_to) = {
             let s = self.read();
             (
                 s.identity == ident && s.segment_files == segments,
                 s.log.clone(),
                 s.end,
+                s.walked_to,
             )
         };
         // A compacted log or a changed index: load afresh.
@@ -831,20 +873,31 @@ impl Pool {
             *self.write_state() = state;
             return Ok(true);
         }
-        let len = log
-            .len()
-            .map_err(|e| Error::io("cannot read the pool log", e))?;
+        let io = |e| Error::io("cannot read the pool log", e);
+        let len = log.len().map_err(io)?;
         if len <= end {
+            if len < walked_to {
+                // A writer cut the torn tail.
+                let mut s = self.write_state();
+                s.tail = None;
+                s.walked_to = len;
+            }
+            return Ok(false);
+        }
+        // The same torn tail as last time: nothing to search it for again.
+        if len == walked_to && !replay::checks_at(&*log, end, len).map_err(io)? {
             return Ok(false);
         }
         let mut s = self.write_state();
-        let dim = s.dim;
-        let start = s.end;
+        let (start, dim, floor) = (s.end, s.dim, s.next_id);
         let mut changed = false;
-        replay(&*log, start, len, dim, &self.path, |rec, at, n| {
-            s.apply(&rec, at, n);
+        let walk = replay::walk(&*log, start, len, dim, floor, &self.path, |rec, at, raw| {
+            s.apply(&rec, at, raw.len());
             changed = true;
+            Ok(())
         })?;
+        changed |= !walk.damage.is_empty();
+        s.walked(walk, len);
         Ok(changed)
     }
 
@@ -1101,9 +1154,6 @@ fn no_pool(path: &Path) -> Error {
     )
 }
 
-/// Read the header and replay the log into a fresh state. A writer cuts a
-/// torn tail; a reader ignores it. Returns the state, the header and the
-/// bytes cut.
 /// The log's header and its length in bytes.
 fn read_header(log: &dyn Storage, path: &Path) -> Result<(Header, usize)> {
     let io = |e| Error::io(format!("cannot read the pool at {}", path.display()), e);
@@ -1143,15 +1193,16 @@ fn segment_files(dir: &dyn Dir, path: &Path) -> Result<Vec<String>> {
 }
 
 /// Read the header, map the index segments, and replay the log into a
-/// fresh state. A writer cuts a torn tail (a reader ignores it) and deletes
-/// damaged or superseded segments. Returns the state, the header and the
-/// bytes cut.
+/// fresh state. A writer cuts a torn tail (a reader ignores it), deletes
+/// damaged or superseded segments, and refuses a log damaged before its
+/// end ([`Error::Damaged`]; a reader skips the damage). Returns the state,
+/// the header and the tail cut.
 fn load(
     dir: &dyn Dir,
     log: Arc<dyn Storage>,
     path: &Path,
     writer: bool,
-) -> Result<(State, Header, u64)> {
+) -> Result<(State, Header, Option<TornTail>)> {
     let io = |e| Error::io(format!("cannot read the pool at {}", path.display()), e);
     let len = log.len().map_err(io)?;
     let (header, header_len) = read_header(&*log, path)?;
@@ -1173,22 +1224,45 @@ fn load(
     };
     state.ann = ann;
     state.segment_files = files;
-    let end = replay(&*log, header_len as u64, len, dim, path, |rec, at, n| {
-        state.apply(&rec, at, n)
-    })?;
-    state.end = end;
+    let walk = replay::walk(
+        &*log,
+        header_len as u64,
+        len,
+        dim,
+        1,
+        path,
+        |rec, at, raw| {
+            state.apply(&rec, at, raw.len());
+            Ok(())
+        },
+    )?;
+    state.walked(walk, len);
+    if let (true, Some(d)) = (writer, state.damage.first()) {
+        return Err(Error::Damaged {
+            log: path.join(LOG_FILE),
+            offset: d.offset,
+            bytes: d.bytes,
+            records_after: d.records_after,
+            more: state.damage.len() - 1,
+            pool: path.to_path_buf(),
+        });
+    }
     let mut ann = std::mem::replace(&mut state.ann, ann::Ann::new(dim));
     ann.settle(&|id| state.contains(id));
     state.ann = ann;
     state.shrink();
-    let cut = len - end;
-    if cut > 0 && writer {
-        log.truncate(end).and_then(|_| log.sync()).map_err(|e| {
-            Error::io(
-                format!("cannot cut the torn tail of the pool at {}", path.display()),
-                e,
-            )
-        })?;
+    let cut = state.tail.filter(|_| writer);
+    if let Some(tail) = cut {
+        log.truncate(tail.offset)
+            .and_then(|_| log.sync())
+            .map_err(|e| {
+                Error::io(
+                    format!("cannot cut the torn tail of the pool at {}", path.display()),
+                    e,
+                )
+            })?;
+        state.tail = None;
+        state.walked_to = tail.offset;
     }
     Ok((state, header, cut))
 }
@@ -1214,66 +1288,4 @@ fn header_error(e: HeaderError, path: &Path) -> Error {
             detail: d.into(),
         },
     }
-}
-
-/// Feed every complete, checksummed record in `[start, len)` to `f`;
-/// returns the end of the last one. A record that is short or fails its
-/// checksum ends the replay (a torn tail). A record whose checksum holds
-/// but whose fields do not parse is corruption, not a tail: an error.
-fn replay(
-    log: &dyn Storage,
-    start: u64,
-    len: u64,
-    dim: usize,
-    path: &Path,
-    mut f: impl FnMut(Rec, u64, usize),
-) -> Result<u64> {
-    let io = |e| Error::io(format!("cannot read the pool at {}", path.display()), e);
-    let mut buf: Vec<u8> = Vec::new();
-    let mut buf_at = start;
-    let mut pos = start;
-    // Make sure buf holds [pos, pos + need); false when the file ends first.
-    let ensure = |buf: &mut Vec<u8>, buf_at: &mut u64, pos: u64, need: usize| -> Result<bool> {
-        if pos + need as u64 > len {
-            return Ok(false);
-        }
-        if pos >= *buf_at && pos + need as u64 <= *buf_at + buf.len() as u64 {
-            return Ok(true);
-        }
-        let n = (need.max(READ_CHUNK) as u64).min(len - pos) as usize;
-        buf.resize(n, 0);
-        log.read_at(pos, buf).map_err(io)?;
-        *buf_at = pos;
-        Ok(true)
-    };
-    loop {
-        if !ensure(&mut buf, &mut buf_at, pos, RECORD_HEADER)? {
-            break;
-        }
-        let o = (pos - buf_at) as usize;
-        let (plen, _, ty) = format::frame(&buf[o..]);
-        if plen > format::MAX_PAYLOAD {
-            break;
-        }
-        let total = RECORD_HEADER + plen;
-        if !ensure(&mut buf, &mut buf_at, pos, total)? {
-            break;
-        }
-        let o = (pos - buf_at) as usize;
-        let rec = &buf[o..o + total];
-        if !format::check(rec) {
-            break;
-        }
-        let Some(parsed) = format::decode(ty, &rec[RECORD_HEADER..], dim) else {
-            return Err(Error::Corrupt {
-                path: path.to_path_buf(),
-                detail: format!(
-                    "record of type {ty} at offset {pos} has a valid checksum but cannot be read; a newer uctx may have written it"
-                ),
-            });
-        };
-        f(parsed, pos, total);
-        pos += total as u64;
-    }
-    Ok(pos)
 }

@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use super::ann::{Ann, Row};
 use super::format::{self, Rec, SliceRec, RECORD_HEADER};
+use super::replay::{Damage, TornTail, Walk};
 use super::storage::Storage;
 use crate::slice::{SliceMeta, Source};
 use crate::witness::Standing;
@@ -198,6 +199,13 @@ pub struct State {
     /// zstd dictionaries by id, and the one new text is compressed with.
     pub dicts: HashMap<u32, Arc<Dict>>,
     pub current_dict: Option<u32>,
+    /// Damaged stretches the replay skipped (a reader's; a writer refuses
+    /// to open on damage).
+    pub damage: Vec<Damage>,
+    /// The torn tail after `end`, as of the last walk.
+    pub tail: Option<TornTail>,
+    /// The log's length when it was last walked.
+    pub walked_to: u64,
 }
 
 impl State {
@@ -223,7 +231,25 @@ impl State {
             tokens: 0,
             dicts: HashMap::new(),
             current_dict: None,
+            damage: Vec::new(),
+            tail: None,
+            walked_to: header_len,
         }
+    }
+
+    /// Take in what a walk of the log up to `len` found, after the records
+    /// it fed to [`State::apply`].
+    pub fn walked(&mut self, w: Walk, len: u64) {
+        for d in &mut self.damage {
+            d.records_after += w.records;
+            if d.ids_before.is_none() {
+                d.ids_before = w.first_slice;
+            }
+        }
+        self.damage.extend(w.damage);
+        self.tail = w.tail;
+        self.end = self.end.max(w.end);
+        self.walked_to = len;
     }
 
     /// Bytes of the log and the index's segment files.

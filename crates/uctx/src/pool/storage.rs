@@ -36,6 +36,10 @@ pub trait Dir: Send + Sync {
     fn exists(&self, name: &str) -> bool;
     /// Atomically replace `to` with `from`, durably (the directory is synced).
     fn rename(&self, from: &str, to: &str) -> io::Result<()>;
+    /// Give the file `from` a second name `to`, which must be free (a hard
+    /// link; a synced copy where the file system has none). Durable once
+    /// the directory is next synced (a `rename`).
+    fn link(&self, from: &str, to: &str) -> io::Result<()>;
     fn remove(&self, name: &str) -> io::Result<()>;
     /// Identity of the file currently at `name`, to notice a rename over it.
     fn identity(&self, name: &str) -> io::Result<u64>;
@@ -140,6 +144,16 @@ impl Dir for FileDir {
     fn rename(&self, from: &str, to: &str) -> io::Result<()> {
         std::fs::rename(self.path.join(from), self.path.join(to))?;
         self.sync_dir()
+    }
+    fn link(&self, from: &str, to: &str) -> io::Result<()> {
+        let (from, to) = (self.path.join(from), self.path.join(to));
+        match std::fs::hard_link(&from, &to) {
+            Err(e) if e.kind() != io::ErrorKind::AlreadyExists => {
+                std::fs::copy(&from, &to)?;
+                File::open(&to)?.sync_all()
+            }
+            r => r,
+        }
     }
     fn remove(&self, name: &str) -> io::Result<()> {
         match std::fs::remove_file(self.path.join(name)) {
@@ -289,6 +303,21 @@ impl Dir for MemDir {
         files.insert(to.to_string(), f);
         Ok(())
     }
+    fn link(&self, from: &str, to: &str) -> io::Result<()> {
+        let mut files = self.files.lock().map_err(|_| poisoned())?;
+        if files.contains_key(to) {
+            return Err(io::Error::new(
+                io::ErrorKind::AlreadyExists,
+                format!("{to} exists"),
+            ));
+        }
+        let f = files
+            .get(from)
+            .cloned()
+            .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, format!("{from} not found")))?;
+        files.insert(to.to_string(), f);
+        Ok(())
+    }
     fn remove(&self, name: &str) -> io::Result<()> {
         self.files.lock().map_err(|_| poisoned())?.remove(name);
         Ok(())
@@ -421,6 +450,9 @@ impl Dir for FaultyDir {
     fn rename(&self, from: &str, to: &str) -> io::Result<()> {
         self.inner.rename(from, to)
     }
+    fn link(&self, from: &str, to: &str) -> io::Result<()> {
+        self.inner.link(from, to)
+    }
     fn remove(&self, name: &str) -> io::Result<()> {
         self.inner.remove(name)
     }
@@ -473,6 +505,14 @@ mod tests {
         names.sort();
         assert_eq!(names, vec!["a".to_string()]);
         assert_eq!(dir.map("a").unwrap().as_ref().as_ref(), b"new");
+        // A second name keeps the bytes when the first is replaced.
+        dir.link("a", "kept").unwrap();
+        assert!(dir.link("a", "kept").is_err());
+        dir.open("c", true).unwrap().write_at(0, b"other").unwrap();
+        dir.rename("c", "a").unwrap();
+        assert_eq!(dir.map("kept").unwrap().as_ref().as_ref(), b"new");
+        assert_eq!(dir.map("a").unwrap().as_ref().as_ref(), b"other");
+        dir.remove("kept").unwrap();
         dir.remove("a").unwrap();
         assert!(!dir.exists("a"));
         dir.remove("a").unwrap();

@@ -5,4 +5,5 @@ mod encoder;
 mod fake_server;
 mod pool;
 mod reembed;
+mod repair;
 mod session;
