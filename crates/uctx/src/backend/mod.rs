@@ -57,6 +57,28 @@ pub struct ChatResponse {
     pub completion_tokens: Option<u64>,
     /// Why generation stopped, as the server said it (`stop`, `length`, ...).
     pub done_reason: Option<String>,
+    /// Prompt tokens the server served from its prefix cache instead of evaluating them
+    /// (llama.cpp `timings.cache_n`, OpenAI `usage.prompt_tokens_details.cached_tokens`).
+    pub cached_tokens: Option<u64>,
+    /// Prompt tokens the server evaluated for this call (llama.cpp `timings.prompt_n`).
+    pub evaluated_tokens: Option<u64>,
+    /// The server's own prompt evaluation time in ms (llama.cpp `timings.prompt_ms`,
+    /// Ollama `prompt_eval_duration`).
+    pub prompt_eval_ms: Option<f64>,
+    /// Time from sending the request to the first piece of the answer, in ms, measured
+    /// by the client (what a user waits before text appears).
+    pub ttft_ms: Option<f64>,
+}
+
+impl ChatResponse {
+    /// Prompt tokens served from the server's cache, as a count, when the server
+    /// reports either the cached or the evaluated part of the prompt.
+    pub fn cache_hits(&self) -> Option<u64> {
+        self.cached_tokens.or_else(|| {
+            let (p, e) = (self.prompt_tokens?, self.evaluated_tokens?);
+            Some(p.saturating_sub(e))
+        })
+    }
 }
 
 /// What `uctx doctor` learns about a backend.
@@ -121,6 +143,18 @@ pub enum BackendError {
         status: u16,
         fix: String,
     },
+    #[error(
+        "{url} refused the prompt as larger than its context ({detail}) — start the server with \
+         a larger context (llama-server -c N, Ollama num_ctx) or pass a smaller --ctx"
+    )]
+    ContextExceeded {
+        url: String,
+        detail: String,
+        /// The prompt size the server counted, when it says.
+        prompt_tokens: Option<u64>,
+        /// The server's context size, when it says.
+        window: Option<u64>,
+    },
     #[error("{url} does not report the context length of model {model:?} — {fix}")]
     NoContextLength {
         url: String,
@@ -139,6 +173,13 @@ pub trait Backend: Send + Sync {
 
     /// Reachability and model presence, for `uctx doctor`.
     fn health(&self) -> Result<Health, BackendError>;
+
+    /// The exact prompt size of `messages` by the server's own chat template and
+    /// tokenizer, when the server can say (llama.cpp's `/apply-template` and
+    /// `/tokenize`); `None` when it cannot, and the caller estimates.
+    fn count_prompt(&self, _messages: &[Message]) -> Option<usize> {
+        None
+    }
 
     /// Run one chat turn, streaming: `on_text` receives each piece of text as it arrives.
     fn chat(

@@ -263,6 +263,7 @@ impl Backend for OllamaBackend {
             "stream": true,
             "options": options,
         });
+        let started = std::time::Instant::now();
         let resp = self.post("/api/chat", &body)?;
         let url = self.url("/api/chat");
         let broken = |detail: String| BackendError::StreamBroken {
@@ -302,12 +303,22 @@ impl Backend for OllamaBackend {
             }
             if let Some(text) = v.pointer("/message/content").and_then(Value::as_str) {
                 if !text.is_empty() {
+                    out.ttft_ms
+                        .get_or_insert_with(|| started.elapsed().as_secs_f64() * 1e3);
                     on_text(text);
                     out.text.push_str(text);
                 }
             }
             if v.get("done").and_then(Value::as_bool) == Some(true) {
+                // Ollama counts the whole prompt here, cached or not; its evaluation time
+                // (ns) is what shows how much it re-evaluated.
+                out.prompt_eval_ms = v
+                    .get("prompt_eval_duration")
+                    .and_then(Value::as_f64)
+                    .map(|ns| ns / 1e6);
                 out.prompt_tokens = v.get("prompt_eval_count").and_then(Value::as_u64);
+                // Newer servers say how much of the prompt came from the cache.
+                out.cached_tokens = v.get("prompt_eval_cached_count").and_then(Value::as_u64);
                 out.completion_tokens = v.get("eval_count").and_then(Value::as_u64);
                 out.done_reason = v
                     .get("done_reason")

@@ -2,11 +2,14 @@
 //! streaming `{base}/chat/completions` over server-sent events, `{base}/models` and
 //! llama.cpp's `/props` for the context length.
 
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+
 use serde_json::{json, Value};
 
 use super::http::{self, Failure, LineReader};
 use super::{
-    Backend, BackendError, BackendOptions, ChatRequest, ChatResponse, Health,
+    Backend, BackendError, BackendOptions, ChatRequest, ChatResponse, Health, Message,
     DEFAULT_OPENAI_BASE_URL,
 };
 
@@ -21,6 +24,8 @@ pub struct OpenAiBackend {
     key: Option<String>,
     agent: ureq::Agent,
     context_override: Option<usize>,
+    /// Set once the server has shown it has no `/apply-template` + `/tokenize`.
+    no_tokenizer: AtomicBool,
 }
 
 impl OpenAiBackend {
@@ -44,6 +49,7 @@ impl OpenAiBackend {
             key: opts.openai_api_key.clone().filter(|k| !k.is_empty()),
             agent: http::agent(opts),
             context_override: opts.context_override,
+            no_tokenizer: AtomicBool::new(false),
         }
     }
 
@@ -72,6 +78,16 @@ impl OpenAiBackend {
                         status,
                         fix: FIX_KEY.to_string(),
                     },
+                    400 if context_exceeded(&body) => {
+                        let v: Value = serde_json::from_str(&body).unwrap_or(Value::Null);
+                        let n = |k: &str| v.pointer(&format!("/error/{k}")).and_then(Value::as_u64);
+                        BackendError::ContextExceeded {
+                            url: url.to_string(),
+                            detail: message,
+                            prompt_tokens: n("n_prompt_tokens"),
+                            window: n("n_ctx"),
+                        }
+                    }
                     404 if message.to_lowercase().contains("model") => self.missing(),
                     400 if mentions_missing_model(&message) => self.missing(),
                     404 => BackendError::Endpoint {
@@ -139,6 +155,16 @@ impl OpenAiBackend {
         }
         r.send_string(&body.to_string())
             .map_err(|e| self.fail(e.into(), url))
+    }
+}
+
+/// Whether an error body says the prompt exceeds the context (llama.cpp's
+/// `exceed_context_size_error`, OpenAI's `context_length_exceeded`).
+fn context_exceeded(body: &str) -> bool {
+    let b = body.to_lowercase();
+    b.contains("exceed_context_size") || b.contains("context_length_exceeded") || {
+        (b.contains("exceed") || b.contains("too long") || b.contains("larger than"))
+            && b.contains("context")
     }
 }
 
@@ -282,11 +308,49 @@ impl Backend for OpenAiBackend {
         })
     }
 
+    fn count_prompt(&self, messages: &[Message]) -> Option<usize> {
+        if self.no_tokenizer.load(Ordering::Relaxed) {
+            return None;
+        }
+        let origin = http::origin(&self.base);
+        let post = |path: &str, body: Value| -> Option<Value> {
+            let url = format!("{origin}{path}");
+            let mut r = self
+                .agent
+                .post(&url)
+                .set("Content-Type", "application/json");
+            if let Some(key) = &self.key {
+                r = r.set("Authorization", &format!("Bearer {key}"));
+            }
+            match r.send_string(&body.to_string()) {
+                Ok(resp) => http::read_json(resp, &url).ok(),
+                Err(ureq::Error::Status(..)) => {
+                    self.no_tokenizer.store(true, Ordering::Relaxed);
+                    None
+                }
+                Err(_) => None,
+            }
+        };
+        let prompt = post("/apply-template", json!({ "messages": messages }))?;
+        let prompt = prompt.get("prompt")?.as_str()?;
+        let tokens = post(
+            "/tokenize",
+            json!({"content": prompt, "add_special": true, "parse_special": true}),
+        )?;
+        let n = tokens.get("tokens")?.as_array()?.len();
+        if n == 0 {
+            self.no_tokenizer.store(true, Ordering::Relaxed);
+            return None;
+        }
+        Some(n)
+    }
+
     fn chat(
         &self,
         req: &ChatRequest,
         on_text: &mut dyn FnMut(&str),
     ) -> Result<ChatResponse, BackendError> {
+        let started = Instant::now();
         let url = format!("{}/chat/completions", self.base);
         let mut body = json!({
             "model": self.model,
@@ -317,9 +381,11 @@ impl Backend for OpenAiBackend {
         if resp.content_type() == "application/json" {
             // A server that ignored `stream: true` sent the whole completion.
             let v = http::read_json(resp, &url)?;
-            return self.whole(&v, &url, on_text);
+            let mut out = self.whole(&v, &url, on_text)?;
+            out.ttft_ms = Some(started.elapsed().as_secs_f64() * 1e3);
+            return Ok(out);
         }
-        self.stream(resp, &url, on_text)
+        self.stream(resp, &url, started, on_text)
     }
 }
 
@@ -351,23 +417,23 @@ impl OpenAiBackend {
         if !text.is_empty() {
             on_text(&text);
         }
-        Ok(ChatResponse {
+        let mut out = ChatResponse {
             text,
-            prompt_tokens: v.pointer("/usage/prompt_tokens").and_then(Value::as_u64),
-            completion_tokens: v
-                .pointer("/usage/completion_tokens")
-                .and_then(Value::as_u64),
             done_reason: v
                 .pointer("/choices/0/finish_reason")
                 .and_then(Value::as_str)
                 .map(str::to_string),
-        })
+            ..ChatResponse::default()
+        };
+        read_accounting(v, &mut out);
+        Ok(out)
     }
 
     fn stream(
         &self,
         resp: ureq::Response,
         url: &str,
+        started: Instant,
         on_text: &mut dyn FnMut(&str),
     ) -> Result<ChatResponse, BackendError> {
         let broken = |detail: String| BackendError::StreamBroken {
@@ -406,6 +472,8 @@ impl OpenAiBackend {
                         if let Some(text) = choice.pointer("/delta/content").and_then(Value::as_str)
                         {
                             if !text.is_empty() {
+                                out.ttft_ms
+                                    .get_or_insert_with(|| started.elapsed().as_secs_f64() * 1e3);
                                 on_text(text);
                                 out.text.push_str(text);
                             }
@@ -414,11 +482,7 @@ impl OpenAiBackend {
                             out.done_reason = Some(reason.to_string());
                         }
                     }
-                    if let Some(usage) = v.get("usage").filter(|u| u.is_object()) {
-                        out.prompt_tokens = usage.get("prompt_tokens").and_then(Value::as_u64);
-                        out.completion_tokens =
-                            usage.get("completion_tokens").and_then(Value::as_u64);
-                    }
+                    read_accounting(&v, &mut out);
                 }
             }
             if at_end {
@@ -430,6 +494,32 @@ impl OpenAiBackend {
                         "the stream ended before a finish reason or `[DONE]`".to_string(),
                     ))
                 };
+            }
+        }
+    }
+}
+
+/// The token accounting of a completion or a stream chunk, where it has one: `usage`
+/// (with `prompt_tokens_details.cached_tokens`) and llama.cpp's `timings`.
+fn read_accounting(v: &Value, out: &mut ChatResponse) {
+    if let Some(usage) = v.get("usage").filter(|u| u.is_object()) {
+        let n = |p: &str| usage.pointer(p).and_then(Value::as_u64);
+        out.prompt_tokens = n("/prompt_tokens").or(out.prompt_tokens);
+        out.completion_tokens = n("/completion_tokens").or(out.completion_tokens);
+        out.cached_tokens = n("/prompt_tokens_details/cached_tokens").or(out.cached_tokens);
+    }
+    if let Some(t) = v.get("timings").filter(|t| t.is_object()) {
+        let cache = t.get("cache_n").and_then(Value::as_u64);
+        let evaluated = t.get("prompt_n").and_then(Value::as_u64);
+        out.cached_tokens = cache.or(out.cached_tokens);
+        out.evaluated_tokens = evaluated.or(out.evaluated_tokens);
+        out.prompt_eval_ms = t
+            .get("prompt_ms")
+            .and_then(Value::as_f64)
+            .or(out.prompt_eval_ms);
+        if out.prompt_tokens.is_none() {
+            if let (Some(c), Some(e)) = (cache, evaluated) {
+                out.prompt_tokens = Some(c + e);
             }
         }
     }
@@ -459,6 +549,36 @@ mod tests {
         assert_eq!(context_length_from_model_entry(&json!({"id": "m"})), None);
         let p = json!({"default_generation_settings": {"n_ctx": 2048}});
         assert_eq!(context_length_from_props(&p), Some(2048));
+    }
+
+    #[test]
+    fn accounting_reads_usage_and_llama_cpp_timings() {
+        let mut out = ChatResponse::default();
+        read_accounting(
+            &json!({"timings": {"cache_n": 900, "prompt_n": 100, "prompt_ms": 512.5}}),
+            &mut out,
+        );
+        assert_eq!(out.prompt_tokens, Some(1000));
+        assert_eq!(out.cache_hits(), Some(900));
+        assert_eq!(out.prompt_eval_ms, Some(512.5));
+        let mut out = ChatResponse::default();
+        read_accounting(
+            &json!({"usage": {"prompt_tokens": 50, "completion_tokens": 3,
+                              "prompt_tokens_details": {"cached_tokens": 40}}}),
+            &mut out,
+        );
+        assert_eq!((out.prompt_tokens, out.cached_tokens), (Some(50), Some(40)));
+    }
+
+    #[test]
+    fn context_errors_are_recognised() {
+        assert!(context_exceeded(
+            r#"{"error":{"code":400,"type":"exceed_context_size_error","n_prompt_tokens":3000,"n_ctx":2048}}"#
+        ));
+        assert!(context_exceeded(
+            r#"{"error":{"code":"context_length_exceeded"}}"#
+        ));
+        assert!(!context_exceeded(r#"{"error":{"message":"bad key"}}"#));
     }
 
     #[test]

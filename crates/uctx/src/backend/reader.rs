@@ -479,6 +479,8 @@ pub type TokenCounter = std::sync::Arc<dyn Fn(&str) -> u64 + Send + Sync>;
 pub struct ReaderBackend {
     context_length: usize,
     counter: Option<TokenCounter>,
+    /// The previous prompt, message by message, for a prefix cache like a server's.
+    last_prompt: std::sync::Mutex<Vec<Message>>,
 }
 
 impl ReaderBackend {
@@ -488,6 +490,7 @@ impl ReaderBackend {
         ReaderBackend {
             context_length: opts.context_override.unwrap_or(DEFAULT_CONTEXT),
             counter: None,
+            last_prompt: std::sync::Mutex::new(Vec::new()),
         }
     }
 
@@ -523,11 +526,33 @@ impl Backend for ReaderBackend {
         })
     }
 
+    fn count_prompt(&self, messages: &[Message]) -> Option<usize> {
+        Some(messages.iter().map(|m| self.count(&m.content)).sum::<u64>() as usize)
+    }
+
+    /// Answers from the window; reports as cached the tokens of the leading messages
+    /// that equal the previous call's prompt followed by its answer, as a server's
+    /// prefix cache would (whole messages only, so it never counts more reuse than a
+    /// real server gets).
     fn chat(
         &self,
         req: &ChatRequest,
         on_text: &mut dyn FnMut(&str),
     ) -> Result<ChatResponse, BackendError> {
+        let cached: u64 = {
+            let last = self.last_prompt.lock().unwrap_or_else(|e| e.into_inner());
+            let same = last
+                .iter()
+                .zip(&req.messages)
+                .take_while(|(a, b)| a == b)
+                .count();
+            // The last message is always evaluated: a server needs at least one new token.
+            let same = same.min(req.messages.len().saturating_sub(1));
+            req.messages[..same]
+                .iter()
+                .map(|m| self.count(&m.content))
+                .sum()
+        };
         let full = answer(&req.messages);
         let mut done_reason = "stop";
         let mut text = String::new();
@@ -541,12 +566,20 @@ impl Backend for ReaderBackend {
             on_text(piece);
             text.push_str(piece);
         }
-        let prompt = req.messages.iter().map(|m| self.count(&m.content)).sum();
+        let prompt: u64 = req.messages.iter().map(|m| self.count(&m.content)).sum();
+        {
+            let mut last = self.last_prompt.lock().unwrap_or_else(|e| e.into_inner());
+            *last = req.messages.clone();
+            last.push(Message::new(Role::Assistant, text.clone()));
+        }
         Ok(ChatResponse {
             completion_tokens: Some(self.count(&text)),
             text,
             prompt_tokens: Some(prompt),
             done_reason: Some(done_reason.to_string()),
+            cached_tokens: Some(cached),
+            evaluated_tokens: Some(prompt - cached),
+            ..ChatResponse::default()
         })
     }
 }

@@ -2,10 +2,20 @@
 //!
 //! Each turn: the input is written to the pool (durable) while the pager
 //! searches with it; the window is assembled under the backend's real context
-//! size — system prompt, pinned slices, paged-in slices with provenance, the
-//! most recent turns that fit, room for the answer — and sent; the answer is
-//! streamed through the pager (prefetch) and written to the pool. Whatever no
-//! longer fits the window is already in the pool.
+//! size and sent; the answer is streamed through the pager (prefetch) and
+//! written to the pool. Whatever no longer fits the window is already in the pool.
+//!
+//! The window is laid out from the most stable part to the least, so that a
+//! server's prefix cache (llama.cpp's `cache_prompt`, Ollama on top of it)
+//! reuses everything up to the first change ([`Layout::Stable`]):
+//!
+//! `[system prompt + pinned facts] [recent turns] [paged memory] [latest input]`
+//!
+//! The system message is byte-identical from turn to turn (it changes only when
+//! a fact is pinned); recent turns are append-only, and when they outgrow their
+//! budget the oldest are dropped in one step, back to half the budget, so the
+//! prefix breaks once every several turns instead of every turn; paged memory,
+//! which changes every turn, comes last, in its own message.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -22,6 +32,35 @@ pub use tokens::Calibration;
 
 /// Largest window taken from a server's report unless asked for (`--ctx`).
 pub const DEFAULT_MAX_WINDOW: usize = 8192;
+
+/// Where each part of the window goes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Layout {
+    /// System prompt and pins, append-only recent turns dropped in steps, paged memory
+    /// in its own message, the latest input.
+    Stable,
+    /// As [`Layout::Stable`], with paged memory at the start of the latest user message
+    /// (for chat templates that want strictly alternating roles).
+    StableInline,
+    /// Paged memory appended to the system message and recent turns sliding by one turn
+    /// each turn: what uctx did before, kept so that benchmarks can show the difference.
+    Legacy,
+}
+
+impl std::str::FromStr for Layout {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Layout> {
+        match s {
+            "stable" => Ok(Layout::Stable),
+            "stable-inline" => Ok(Layout::StableInline),
+            "legacy" => Ok(Layout::Legacy),
+            _ => Err(Error::invalid(format!(
+                "unknown window layout {s:?}; use stable, stable-inline or legacy"
+            ))),
+        }
+    }
+}
 
 /// How a session behaves.
 #[derive(Clone, Debug)]
@@ -48,6 +87,8 @@ pub struct SessionConfig {
     /// Reload the namespace's latest turns from the pool on open.
     pub resume: bool,
     pub temperature: Option<f32>,
+    /// Where each part of the window goes.
+    pub layout: Layout,
 }
 
 impl Default for SessionConfig {
@@ -60,12 +101,13 @@ impl Default for SessionConfig {
             window: None,
             max_window: DEFAULT_MAX_WINDOW,
             answer_tokens: None,
-            memory_share: 0.4,
+            memory_share: 0.25,
             paging: true,
             shared: false,
             k: 8,
             resume: false,
             temperature: None,
+            layout: Layout::Stable,
         }
     }
 }
@@ -103,6 +145,8 @@ pub struct Window {
     pub recent_turns: usize,
     /// Whether the latest input itself was too long and only its tail was sent.
     pub input_cut: bool,
+    /// The resident stream after this window is sent (before the answer is added).
+    resident: Vec<Resident>,
 }
 
 /// What one turn did.
@@ -115,6 +159,19 @@ pub struct TurnReport {
     pub completion_tokens: Option<u64>,
     /// Paged-in slices whose content showed up in the answer.
     pub used: Vec<u64>,
+    /// The prompt's size by the server's own template and tokenizer, when it can say.
+    pub prompt_tokens_exact: Option<u64>,
+    /// Prompt tokens the server served from its prefix cache, when it says.
+    pub cached_tokens: Option<u64>,
+    /// The server's prompt evaluation time, ms, when it says.
+    pub prompt_eval_ms: Option<f64>,
+    /// Time to the first piece of the answer, ms.
+    pub ttft_ms: Option<f64>,
+    /// The server counted far fewer prompt tokens than were sent: it cut the prompt
+    /// without saying so (Ollama does this past `num_ctx`).
+    pub truncated: bool,
+    /// The server refused the first prompt as too large and a smaller one was sent.
+    pub retried: bool,
 }
 
 /// Running totals for `/status`.
@@ -126,9 +183,36 @@ pub struct SessionStats {
     pub completion_tokens: u64,
     pub paged_slices: u64,
     pub used_slices: u64,
-    /// Turns whose reported prompt exceeded the window (must stay 0).
+    /// Turns whose prompt plus the answer's reserve exceeded the window, by the server's
+    /// count (must stay 0).
     pub overflows: u64,
     pub token_scale: f64,
+    /// Prompt tokens served from the server's cache, over the turns where it said.
+    pub cached_tokens: u64,
+    /// Prompt tokens of the turns where the server reported its cache.
+    pub cache_reported_tokens: u64,
+    /// Sum and count of times to first token, ms.
+    pub ttft_ms_total: f64,
+    pub ttft_turns: u64,
+    /// Sum of the server's prompt evaluation times, ms.
+    pub prompt_eval_ms_total: f64,
+    /// Turns the server seems to have cut silently (see [`TurnReport::truncated`]).
+    pub truncations: u64,
+    /// Turns the server refused as too large, sent again smaller.
+    pub context_retries: u64,
+}
+
+impl SessionStats {
+    /// Share of prompt tokens served from the server's cache, when it reported one.
+    pub fn cache_reuse(&self) -> Option<f64> {
+        (self.cache_reported_tokens > 0)
+            .then(|| self.cached_tokens as f64 / self.cache_reported_tokens as f64)
+    }
+
+    /// Mean time to first token, ms.
+    pub fn ttft_ms_mean(&self) -> Option<f64> {
+        (self.ttft_turns > 0).then(|| self.ttft_ms_total / self.ttft_turns as f64)
+    }
 }
 
 pub struct Session {
@@ -144,6 +228,8 @@ pub struct Session {
     stats: SessionStats,
     /// Pinned slices of this namespace, in pin order.
     pinned: Vec<Slice>,
+    /// What the last prompt held after its system message, as sent.
+    resident: Vec<Resident>,
 }
 
 /// Room kept free beyond the estimate, against tokenizer differences.
@@ -198,6 +284,7 @@ impl Session {
             calib: Calibration::default(),
             stats: SessionStats::default(),
             pinned: Vec::new(),
+            resident: Vec::new(),
         };
         s.load_from_pool()?;
         Ok(s)
@@ -215,6 +302,11 @@ impl Session {
         }
         if self.cfg.resume {
             self.history = self.turns_from_pool(Some(self.window * 2))?;
+            self.resident = self
+                .history
+                .iter()
+                .map(|t| self.resident(Message::new(t.role, t.text.clone()), t.turn, Vec::new()))
+                .collect();
         }
         Ok(())
     }
@@ -332,6 +424,7 @@ impl Session {
     pub fn clear(&mut self) -> Result<u64> {
         let n = self.memory.pool().delete_namespace(&self.cfg.namespace)?;
         self.history.clear();
+        self.resident.clear();
         self.pinned.clear();
         self.next_turn = 1;
         if let Some(p) = &self.pager {
@@ -367,26 +460,16 @@ impl Session {
             }
             None => Vec::new(),
         };
-        let window = self.assemble(&candidates)?;
-
-        let req = ChatRequest {
-            messages: window.messages.clone(),
-            num_ctx: self.window,
-            max_tokens: self.answer_tokens,
-            temperature: self.cfg.temperature,
-        };
-        let pager = self.pager.as_ref();
-        let mut stream = |t: &str| {
-            if let Some(p) = pager {
-                p.observe_output(t);
-            }
-            on_text(t);
-        };
-        let resp = self.backend.chat(&req, &mut stream);
-        if let Some(p) = &self.pager {
-            p.end_of_output();
+        let (window, resp, exact, retried) = self.send(&candidates, on_text)?;
+        self.resident = window.resident.clone();
+        if !resp.text.is_empty() {
+            let answer = self.resident(
+                Message::new(Role::Assistant, resp.text.clone()),
+                turn,
+                Vec::new(),
+            );
+            self.resident.push(answer);
         }
-        let resp = resp?;
 
         self.memory.write(&[Unit {
             namespace: &self.cfg.namespace,
@@ -396,19 +479,7 @@ impl Session {
             ext_id: None,
         }])?;
         self.push_history(Role::Assistant, &resp.text, turn);
-
-        // Accounting: estimate vs what the server counted.
-        self.stats.turns += 1;
-        self.stats.prompt_tokens_est += window.est_tokens as u64;
-        if let Some(reported) = resp.prompt_tokens {
-            self.stats.prompt_tokens_reported += reported;
-            if reported as usize > self.window {
-                self.stats.overflows += 1;
-            }
-            self.calib
-                .observe(self.raw_tokens(&window.messages), reported as usize);
-        }
-        self.stats.completion_tokens += resp.completion_tokens.unwrap_or(0);
+        let truncated = self.account(&window, &resp, exact);
 
         // The witness: what was paged in is relevant again; what the answer used hardens.
         let used = used_slices(&window.memory, &candidates, &resp.text, input);
@@ -435,12 +506,171 @@ impl Session {
 
         Ok(TurnReport {
             turn,
+            cached_tokens: resp.cache_hits(),
             answer: resp.text,
             window,
             prompt_tokens_reported: resp.prompt_tokens,
             completion_tokens: resp.completion_tokens,
             used,
+            prompt_tokens_exact: exact.map(|n| n as u64),
+            prompt_eval_ms: resp.prompt_eval_ms,
+            ttft_ms: resp.ttft_ms,
+            truncated,
+            retried,
         })
+    }
+
+    /// Record a turn of the conversation without calling the model: history that
+    /// happened elsewhere (an imported transcript, a conversation played back). A user
+    /// message opens a new turn; an assistant message joins the latest one.
+    pub fn record(&mut self, role: Role, text: &str) -> Result<u64> {
+        if text.trim().is_empty() {
+            return Err(Error::invalid("the message is empty"));
+        }
+        let turn = match (role, self.history.last()) {
+            (Role::Assistant, Some(last)) if last.role == Role::User => last.turn,
+            _ => {
+                self.next_turn += 1;
+                self.next_turn - 1
+            }
+        };
+        let source = match role {
+            Role::Assistant => Source::Assistant,
+            _ => Source::User,
+        };
+        self.memory.write(&[Unit {
+            namespace: &self.cfg.namespace,
+            source,
+            text,
+            turn,
+            ext_id: None,
+        }])?;
+        self.push_history(role, text, turn);
+        let played = self.resident(Message::new(role, text), turn, Vec::new());
+        self.resident.push(played);
+        if let Some(p) = &self.pager {
+            p.observe_input(text);
+        }
+        Ok(turn)
+    }
+
+    /// Assemble the window, check it against the server's own count where the server
+    /// can count, and send it; a prompt the server refuses as too large is assembled
+    /// again under the size the server reported and sent once more.
+    fn send(
+        &mut self,
+        candidates: &[Candidate],
+        on_text: &mut dyn FnMut(&str),
+    ) -> Result<(Window, crate::backend::ChatResponse, Option<usize>, bool)> {
+        let budget = self.prompt_budget();
+        let mut retried = false;
+        loop {
+            let mut window = self.assemble(candidates)?;
+            let mut exact = self.backend.count_prompt(&window.messages);
+            // The server's count wins over the estimate: learn from it, and shrink until
+            // the prompt fits (each pass raises the scale, so this ends).
+            for pass in 0..4 {
+                match exact {
+                    Some(n) if n > budget => {
+                        self.calib.observe(self.raw_tokens(&window.messages), n);
+                        if pass > 0 {
+                            self.calib.grow(1.1);
+                        }
+                        window = self.assemble(candidates)?;
+                        exact = self.backend.count_prompt(&window.messages);
+                    }
+                    Some(n) => {
+                        self.calib.observe(self.raw_tokens(&window.messages), n);
+                        break;
+                    }
+                    None => break,
+                }
+            }
+            let req = ChatRequest {
+                messages: window.messages.clone(),
+                num_ctx: self.window,
+                max_tokens: self.answer_tokens,
+                temperature: self.cfg.temperature,
+            };
+            let pager = self.pager.as_ref();
+            let mut stream = |t: &str| {
+                if let Some(p) = pager {
+                    p.observe_output(t);
+                }
+                on_text(t);
+            };
+            let resp = self.backend.chat(&req, &mut stream);
+            if let Some(p) = &self.pager {
+                p.end_of_output();
+            }
+            match resp {
+                Ok(resp) => return Ok((window, resp, exact, retried)),
+                Err(crate::backend::BackendError::ContextExceeded { prompt_tokens, .. })
+                    if !retried =>
+                {
+                    retried = true;
+                    self.stats.context_retries += 1;
+                    // The server's count of what it refused teaches the scale; without
+                    // one, assume half as many tokens again as estimated.
+                    match prompt_tokens {
+                        Some(n) => self
+                            .calib
+                            .observe(self.raw_tokens(&window.messages), n as usize),
+                        None => self.calib.grow(1.5),
+                    }
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+
+    /// Tokens a prompt may take: the window less the answer's reserve and a margin.
+    fn prompt_budget(&self) -> usize {
+        self.window
+            .saturating_sub(self.answer_tokens + safety_margin(self.window))
+    }
+
+    /// Fold one turn's server-side figures into the stats; returns whether the server
+    /// seems to have cut the prompt silently.
+    fn account(
+        &mut self,
+        window: &Window,
+        resp: &crate::backend::ChatResponse,
+        exact: Option<usize>,
+    ) -> bool {
+        self.stats.turns += 1;
+        self.stats.prompt_tokens_est += window.est_tokens as u64;
+        let sent = exact.unwrap_or(window.est_tokens);
+        let mut truncated = false;
+        if let Some(reported) = resp.prompt_tokens {
+            self.stats.prompt_tokens_reported += reported;
+            if reported as usize + self.answer_tokens > self.window {
+                self.stats.overflows += 1;
+            }
+            // A server that counts well under what was sent has cut the prompt (Ollama
+            // keeps what fits `num_ctx` and says nothing). Servers that leave cached
+            // tokens out of the count say how many were cached, or count them in.
+            let counted = reported + resp.cached_tokens.filter(|_| exact.is_none()).unwrap_or(0);
+            if sent >= 256 && (counted as f64) < 0.6 * sent as f64 {
+                truncated = true;
+                self.stats.truncations += 1;
+                self.calib.grow(1.25);
+            } else if exact.is_none() {
+                self.calib
+                    .observe(self.raw_tokens(&window.messages), reported as usize);
+            }
+            if let Some(c) = resp.cache_hits() {
+                self.stats.cached_tokens += c.min(reported);
+                self.stats.cache_reported_tokens += reported;
+            }
+        }
+        if let Some(t) = resp.ttft_ms {
+            self.stats.ttft_ms_total += t;
+            self.stats.ttft_turns += 1;
+        }
+        self.stats.prompt_eval_ms_total += resp.prompt_eval_ms.unwrap_or(0.0);
+        self.stats.completion_tokens += resp.completion_tokens.unwrap_or(0);
+        truncated
     }
 
     fn push_history(&mut self, role: Role, text: &str, turn: u64) {
@@ -487,9 +717,7 @@ impl Session {
 
     /// Build the window for the latest input (the last entry of the history).
     fn assemble(&self, candidates: &[Candidate]) -> Result<Window> {
-        let budget = self
-            .window
-            .saturating_sub(self.answer_tokens + safety_margin(self.window));
+        let budget = self.prompt_budget();
         let mut system = self.cfg.system_prompt.clone();
         if !self.pinned.is_empty() {
             system.push_str("\n\nPinned facts:");
@@ -518,54 +746,145 @@ impl Session {
             .ok_or_else(|| Error::invalid("no input to answer"))?;
         let (latest_text, input_cut) = self.fit_input(latest, free / 2 + free / 4)?;
         free -= self.est(&latest_text).min(free);
-
-        let memory_budget = if self.pager.is_some() {
+        let memory_cap = if self.pager.is_some() {
             (free as f32 * self.cfg.memory_share) as usize
         } else {
             0
         };
-        // Recent turns first with what memory leaves them...
-        let earlier = &self.history[..self.history.len() - 1];
-        let mut recent_free = free - memory_budget;
-        let mut first_recent = earlier.len();
-        while first_recent > 0 {
-            let t = self.est_turn(&earlier[first_recent - 1]);
-            if t > recent_free {
-                break;
+        let focus = Focus::new(&latest.text);
+
+        if self.cfg.layout == Layout::Legacy {
+            // Recent turns slide by one turn each turn; memory joins the system message.
+            let earlier = &self.history[..self.history.len() - 1];
+            let first = sliding_start(earlier, free - memory_cap, |t| self.est_turn(t));
+            let used: usize = earlier[first..].iter().map(|t| self.est_turn(t)).sum();
+            let in_window: HashSet<u64> = earlier[first..]
+                .iter()
+                .map(|t| t.turn)
+                .chain([latest.turn])
+                .collect();
+            let chosen = self.page_in(candidates, &in_window, &HashSet::new(), free - used, &focus);
+            if let Some(mem) = memory_message(&chosen) {
+                system = format!("{system}\n\n{mem}");
             }
-            recent_free -= t;
-            first_recent -= 1;
+            let mut messages = vec![Message::new(Role::System, system)];
+            messages.extend(
+                earlier[first..]
+                    .iter()
+                    .map(|t| Message::new(t.role, t.text.clone())),
+            );
+            messages.push(Message::new(Role::User, latest_text));
+            return Ok(self.window_of(
+                messages,
+                &chosen,
+                earlier.len() - first,
+                input_cut,
+                Vec::new(),
+            ));
         }
-        let in_window: HashSet<u64> = earlier[first_recent..]
+
+        // The resident stream: what the last prompt held after its system message, as it
+        // was sent. When it and this turn's memory no longer fit, its oldest turns go in
+        // one step, down to half of what is left to it.
+        let resident = &self.resident;
+        let mut used: usize = resident.iter().map(|r| self.est_resident(r)).sum();
+        let mut first = 0;
+        // Keep room for at least half of this turn's memory share.
+        if used + memory_cap / 2 > free {
+            let target = free.saturating_sub(memory_cap) / 2;
+            while first < resident.len() && used > target {
+                let turn = resident[first].turn;
+                while first < resident.len() && resident[first].turn == turn {
+                    used -= self.est_resident(&resident[first]);
+                    first += 1;
+                }
+            }
+        }
+        let kept = &resident[first..];
+        let in_window: HashSet<u64> = kept
             .iter()
-            .map(|t| t.turn)
+            .filter(|r| r.slices.is_empty())
+            .map(|r| r.turn)
             .chain([latest.turn])
             .collect();
+        let paged: HashSet<u64> = kept.iter().flat_map(|r| r.slices.iter().copied()).collect();
+        let chosen = self.page_in(
+            candidates,
+            &in_window,
+            &paged,
+            memory_cap.min(free.saturating_sub(used)),
+            &focus,
+        );
+        let mut next: Vec<Resident> = kept.to_vec();
+        let mut input_message = Message::new(Role::User, latest_text);
+        if let Some(mem) = memory_message(&chosen) {
+            let slices = chosen.iter().map(|(c, _)| c.slice.meta.id).collect();
+            if self.cfg.layout == Layout::StableInline {
+                input_message.content = format!("{mem}\n\n{}", input_message.content);
+                next.push(self.resident(
+                    Message::new(Role::User, String::new()),
+                    latest.turn,
+                    slices,
+                ));
+            } else {
+                next.push(self.resident(Message::new(Role::User, mem), latest.turn, slices));
+            }
+        }
+        next.retain(|r| !r.message.content.is_empty());
+        next.push(self.resident(input_message, latest.turn, Vec::new()));
+        let mut messages = vec![Message::new(Role::System, system)];
+        messages.extend(next.iter().map(|r| r.message.clone()));
+        let recent = kept.iter().filter(|r| r.slices.is_empty()).count();
+        Ok(self.window_of(messages, &chosen, recent, input_cut, next))
+    }
 
-        // ...then memory, skipping turns already there verbatim...
-        let mut memory_free = memory_budget;
-        let per_slice_cap = (memory_budget / 3).max(48);
-        let focus = Focus::new(&latest.text);
+    /// A message of the resident stream.
+    fn resident(&self, message: Message, turn: u64, slices: Vec<u64>) -> Resident {
+        let tokens = self.memory.count_tokens(&message.content);
+        Resident {
+            message,
+            turn,
+            tokens,
+            slices,
+        }
+    }
+
+    fn est_resident(&self, r: &Resident) -> usize {
+        self.calib.estimate(r.tokens + tokens::MESSAGE_OVERHEAD)
+    }
+
+    /// The candidates to page in, best first, within `budget` tokens: none from a turn
+    /// already in the window verbatim (`in_window`) or already paged in (`paged`), and
+    /// an excerpt of the sentences that bear on the input for a slice too big for its share.
+    fn page_in<'c>(
+        &self,
+        candidates: &'c [Candidate],
+        in_window: &HashSet<u64>,
+        paged: &HashSet<u64>,
+        budget: usize,
+        focus: &Focus,
+    ) -> Vec<(&'c Candidate, String)> {
+        let mut free = budget;
+        let per_slice_cap = (budget / 3).max(48);
         let mut chosen: Vec<(&Candidate, String)> = Vec::new();
         for c in candidates {
             let m = &c.slice.meta;
             if m.namespace == self.cfg.namespace && in_window.contains(&m.turn) && m.turn > 0 {
                 continue;
             }
-            if m.pinned {
+            if m.pinned || paged.contains(&m.id) {
                 continue;
             }
             let mut block = memory_block(&c.slice, &c.slice.text);
             let mut t = self.calib.estimate(self.memory.count_tokens(&block) + 1);
             if t > per_slice_cap {
-                // Too big for its share: page in the sentences that bear on the input.
                 let label = self
                     .calib
                     .estimate(self.memory.count_tokens(&memory_block(&c.slice, "")) + 1);
                 let count = |s: &str| self.calib.estimate(self.memory.count_tokens(s) + 1);
                 let text = excerpt(
                     &c.slice.text,
-                    &focus,
+                    focus,
                     per_slice_cap.saturating_sub(label),
                     &count,
                 );
@@ -575,45 +894,26 @@ impl Session {
                 block = memory_block(&c.slice, &text);
                 t = self.calib.estimate(self.memory.count_tokens(&block) + 1);
             }
-            if t > memory_free {
+            if t > free {
                 continue;
             }
-            memory_free -= t;
+            free -= t;
             chosen.push((c, block));
         }
-        // ...and what memory left over goes to older turns.
-        let memory_turns: HashSet<u64> = chosen
-            .iter()
-            .filter(|(c, _)| c.slice.meta.namespace == self.cfg.namespace)
-            .map(|(c, _)| c.slice.meta.turn)
-            .collect();
-        recent_free += memory_free;
-        while first_recent > 0 {
-            let prev = &earlier[first_recent - 1];
-            let t = self.est_turn(prev);
-            if t > recent_free || memory_turns.contains(&prev.turn) {
-                break;
-            }
-            recent_free -= t;
-            first_recent -= 1;
-        }
-
         chosen.sort_by_key(|(c, _)| c.slice.meta.id);
-        if !chosen.is_empty() {
-            system
-                .push_str("\n\nMemory paged in from earlier (each block says where it came from):");
-            for (_, block) in &chosen {
-                system.push('\n');
-                system.push_str(block);
-            }
-        }
-        let mut messages = vec![Message::new(Role::System, system)];
-        for t in &earlier[first_recent..] {
-            messages.push(Message::new(t.role, t.text.clone()));
-        }
-        messages.push(Message::new(Role::User, latest_text));
+        chosen
+    }
+
+    fn window_of(
+        &self,
+        messages: Vec<Message>,
+        chosen: &[(&Candidate, String)],
+        recent_turns: usize,
+        input_cut: bool,
+        resident: Vec<Resident>,
+    ) -> Window {
         let est_tokens = messages.iter().map(|m| self.est(&m.content)).sum();
-        Ok(Window {
+        Window {
             messages,
             est_tokens,
             memory: chosen
@@ -627,9 +927,10 @@ impl Session {
                     predicted: c.predicted,
                 })
                 .collect(),
-            recent_turns: earlier.len() - first_recent,
+            recent_turns,
             input_cut,
-        })
+            resident,
+        }
     }
 
     /// The latest input, or its tail when it alone exceeds `limit` tokens.
@@ -638,7 +939,10 @@ impl Session {
             return Ok((latest.text.clone(), false));
         }
         let count = |s: &str| self.memory.count_tokens(s);
-        let pieces = crate::chunk::split(&latest.text, self.memory.slice_tokens(), &count);
+        // Pieces small enough that a few fit the limit, however coarse the scale.
+        let raw_limit = (limit as f64 / self.calib.scale()) as usize;
+        let piece_tokens = self.memory.slice_tokens().min(raw_limit / 4).max(16);
+        let pieces = crate::chunk::split(&latest.text, piece_tokens, &count);
         let mut kept: Vec<&str> = Vec::new();
         let mut used = self.est("[The first part of this message is in memory.]");
         for p in pieces.iter().rev() {
@@ -668,6 +972,51 @@ impl Session {
             true,
         ))
     }
+}
+
+/// The first line of the paged-memory message.
+pub const MEMORY_HEADER: &str =
+    "Memory paged in from earlier in this conversation (each block says where it came from):";
+
+/// The first recent turn when turns slide: as many of the latest as fit `budget`.
+fn sliding_start(earlier: &[Turn], budget: usize, est: impl Fn(&Turn) -> usize) -> usize {
+    let mut free = budget;
+    let mut first = earlier.len();
+    while first > 0 {
+        let t = est(&earlier[first - 1]);
+        if t > free {
+            break;
+        }
+        free -= t;
+        first -= 1;
+    }
+    first
+}
+
+/// The paged-memory message for `chosen`, if anything was chosen.
+fn memory_message(chosen: &[(&Candidate, String)]) -> Option<String> {
+    (!chosen.is_empty()).then(|| {
+        let mut text = String::from(MEMORY_HEADER);
+        for (_, block) in chosen {
+            text.push('\n');
+            text.push_str(block);
+        }
+        text
+    })
+}
+
+/// A message of the window's resident stream (what follows the system message),
+/// exactly as it was sent, so the next prompt repeats it byte for byte.
+#[derive(Clone, Debug)]
+struct Resident {
+    message: Message,
+    /// The turn it belongs to: a turn's messages and the memory paged in for it are
+    /// dropped together.
+    turn: u64,
+    /// Raw tokens by the encoder's tokenizer.
+    tokens: usize,
+    /// The slices a memory message pages in; empty for a turn's own message.
+    slices: Vec<u64>,
 }
 
 /// A paged-in slice as the model sees it: `[memory 123 · turn 14 · user] text`,

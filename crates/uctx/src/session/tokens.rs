@@ -37,6 +37,12 @@ impl Calibration {
         self.scale
     }
 
+    /// Assume `factor` times more server tokens per token of ours from now on (after the
+    /// server cut or refused a prompt); a factor below 1 changes nothing.
+    pub fn grow(&mut self, factor: f64) {
+        self.scale = (self.scale * factor.max(1.0)).min(8.0);
+    }
+
     /// Learn from one prompt: `raw` tokens by our count, `reported` by the server's.
     pub fn observe(&mut self, raw: usize, reported: usize) {
         if raw == 0 || reported == 0 {

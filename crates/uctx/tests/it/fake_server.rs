@@ -45,6 +45,12 @@ pub struct FakeConfig {
     pub raw_stream: Option<String>,
     /// Answer with one JSON completion even when a stream is asked for (OpenAI only).
     pub ignore_stream: bool,
+    /// The server's context in tokens: a longer prompt is refused with HTTP 400
+    /// `exceed_context_size_error` (OpenAI, as llama-server does) or cut to its latest
+    /// messages without a word, the count reporting what was kept (Ollama).
+    pub n_ctx: Option<usize>,
+    /// The server's tokenizer counts this many tokens per token of the reader's count.
+    pub token_scale: f64,
 }
 
 impl Default for FakeConfig {
@@ -62,6 +68,8 @@ impl Default for FakeConfig {
             delay: Duration::ZERO,
             raw_stream: None,
             ignore_stream: false,
+            n_ctx: None,
+            token_scale: 1.0,
         }
     }
 }
@@ -266,6 +274,22 @@ fn messages(body: &Value) -> Option<Vec<Message>> {
     serde_json::from_value(body.get("messages")?.clone()).ok()
 }
 
+/// The prompt's size by this server's tokenizer.
+fn count(cfg: &FakeConfig, msgs: &[Message]) -> u64 {
+    (reader::prompt_tokens(msgs) as f64 * cfg.token_scale).ceil() as u64
+}
+
+/// What Ollama does past `num_ctx`: keeps the system message and the latest messages
+/// that fit, and says nothing.
+fn truncate(cfg: &FakeConfig, msgs: Vec<Message>) -> Vec<Message> {
+    let Some(n_ctx) = cfg.n_ctx else { return msgs };
+    let mut msgs = msgs;
+    while count(cfg, &msgs) > n_ctx as u64 && msgs.len() > 2 {
+        msgs.remove(1);
+    }
+    msgs
+}
+
 /// The answer's pieces, word by word, as a model streams them.
 fn pieces(cfg: &FakeConfig, msgs: &[Message]) -> Vec<String> {
     let text = cfg.reply.clone().unwrap_or_else(|| reader::answer(msgs));
@@ -315,8 +339,9 @@ fn ollama(out: &mut TcpStream, cfg: &FakeConfig, req: &Recorded) -> std::io::Res
             let Some(msgs) = messages(&req.body) else {
                 return respond(out, 400, &json!({"error": "invalid messages"}));
             };
+            let msgs = truncate(cfg, msgs);
             let pieces = pieces(cfg, &msgs);
-            let prompt_eval_count = reader::prompt_tokens(&msgs);
+            let prompt_eval_count = count(cfg, &msgs);
             let eval_count = reader::approx_tokens(&pieces.concat());
             let mut s = Stream::start(out, "application/x-ndjson", cfg)?;
             if let Some(raw) = &cfg.raw_stream {
@@ -405,9 +430,21 @@ fn openai(out: &mut TcpStream, cfg: &FakeConfig, req: &Recorded) -> std::io::Res
             let Some(msgs) = messages(&req.body) else {
                 return respond(out, 400, &json!({"error": {"message": "invalid messages"}}));
             };
+            let n_prompt = count(cfg, &msgs);
+            if let Some(n_ctx) = cfg.n_ctx.filter(|&n| n_prompt > n as u64) {
+                let error = json!({"error": {
+                    "code": 400,
+                    "message": format!("request ({n_prompt} tokens) exceeds the available \
+                                        context size ({n_ctx} tokens), try increasing it"),
+                    "type": "exceed_context_size_error",
+                    "n_prompt_tokens": n_prompt,
+                    "n_ctx": n_ctx,
+                }});
+                return respond(out, 400, &error);
+            }
             let pieces = pieces(cfg, &msgs);
             let usage = json!({
-                "prompt_tokens": reader::prompt_tokens(&msgs),
+                "prompt_tokens": n_prompt,
                 "completion_tokens": reader::approx_tokens(&pieces.concat()),
             });
             if cfg.ignore_stream || req.body.get("stream").and_then(Value::as_bool) != Some(true) {

@@ -359,3 +359,155 @@ fn an_input_larger_than_the_window_is_cut_and_said_so() {
     let hits = memory.recall("vault passphrase", 3, Scope::All).unwrap();
     assert!(hits.iter().any(|h| h.slice.text.contains(VALUE)));
 }
+
+/// Work on one topic: filler drawn from the topic's own eight words.
+fn topic_filler(topic: u64, seed: u64, words: usize) -> String {
+    let vocab: Vec<String> = filler(topic + 1000, 400)
+        .split_whitespace()
+        .map(|w| w.trim_matches('.').to_string())
+        .take(8)
+        .collect();
+    filler(seed, words)
+        .split(' ')
+        .enumerate()
+        .map(|(i, w)| {
+            let word = &vocab[(i * 7 + w.len()) % vocab.len()];
+            match w {
+                "" => String::new(),
+                w if w.ends_with('.') => format!("{word}."),
+                _ => word.clone(),
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// A 40-turn conversation through `session`: work on a topic for eight turns, then the
+/// next; a fact stated at each topic's start and asked for at its end. Returns the
+/// prompts the model was sent.
+fn forty_turns(session: &mut Session) -> Vec<Vec<uctx::backend::Message>> {
+    let mut prompts = Vec::new();
+    for i in 0..40u64 {
+        let topic = i / 8;
+        let input = match i % 8 {
+            0 => format!(
+                "The relay{topic} token is amber-{topic}. {}",
+                topic_filler(topic, i, 40)
+            ),
+            7 => format!("Which relay{topic} token did we note?"),
+            _ => topic_filler(topic, i, 60 + (i as usize * 7) % 50),
+        };
+        let r = session.turn(&input, &mut |_| {}).unwrap();
+        prompts.push(r.window.messages.clone());
+    }
+    prompts
+}
+
+fn layout_session(layout: uctx::session::Layout) -> (Session, tempfile::TempDir) {
+    let (memory, dir) = memory();
+    let s = Session::open(
+        memory,
+        reader(2048),
+        SessionConfig {
+            layout,
+            ..SessionConfig::default()
+        },
+    )
+    .unwrap();
+    (s, dir)
+}
+
+#[test]
+fn the_stable_layout_keeps_a_prefix_the_server_cache_reuses() {
+    use uctx::session::{Layout, MEMORY_HEADER};
+    let (mut s, _dir) = layout_session(Layout::Stable);
+    let prompts = forty_turns(&mut s);
+    let system = &prompts[0][0];
+    let mut drops = 0;
+    for (i, p) in prompts.iter().enumerate() {
+        assert_eq!(&p[0], system, "turn {i}: the system message changed");
+        assert!(!p[0].content.contains("[memory "));
+        let n = p.len();
+        if let Some(m) = p[1..n - 1].iter().find(|m| m.content.contains("[memory ")) {
+            assert!(
+                m.content.starts_with(MEMORY_HEADER),
+                "memory has its own message"
+            );
+        }
+        if i == 0 {
+            continue;
+        }
+        // Append-only: everything after the system message continues the last prompt,
+        // unless the oldest turns were dropped in one step.
+        let before = &prompts[i - 1][1..];
+        if !p[1..].starts_with(before) {
+            drops += 1;
+            assert!(
+                n - 1 <= before.len(),
+                "turn {i}: the prompt changed without a drop"
+            );
+        }
+    }
+    assert!(drops >= 1, "40 turns at 2,048 tokens must fill the window");
+    assert!(
+        drops <= 12,
+        "recent turns were dropped {drops} times in 40 turns"
+    );
+    let stable = s.stats().cache_reuse().unwrap();
+
+    let (mut legacy, _dir) = layout_session(Layout::Legacy);
+    forty_turns(&mut legacy);
+    let old = legacy.stats().cache_reuse().unwrap();
+    assert!(
+        stable >= 0.6 && stable >= 3.0 * old,
+        "cache reuse: stable {stable:.3}, legacy {old:.3}"
+    );
+    assert_eq!(s.stats().overflows, 0);
+}
+
+#[test]
+fn a_prompt_the_server_refuses_as_too_large_is_sent_again_smaller() {
+    // The server's tokenizer counts 3.5 times the reader's tokens: our first estimates
+    // are short, and llama-server answers HTTP 400 exceed_context_size_error.
+    let server = FakeServer::openai(FakeConfig {
+        props_n_ctx: Some(2048),
+        n_ctx: Some(2048),
+        token_scale: 3.5,
+        ..FakeConfig::default()
+    });
+    let opts = server.options();
+    let mut run = open(server, "openai/m", opts, true, 2048);
+    let mut sink = |_: &str| {};
+    for i in 0..12 {
+        let words = if i == 0 { 1000 } else { 300 };
+        run.session.turn(&filler(i, words), &mut sink).unwrap();
+    }
+    let stats = run.session.stats();
+    assert!(stats.context_retries >= 1, "{stats:?}");
+    assert_eq!(stats.overflows, 0);
+    assert_eq!(stats.turns, 12);
+}
+
+#[test]
+fn a_prompt_the_server_cuts_silently_is_detected() {
+    // Ollama keeps what fits its context and reports only that: the server says 2,048
+    // but cuts at 600.
+    let server = FakeServer::ollama(FakeConfig {
+        context_length: Some(2048),
+        n_ctx: Some(600),
+        ..FakeConfig::default()
+    });
+    let opts = server.options();
+    let mut run = open(server, "ollama/m", opts, false, 2048);
+    let mut sink = |_: &str| {};
+    let mut seen = false;
+    for i in 0..8 {
+        seen |= run
+            .session
+            .turn(&filler(i, 300), &mut sink)
+            .unwrap()
+            .truncated;
+    }
+    assert!(seen);
+    assert!(run.session.stats().truncations >= 1);
+}
