@@ -5,4 +5,5 @@
 pub mod drift;
 pub mod encoder;
 pub mod locomo;
+pub mod locomo_qa;
 pub mod scale;

@@ -14,6 +14,7 @@
 //!   `tools/distill/locomo_reference.py` writes (same task, same scoring).
 //!
 //! LoCoMo (CC BY-NC 4.0) is for evaluation only and is never shipped: pass its path.
+//! [`load`] reads the file for this bench and for [`crate::locomo_qa`].
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -83,22 +84,52 @@ pub struct Report {
     pub notes: Vec<String>,
 }
 
-/// One conversation: turn ids (`D1:3`), session of each turn, texts, questions.
-struct Conversation {
-    ids: Vec<String>,
-    sessions: Vec<u32>,
-    texts: Vec<String>,
-    questions: Vec<Question>,
+/// One LoCoMo conversation as the file holds it: its lines in order, the date of each
+/// session, and its questions.
+pub struct Conversation {
+    /// `sample_id` (`conv-26`).
+    pub id: String,
+    pub speaker_a: String,
+    pub speaker_b: String,
+    pub lines: Vec<Line>,
+    /// `session_N_date_time`, by session number (`dates[0]` is session 1's).
+    pub dates: Vec<String>,
+    pub questions: Vec<Question>,
 }
 
-struct Question {
-    category: u8,
-    text: String,
-    /// Indices of evidence turns.
-    evidence: Vec<usize>,
+/// One line of a conversation.
+pub struct Line {
+    /// `dia_id` (`D1:3`).
+    pub id: String,
+    /// The session it belongs to (1-based).
+    pub session: u32,
+    pub speaker: String,
+    pub text: String,
+    /// `blip_caption` of an image shared with the line, if any.
+    pub caption: Option<String>,
 }
 
-fn load(path: &Path) -> anyhow::Result<Vec<Conversation>> {
+impl Line {
+    /// `speaker: text`.
+    pub fn said(&self) -> String {
+        format!("{}: {}", self.speaker, self.text)
+    }
+}
+
+/// One question with its gold answer.
+pub struct Question {
+    /// LoCoMo's category: 1 multi-hop, 2 temporal, 3 open-domain, 4 single-hop,
+    /// 5 adversarial.
+    pub category: u8,
+    pub text: String,
+    /// The gold answer (empty for adversarial questions, which have none).
+    pub answer: String,
+    /// Indices into [`Conversation::lines`] of the evidence lines that exist.
+    pub evidence: Vec<usize>,
+}
+
+/// Read `locomo10.json`.
+pub fn load(path: &Path) -> anyhow::Result<Vec<Conversation>> {
     let raw = std::fs::read(path).with_context(|| {
         format!(
             "reading LoCoMo at {} — pass --data PATH/locomo10.json (the data set is not shipped with uctx)",
@@ -113,37 +144,49 @@ fn load(path: &Path) -> anyhow::Result<Vec<Conversation>> {
             path.display()
         );
     };
+    let str_of = |v: &serde_json::Value, k: &str| {
+        v.get(k).and_then(|v| v.as_str()).unwrap_or("").to_string()
+    };
     let mut out = Vec::new();
-    for sample in samples {
+    for (n, sample) in samples.iter().enumerate() {
         let conv = &sample["conversation"];
         let mut c = Conversation {
-            ids: Vec::new(),
-            sessions: Vec::new(),
-            texts: Vec::new(),
+            id: sample
+                .get("sample_id")
+                .and_then(|v| v.as_str())
+                .map_or_else(|| format!("conv-{}", n + 1), str::to_string),
+            speaker_a: str_of(conv, "speaker_a"),
+            speaker_b: str_of(conv, "speaker_b"),
+            lines: Vec::new(),
+            dates: Vec::new(),
             questions: Vec::new(),
         };
         let mut s = 1;
         while let Some(turns) = conv.get(format!("session_{s}")).and_then(|v| v.as_array()) {
+            c.dates
+                .push(str_of(conv, &format!("session_{s}_date_time")));
             for turn in turns {
-                let field = |k: &str| turn.get(k).and_then(|v| v.as_str()).unwrap_or("");
-                c.ids.push(field("dia_id").to_string());
-                c.sessions.push(s);
-                c.texts
-                    .push(format!("{}: {}", field("speaker"), field("text")));
+                c.lines.push(Line {
+                    id: str_of(turn, "dia_id"),
+                    session: s,
+                    speaker: str_of(turn, "speaker"),
+                    text: str_of(turn, "text"),
+                    caption: turn
+                        .get("blip_caption")
+                        .and_then(|v| v.as_str())
+                        .filter(|t| !t.trim().is_empty())
+                        .map(str::to_string),
+                });
             }
             s += 1;
         }
         let index: BTreeMap<&str, usize> = c
-            .ids
+            .lines
             .iter()
             .enumerate()
-            .map(|(i, id)| (id.as_str(), i))
+            .map(|(i, l)| (l.id.as_str(), i))
             .collect();
         for qa in sample["qa"].as_array().map(Vec::as_slice).unwrap_or(&[]) {
-            let category = qa["category"].as_u64().unwrap_or(0);
-            if !(1..=4).contains(&category) {
-                continue;
-            }
             let mut evidence = Vec::new();
             for e in qa["evidence"].as_array().map(Vec::as_slice).unwrap_or(&[]) {
                 for part in e
@@ -158,23 +201,29 @@ fn load(path: &Path) -> anyhow::Result<Vec<Conversation>> {
                     }
                 }
             }
-            if !evidence.is_empty() {
-                c.questions.push(Question {
-                    category: category as u8,
-                    text: qa["question"].as_str().unwrap_or("").to_string(),
-                    evidence,
-                });
-            }
+            // Answers are strings, or numbers for a year.
+            let answer = match &qa["answer"] {
+                serde_json::Value::String(s) => s.clone(),
+                serde_json::Value::Null => String::new(),
+                other => other.to_string(),
+            };
+            c.questions.push(Question {
+                category: u8::try_from(qa["category"].as_u64().unwrap_or(0)).unwrap_or(0),
+                text: str_of(qa, "question"),
+                answer,
+                evidence,
+            });
         }
         out.push(c);
     }
-    if out.iter().all(|c| c.questions.is_empty()) {
-        bail!(
-            "{} holds no LoCoMo questions of categories 1-4",
-            path.display()
-        );
-    }
     Ok(out)
+}
+
+/// One conversation as this bench searches it: each line as `speaker: text`, its session.
+struct Retrieval {
+    sessions: Vec<u32>,
+    texts: Vec<String>,
+    questions: Vec<Question>,
 }
 
 /// Sums per category of 1/rank and hits at each cut-off.
@@ -243,7 +292,24 @@ fn first_hit(ranking: &[u64], evidence: &[usize]) -> Option<usize> {
 
 /// Run every arm.
 pub fn run(args: &Args) -> anyhow::Result<Report> {
-    let convs = load(&args.data)?;
+    let convs: Vec<Retrieval> = load(&args.data)?
+        .into_iter()
+        .map(|c| Retrieval {
+            sessions: c.lines.iter().map(|l| l.session).collect(),
+            texts: c.lines.iter().map(Line::said).collect(),
+            questions: c
+                .questions
+                .into_iter()
+                .filter(|q| (1..=4).contains(&q.category) && !q.evidence.is_empty())
+                .collect(),
+        })
+        .collect();
+    if convs.iter().all(|c| c.questions.is_empty()) {
+        bail!(
+            "{} holds no LoCoMo questions of categories 1-4",
+            args.data.display()
+        );
+    }
     let mut names = ["bm25", "dense", "hybrid", "hybrid+ctx"].map(|n| (n, Tally::default(), 0.0));
 
     for c in &convs {

@@ -4,10 +4,11 @@ use std::io::IsTerminal;
 use std::process::ExitCode;
 
 use uctx::encoder::StaticEncoder;
-use uctx_bench::{drift, encoder, locomo, scale};
+use uctx_bench::{drift, encoder, locomo, locomo_qa, scale};
 
 use crate::cli::{
-    BenchArgs, BenchCommand, DriftArgs, EncoderBenchArgs, Global, LocomoArgs, ScaleArgs,
+    BenchArgs, BenchCommand, DriftArgs, EncoderBenchArgs, Global, LocomoArgs, LocomoQaArgs,
+    ScaleArgs,
 };
 use crate::open;
 
@@ -16,6 +17,7 @@ pub fn bench(g: &Global, a: &BenchArgs) -> anyhow::Result<ExitCode> {
         BenchCommand::Drift(d) => bench_drift(g, d),
         BenchCommand::Encoder(e) => bench_encoder(g, e),
         BenchCommand::Locomo(l) => bench_locomo(g, l),
+        BenchCommand::LocomoQa(q) => bench_locomo_qa(g, q),
         BenchCommand::Scale(s) => bench_scale(g, s),
     }
 }
@@ -130,6 +132,35 @@ fn bench_locomo(g: &Global, a: &LocomoArgs) -> anyhow::Result<ExitCode> {
         reference: a.reference.clone(),
     })?;
     emit(g, &report, report.table())
+}
+
+fn bench_locomo_qa(g: &Global, a: &LocomoQaArgs) -> anyhow::Result<ExitCode> {
+    let show_progress = !g.json && std::io::stderr().is_terminal();
+    let report = locomo_qa::run(&locomo_qa::Args {
+        data: a.data.clone(),
+        model: a.model.clone(),
+        backend: open::backend_options(&a.server, Some(a.window)),
+        encoder: open::encoder(g)?,
+        window: a.window,
+        full_window: a.full_window,
+        arms: a.arms.clone(),
+        questions: a.questions,
+        conversations: a.conversations,
+        trace: a.trace,
+        progress: show_progress.then(|| {
+            Box::new(|arm: &str, i: usize, n: usize| eprint!("\rengine {arm}: question {i}/{n}   "))
+                as locomo_qa::Progress
+        }),
+    })?;
+    if show_progress {
+        eprintln!();
+    }
+    let code = emit(g, &report, report.table())?;
+    if !g.json {
+        // Wall times vary from run to run; the table does not.
+        eprint!("{}", report.timing());
+    }
+    Ok(code)
 }
 
 fn bench_drift(g: &Global, a: &DriftArgs) -> anyhow::Result<ExitCode> {

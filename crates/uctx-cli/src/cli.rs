@@ -196,6 +196,8 @@ pub enum BenchCommand {
     Encoder(EncoderBenchArgs),
     /// Evidence recall on LoCoMo: BM25, the encoder, hybrid, and the transformer reference.
     Locomo(LocomoArgs),
+    /// Question answering on LoCoMo with a model: sliding window (OFF), paged memory (ON), whole conversation (FULL).
+    LocomoQa(LocomoQaArgs),
     /// The pool at scale: density, ingest speed, search latency, recall, memory, time to open.
     Scale(ScaleArgs),
 }
@@ -249,6 +251,36 @@ pub struct LocomoArgs {
     /// The transformer reference scores [default: the file committed with the bench].
     #[arg(long, value_name = "FILE")]
     pub reference: Option<std::path::PathBuf>,
+}
+
+#[derive(Args, Debug)]
+pub struct LocomoQaArgs {
+    /// LoCoMo's `locomo10.json` (CC BY-NC 4.0; not shipped with uctx).
+    #[arg(long, value_name = "FILE", default_value = uctx_bench::locomo_qa::DEFAULT_DATA)]
+    pub data: std::path::PathBuf,
+    /// The model every arm calls.
+    #[arg(long, short = 'm', default_value = "reader")]
+    pub model: String,
+    #[command(flatten)]
+    pub server: ServerArgs,
+    /// Context window of the OFF and ON arms, in tokens.
+    #[arg(long, default_value_t = 2048)]
+    pub window: usize,
+    /// Context window of the FULL arm (it runs only when the server's context is this large).
+    #[arg(long, default_value_t = 32768, value_name = "TOKENS")]
+    pub full_window: usize,
+    /// The arms to run, comma-separated: off, on, full.
+    #[arg(long, value_delimiter = ',', default_value = "off,on,full")]
+    pub arms: Vec<uctx_bench::locomo_qa::Arm>,
+    /// Ask only N questions, a fixed sample spread evenly across the conversations [default: all].
+    #[arg(long, value_name = "N")]
+    pub questions: Option<usize>,
+    /// Only the first N conversations [default: all].
+    #[arg(long, value_name = "N")]
+    pub conversations: Option<usize>,
+    /// Print every question, its gold answer, the answer and its F1 to standard error.
+    #[arg(long)]
+    pub trace: bool,
 }
 
 #[derive(Args, Debug)]

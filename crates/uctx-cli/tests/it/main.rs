@@ -345,3 +345,68 @@ fn drift_bench_json_has_the_promised_keys() {
     assert_eq!(out.status.code(), Some(2));
     assert!(text(&out.stderr).contains("at least 20"));
 }
+
+#[test]
+fn locomo_qa_bench_json_has_the_promised_keys() {
+    let out = run(Command::new(env!("CARGO_BIN_EXE_uctx")).args([
+        "bench",
+        "locomo-qa",
+        "--data",
+        "no/such/locomo10.json",
+    ]));
+    no_panic(&out);
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("--data"),
+        "{}",
+        text(&out.stderr)
+    );
+
+    // The data set is not shipped; CI has it beside the clone.
+    let data =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/data/locomo/locomo10.json");
+    if !data.exists() {
+        eprintln!("skipped: no LoCoMo data at {}", data.display());
+        return;
+    }
+    let out = run(Command::new(env!("CARGO_BIN_EXE_uctx"))
+        .args([
+            "--json",
+            "bench",
+            "locomo-qa",
+            "--questions",
+            "12",
+            "--data",
+        ])
+        .arg(&data));
+    let v = json(&out);
+    assert_eq!(v["model"], "reader");
+    assert_eq!(v["window"], 2048);
+    for arm in ["off", "on", "full"] {
+        let a = &v["arms"][arm];
+        let share = |key: &str| {
+            let x = a[key]
+                .as_f64()
+                .unwrap_or_else(|| panic!("{arm} lacks {key}: {v}"));
+            assert!((0.0..=1.0).contains(&x), "{arm} {key} {x} out of range");
+            x
+        };
+        share("f1");
+        share("evidence_in_window");
+        share("cache_reuse");
+        share("whole_conversation");
+        for c in ["1", "2", "4"] {
+            let f = a["f1_by_category"][c].as_f64();
+            assert!(
+                f.is_some_and(|f| (0.0..=1.0).contains(&f)),
+                "{arm} cat {c}: {v}"
+            );
+        }
+        assert_eq!(a["questions"], 12, "{v}");
+        assert!(a["prompt_tokens"].as_f64().unwrap() > 0.0, "{v}");
+        assert!(a.get("ttft_ms_mean").is_some(), "{v}");
+        assert_eq!(a["overflows"], 0, "{v}");
+    }
+    // No LoCoMo conversation fits 2,048 tokens.
+    assert_eq!(v["arms"]["off"]["whole_conversation"], 0.0, "{v}");
+}
