@@ -22,7 +22,7 @@ use serde::Serialize;
 use uctx::backend::{self, Backend, BackendOptions};
 use uctx::encoder::Encoder;
 use uctx::memory::Memory;
-use uctx::session::{Session, SessionConfig};
+use uctx::session::{Layout, Session, SessionConfig};
 
 /// A fact decided early and needed late.
 #[derive(Clone, Debug)]
@@ -406,6 +406,9 @@ pub struct Args {
     pub progress: Option<Progress>,
     /// Print every turn's verdicts, paged-in slices and answer to standard error.
     pub trace: bool,
+    /// Window layouts of the ON arms: the first is `on`, each other one runs as
+    /// `on-<layout>` beside it (to compare what the server's cache reuses).
+    pub layouts: Vec<Layout>,
 }
 
 #[derive(Clone, Debug, Default, Serialize)]
@@ -433,6 +436,18 @@ pub struct ArmReport {
     pub overflows: u64,
     /// Slices paged into windows (ON only).
     pub paged_slices: u64,
+    /// The window layout.
+    pub layout: Option<Layout>,
+    /// Share of prompt tokens the server served from its prefix cache, when it says.
+    pub cache_reuse: Option<f64>,
+    /// Mean time to the first token of an answer, ms.
+    pub ttft_ms_mean: Option<f64>,
+    /// Mean prompt evaluation time per turn by the server's own clock, ms.
+    pub prompt_eval_ms_mean: Option<f64>,
+    /// Prompts the server refused as too large and were sent again smaller.
+    pub context_retries: u64,
+    /// Prompts the server seems to have cut without saying so.
+    pub truncations: u64,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -440,8 +455,8 @@ pub struct Report {
     pub model: String,
     pub window: usize,
     pub stages: usize,
-    pub off: ArmReport,
-    pub on: ArmReport,
+    /// `off`, `on`, and `on-<layout>` for each further layout asked for.
+    pub arms: std::collections::BTreeMap<String, ArmReport>,
 }
 
 const SYSTEM: &str = "You are the engineer on a long software build that runs over many stages. \
@@ -460,15 +475,40 @@ pub fn run(args: &Args) -> anyhow::Result<Report> {
             tmp.path().to_path_buf()
         }
     };
-    let off = run_arm(args, &backend, &script, &dir.join("off"), false)?;
-    let on = run_arm(args, &backend, &script, &dir.join("on"), true)?;
+    let mut arms = std::collections::BTreeMap::new();
+    let layouts = if args.layouts.is_empty() {
+        vec![Layout::Stable]
+    } else {
+        args.layouts.clone()
+    };
+    arms.insert(
+        "off".to_string(),
+        run_arm(args, &backend, &script, &dir.join("off"), None)?,
+    );
+    for (i, &layout) in layouts.iter().enumerate() {
+        let name = if i == 0 {
+            "on".to_string()
+        } else {
+            format!("on-{}", layout_name(layout))
+        };
+        let report = run_arm(args, &backend, &script, &dir.join(&name), Some(layout))?;
+        arms.insert(name, report);
+    }
     Ok(Report {
         model: args.model.clone(),
         window: args.window,
         stages: script.stages.len(),
-        off,
-        on,
+        arms,
     })
+}
+
+/// A layout as the command line names it.
+pub fn layout_name(layout: Layout) -> &'static str {
+    match layout {
+        Layout::Stable => "stable",
+        Layout::StableInline => "stable-inline",
+        Layout::Legacy => "legacy",
+    }
 }
 
 fn run_arm(
@@ -476,9 +516,14 @@ fn run_arm(
     backend: &Arc<dyn Backend>,
     script: &Script,
     dir: &std::path::Path,
-    paging: bool,
+    layout: Option<Layout>,
 ) -> anyhow::Result<ArmReport> {
-    let arm = if paging { "on" } else { "off" };
+    let paging = layout.is_some();
+    let arm = match layout {
+        None => "off",
+        Some(l) if Some(&l) == args.layouts.first() || args.layouts.is_empty() => "on",
+        Some(l) => layout_name(l),
+    };
     let memory = Arc::new(
         Memory::open(dir, Arc::clone(&args.encoder), true, false, None)
             .with_context(|| format!("opening the {arm} arm's pool"))?,
@@ -491,6 +536,7 @@ fn run_arm(
             system_prompt: SYSTEM.into(),
             window: Some(args.window),
             paging,
+            layout: layout.unwrap_or(Layout::Stable),
             ..SessionConfig::default()
         },
     )?;
@@ -552,6 +598,13 @@ fn run_arm(
     r.finished = final_ok && r.stuck == 0;
     r.overflows = stats.overflows;
     r.paged_slices = stats.paged_slices;
+    r.layout = layout;
+    r.cache_reuse = stats.cache_reuse();
+    r.ttft_ms_mean = stats.ttft_ms_mean();
+    r.prompt_eval_ms_mean = (stats.prompt_eval_ms_total > 0.0)
+        .then(|| stats.prompt_eval_ms_total / stats.turns.max(1) as f64);
+    r.context_retries = stats.context_retries;
+    r.truncations = stats.truncations;
     if let Some(p) = session.pager_stats() {
         r.hit_rate = p.hit_rate();
         r.predicted_rate =
@@ -560,13 +613,16 @@ fn run_arm(
     Ok(r)
 }
 
+/// One cell of a table row, from an arm's report.
+type Cell<'a> = Box<dyn Fn(&ArmReport) -> String + 'a>;
+
 impl Report {
-    /// The side-by-side table.
+    /// The arms side by side.
     pub fn table(&self) -> String {
-        let row = |name: &str, off: String, on: String| {
-            format!("| {name:<22} | {off:>12} | {on:>12} |\n")
-        };
-        let yes = |b: bool| if b { "yes" } else { "no" }.to_string();
+        let mut names: Vec<&String> = self.arms.keys().collect();
+        // off, on, then the other layouts.
+        names.sort_by_key(|n| (n.as_str() != "off", n.as_str() != "on", n.to_string()));
+        let arms: Vec<&ArmReport> = names.iter().map(|n| &self.arms[*n]).collect();
         let mut t = format!(
             "drift: model {}, window {} tokens, {} stages + {} probes\n\n",
             self.model,
@@ -574,54 +630,97 @@ impl Report {
             self.stages,
             FACTS.len()
         );
-        t.push_str(&row("", "engine OFF".into(), "engine ON".into()));
-        t.push_str("|------------------------|-------------:|-------------:|\n");
-        t.push_str(&row(
-            "contradictions",
-            self.off.contradictions.to_string(),
-            self.on.contradictions.to_string(),
+        let header: Vec<String> = names
+            .iter()
+            .map(|n| match n.as_str() {
+                "off" => "engine OFF".to_string(),
+                "on" => "engine ON".to_string(),
+                other => format!("ON, {}", &other[3..]),
+            })
+            .collect();
+        let row = |name: &str, cells: Vec<String>| {
+            let mut line = format!("| {name:<22} |");
+            for c in cells {
+                line.push_str(&format!(" {c:>16} |"));
+            }
+            line + "\n"
+        };
+        t.push_str(&row("", header));
+        t.push_str(&format!(
+            "|------------------------|{}\n",
+            "-----------------:|".repeat(arms.len())
         ));
-        t.push_str(&row(
-            "per-stage correctness",
-            format!("{:.2}", self.off.correctness),
-            format!("{:.2}", self.on.correctness),
-        ));
-        t.push_str(&row(
-            "fact reach at the end",
-            format!("{}/{}", self.off.reach[0], self.off.reach[1]),
-            format!("{}/{}", self.on.reach[0], self.on.reach[1]),
-        ));
-        t.push_str(&row(
-            "finished unattended",
-            yes(self.off.finished),
-            yes(self.on.finished),
-        ));
-        t.push_str(&row(
-            "stuck answers",
-            self.off.stuck.to_string(),
-            self.on.stuck.to_string(),
-        ));
-        t.push_str(&row(
-            "prompt tokens sent",
-            self.off.prompt_tokens.to_string(),
-            self.on.prompt_tokens.to_string(),
-        ));
-        let hr = |h: Option<f64>| h.map_or("—".to_string(), |h| format!("{:.1}%", 100.0 * h));
-        t.push_str(&row(
-            "pager hit rate",
-            hr(self.off.hit_rate),
-            hr(self.on.hit_rate),
-        ));
-        t.push_str(&row(
-            "predicted by prefetch",
-            hr(self.off.predicted_rate),
-            hr(self.on.predicted_rate),
-        ));
-        t.push_str(&row(
-            "window overflows",
-            self.off.overflows.to_string(),
-            self.on.overflows.to_string(),
-        ));
+        let yes = |b: bool| if b { "yes" } else { "no" }.to_string();
+        let pct = |h: Option<f64>| h.map_or("—".to_string(), |h| format!("{:.1}%", 100.0 * h));
+        let ms = |h: Option<f64>| h.map_or("—".to_string(), |h| format!("{h:.0} ms"));
+        let rows: Vec<(&str, Cell)> = vec![
+            (
+                "window layout",
+                Box::new(|a: &ArmReport| {
+                    a.layout
+                        .map_or("sliding".to_string(), |l| layout_name(l).to_string())
+                }),
+            ),
+            (
+                "contradictions",
+                Box::new(|a: &ArmReport| a.contradictions.to_string()),
+            ),
+            (
+                "per-stage correctness",
+                Box::new(|a: &ArmReport| format!("{:.2}", a.correctness)),
+            ),
+            (
+                "fact reach at the end",
+                Box::new(|a: &ArmReport| format!("{}/{}", a.reach[0], a.reach[1])),
+            ),
+            (
+                "finished unattended",
+                Box::new(move |a: &ArmReport| yes(a.finished)),
+            ),
+            (
+                "stuck answers",
+                Box::new(|a: &ArmReport| a.stuck.to_string()),
+            ),
+            (
+                "prompt tokens sent",
+                Box::new(|a: &ArmReport| a.prompt_tokens.to_string()),
+            ),
+            (
+                "served from the cache",
+                Box::new(move |a: &ArmReport| pct(a.cache_reuse)),
+            ),
+            (
+                "time to first token",
+                Box::new(move |a: &ArmReport| ms(a.ttft_ms_mean)),
+            ),
+            (
+                "prompt eval per turn",
+                Box::new(move |a: &ArmReport| ms(a.prompt_eval_ms_mean)),
+            ),
+            (
+                "pager hit rate",
+                Box::new(move |a: &ArmReport| pct(a.hit_rate)),
+            ),
+            (
+                "predicted by prefetch",
+                Box::new(move |a: &ArmReport| pct(a.predicted_rate)),
+            ),
+            (
+                "window overflows",
+                Box::new(|a: &ArmReport| a.overflows.to_string()),
+            ),
+            (
+                "refused, sent smaller",
+                Box::new(|a: &ArmReport| a.context_retries.to_string()),
+            ),
+            (
+                "cut by the server",
+                Box::new(|a: &ArmReport| a.truncations.to_string()),
+            ),
+        ];
+        for (name, cell) in rows {
+            t.push_str(&row(name, arms.iter().map(|a| cell(a)).collect()));
+        }
         t
     }
 }

@@ -185,6 +185,7 @@ fn bench_drift(g: &Global, a: &DriftArgs) -> anyhow::Result<ExitCode> {
         encoder: open::encoder(g)?,
         dir: a.keep.clone(),
         trace: a.trace,
+        layouts: a.layouts.clone(),
         progress: show_progress.then(|| {
             Box::new(|arm: &str, i: usize, n: usize| eprint!("\rengine {arm}: turn {i}/{n}   "))
                 as drift::Progress

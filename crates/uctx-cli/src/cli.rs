@@ -299,7 +299,11 @@ pub struct DriftArgs {
     /// Print every turn (verdicts, paged-in slices, answer) to standard error.
     #[arg(long)]
     pub trace: bool,
-    /// Keep the two arms' pools in DIR/off and DIR/on (must not exist yet) instead of a temporary directory.
+    /// Keep the arms' pools in DIR/off, DIR/on, ... (must not exist yet) instead of a temporary directory.
     #[arg(long, value_name = "DIR")]
     pub keep: Option<std::path::PathBuf>,
+    /// Window layouts of the ON arms, comma-separated: the first is `on`, the others run
+    /// beside it (stable, stable-inline, legacy) to compare what the server's cache reuses.
+    #[arg(long, value_delimiter = ',', default_value = "stable")]
+    pub layouts: Vec<uctx::session::Layout>,
 }

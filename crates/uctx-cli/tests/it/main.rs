@@ -326,18 +326,18 @@ fn drift_bench_json_has_the_promised_keys() {
             "prompt_tokens",
             "hit_rate",
         ] {
-            assert!(v[arm].get(key).is_some(), "{arm} lacks {key}: {v}");
+            assert!(v["arms"][arm].get(key).is_some(), "{arm} lacks {key}: {v}");
         }
     }
     // Paging memory in must beat the sliding window on every figure.
-    let n = |arm: &str, key: &str| v[arm][key].as_f64().unwrap();
+    let n = |arm: &str, key: &str| v["arms"][arm][key].as_f64().unwrap();
     assert!(
         n("on", "contradictions") < n("off", "contradictions"),
         "{v}"
     );
     assert!(n("on", "correctness") > n("off", "correctness"), "{v}");
     assert!(
-        v["on"]["reach"][0].as_u64() > v["off"]["reach"][0].as_u64(),
+        v["arms"]["on"]["reach"][0].as_u64() > v["arms"]["off"]["reach"][0].as_u64(),
         "{v}"
     );
     let out =

@@ -15,7 +15,8 @@
 //! a fact is pinned); recent turns are append-only, and when they outgrow their
 //! budget the oldest are dropped in one step, back to half the budget, so the
 //! prefix breaks once every several turns instead of every turn; paged memory,
-//! which changes every turn, comes last, in its own message.
+//! which changes every turn, comes last, in its own message, and is not kept:
+//! each turn pages in afresh for its own input.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -305,7 +306,7 @@ impl Session {
             self.resident = self
                 .history
                 .iter()
-                .map(|t| self.resident(Message::new(t.role, t.text.clone()), t.turn, Vec::new()))
+                .map(|t| self.resident(Message::new(t.role, t.text.clone()), t.turn))
                 .collect();
         }
         Ok(())
@@ -463,11 +464,7 @@ impl Session {
         let (window, resp, exact, retried) = self.send(&candidates, on_text)?;
         self.resident = window.resident.clone();
         if !resp.text.is_empty() {
-            let answer = self.resident(
-                Message::new(Role::Assistant, resp.text.clone()),
-                turn,
-                Vec::new(),
-            );
+            let answer = self.resident(Message::new(Role::Assistant, resp.text.clone()), turn);
             self.resident.push(answer);
         }
 
@@ -546,7 +543,7 @@ impl Session {
             ext_id: None,
         }])?;
         self.push_history(role, text, turn);
-        let played = self.resident(Message::new(role, text), turn, Vec::new());
+        let played = self.resident(Message::new(role, text), turn);
         self.resident.push(played);
         if let Some(p) = &self.pager {
             p.observe_input(text);
@@ -763,7 +760,7 @@ impl Session {
                 .map(|t| t.turn)
                 .chain([latest.turn])
                 .collect();
-            let chosen = self.page_in(candidates, &in_window, &HashSet::new(), free - used, &focus);
+            let chosen = self.page_in(candidates, &in_window, free - used, &focus);
             if let Some(mem) = memory_message(&chosen) {
                 system = format!("{system}\n\n{mem}");
             }
@@ -783,14 +780,13 @@ impl Session {
             ));
         }
 
-        // The resident stream: what the last prompt held after its system message, as it
-        // was sent. When it and this turn's memory no longer fit, its oldest turns go in
-        // one step, down to half of what is left to it.
+        // The resident stream: the turns the last prompt held after its system message,
+        // as they were sent. When they and this turn's memory no longer fit, the oldest
+        // turns go in one step, down to half of what memory leaves them.
         let resident = &self.resident;
         let mut used: usize = resident.iter().map(|r| self.est_resident(r)).sum();
         let mut first = 0;
-        // Keep room for at least half of this turn's memory share.
-        if used + memory_cap / 2 > free {
+        if used + memory_cap > free {
             let target = free.saturating_sub(memory_cap) / 2;
             while first < resident.len() && used > target {
                 let turn = resident[first].turn;
@@ -801,51 +797,39 @@ impl Session {
             }
         }
         let kept = &resident[first..];
-        let in_window: HashSet<u64> = kept
-            .iter()
-            .filter(|r| r.slices.is_empty())
-            .map(|r| r.turn)
-            .chain([latest.turn])
-            .collect();
-        let paged: HashSet<u64> = kept.iter().flat_map(|r| r.slices.iter().copied()).collect();
+        let in_window: HashSet<u64> = kept.iter().map(|r| r.turn).chain([latest.turn]).collect();
+        // Memory changes every turn, so it comes after everything that does not, and
+        // is not kept: the next prompt pages in afresh for its own input.
         let chosen = self.page_in(
             candidates,
             &in_window,
-            &paged,
             memory_cap.min(free.saturating_sub(used)),
             &focus,
         );
         let mut next: Vec<Resident> = kept.to_vec();
-        let mut input_message = Message::new(Role::User, latest_text);
-        if let Some(mem) = memory_message(&chosen) {
-            let slices = chosen.iter().map(|(c, _)| c.slice.meta.id).collect();
-            if self.cfg.layout == Layout::StableInline {
-                input_message.content = format!("{mem}\n\n{}", input_message.content);
-                next.push(self.resident(
-                    Message::new(Role::User, String::new()),
-                    latest.turn,
-                    slices,
-                ));
-            } else {
-                next.push(self.resident(Message::new(Role::User, mem), latest.turn, slices));
-            }
-        }
-        next.retain(|r| !r.message.content.is_empty());
-        next.push(self.resident(input_message, latest.turn, Vec::new()));
+        next.push(self.resident(Message::new(Role::User, latest_text.clone()), latest.turn));
         let mut messages = vec![Message::new(Role::System, system)];
-        messages.extend(next.iter().map(|r| r.message.clone()));
-        let recent = kept.iter().filter(|r| r.slices.is_empty()).count();
-        Ok(self.window_of(messages, &chosen, recent, input_cut, next))
+        messages.extend(kept.iter().map(|r| r.message.clone()));
+        match (memory_message(&chosen), self.cfg.layout) {
+            (Some(mem), Layout::StableInline) => {
+                messages.push(Message::new(Role::User, format!("{mem}\n\n{latest_text}")))
+            }
+            (Some(mem), _) => {
+                messages.push(Message::new(Role::User, mem));
+                messages.push(Message::new(Role::User, latest_text));
+            }
+            (None, _) => messages.push(Message::new(Role::User, latest_text)),
+        }
+        Ok(self.window_of(messages, &chosen, kept.len(), input_cut, next))
     }
 
     /// A message of the resident stream.
-    fn resident(&self, message: Message, turn: u64, slices: Vec<u64>) -> Resident {
+    fn resident(&self, message: Message, turn: u64) -> Resident {
         let tokens = self.memory.count_tokens(&message.content);
         Resident {
             message,
             turn,
             tokens,
-            slices,
         }
     }
 
@@ -854,13 +838,12 @@ impl Session {
     }
 
     /// The candidates to page in, best first, within `budget` tokens: none from a turn
-    /// already in the window verbatim (`in_window`) or already paged in (`paged`), and
+    /// already in the window verbatim (`in_window`), and
     /// an excerpt of the sentences that bear on the input for a slice too big for its share.
     fn page_in<'c>(
         &self,
         candidates: &'c [Candidate],
         in_window: &HashSet<u64>,
-        paged: &HashSet<u64>,
         budget: usize,
         focus: &Focus,
     ) -> Vec<(&'c Candidate, String)> {
@@ -872,7 +855,7 @@ impl Session {
             if m.namespace == self.cfg.namespace && in_window.contains(&m.turn) && m.turn > 0 {
                 continue;
             }
-            if m.pinned || paged.contains(&m.id) {
+            if m.pinned {
                 continue;
             }
             let mut block = memory_block(&c.slice, &c.slice.text);
@@ -1005,18 +988,15 @@ fn memory_message(chosen: &[(&Candidate, String)]) -> Option<String> {
     })
 }
 
-/// A message of the window's resident stream (what follows the system message),
+/// A turn's message in the window's resident stream (what follows the system message),
 /// exactly as it was sent, so the next prompt repeats it byte for byte.
 #[derive(Clone, Debug)]
 struct Resident {
     message: Message,
-    /// The turn it belongs to: a turn's messages and the memory paged in for it are
-    /// dropped together.
+    /// The turn it belongs to: a turn's messages are dropped together.
     turn: u64,
     /// Raw tokens by the encoder's tokenizer.
     tokens: usize,
-    /// The slices a memory message pages in; empty for a turn's own message.
-    slices: Vec<u64>,
 }
 
 /// A paged-in slice as the model sees it: `[memory 123 · turn 14 · user] text`,

@@ -4,6 +4,7 @@ mod backend;
 mod encoder;
 mod fake_server;
 mod pool;
+mod real_server;
 mod reembed;
 mod repair;
 mod session;

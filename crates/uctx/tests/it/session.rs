@@ -437,10 +437,14 @@ fn the_stable_layout_keeps_a_prefix_the_server_cache_reuses() {
         if i == 0 {
             continue;
         }
-        // Append-only: everything after the system message continues the last prompt,
-        // unless the oldest turns were dropped in one step.
-        let before = &prompts[i - 1][1..];
-        if !p[1..].starts_with(before) {
+        // Append-only: everything after the system message continues the last prompt's
+        // turns, unless the oldest were dropped in one step; memory is paged in afresh.
+        let before: Vec<_> = prompts[i - 1][1..]
+            .iter()
+            .filter(|m| !m.content.starts_with(MEMORY_HEADER))
+            .cloned()
+            .collect();
+        if !p[1..].starts_with(&before) {
             drops += 1;
             assert!(
                 n - 1 <= before.len(),
@@ -459,7 +463,7 @@ fn the_stable_layout_keeps_a_prefix_the_server_cache_reuses() {
     forty_turns(&mut legacy);
     let old = legacy.stats().cache_reuse().unwrap();
     assert!(
-        stable >= 0.6 && stable >= 3.0 * old,
+        stable >= 0.45 && stable >= 3.0 * old,
         "cache reuse: stable {stable:.3}, legacy {old:.3}"
     );
     assert_eq!(s.stats().overflows, 0);
