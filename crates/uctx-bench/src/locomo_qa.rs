@@ -287,6 +287,8 @@ fn ask(q: &Question) -> String {
 struct Played {
     /// The line's own text, `Name: text`, as it stands in the message it was recorded in.
     said: String,
+    /// The whole message recorded (with the session's date line on a session's first).
+    text: String,
     turn: u64,
     source: Source,
 }
@@ -324,7 +326,12 @@ fn play(session: &mut Session, c: &Conversation) -> anyhow::Result<Vec<Played>> 
         let turn = session
             .record(role, &text)
             .with_context(|| format!("recording line {} of {}", line.id, c.id))?;
-        out.push(Played { said, turn, source });
+        out.push(Played {
+            said,
+            text,
+            turn,
+            source,
+        });
     }
     Ok(out)
 }
@@ -581,13 +588,14 @@ fn run_arm(
                 tally.evidence.0 += 1;
                 tally.evidence.1 += s;
             }
-            // The first message after the system prompt is the oldest one kept.
+            // The first message after the system prompt is the oldest turn kept; a
+            // memory block of the first line does not count.
             tally.whole += usize::from(played.first().is_some_and(|p| {
                 report
                     .window
                     .messages
                     .get(1)
-                    .is_some_and(|m| m.content.contains(&p.said))
+                    .is_some_and(|m| m.content == p.text)
             }));
             tally.prompt_tokens += report
                 .prompt_tokens_reported
