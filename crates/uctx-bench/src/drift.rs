@@ -406,6 +406,8 @@ pub struct Args {
     pub progress: Option<Progress>,
     /// Print every turn's verdicts, paged-in slices and answer to standard error.
     pub trace: bool,
+    /// Tokens reserved for each answer; `None` takes the session's default.
+    pub answer_tokens: Option<usize>,
     /// Window layouts of the ON arms: the first is `on`, each other one runs as
     /// `on-<layout>` beside it (to compare what the server's cache reuses).
     pub layouts: Vec<Layout>,
@@ -537,6 +539,8 @@ fn run_arm(
             window: Some(args.window),
             paging,
             layout: layout.unwrap_or(Layout::Stable),
+            answer_tokens: args.answer_tokens,
+            temperature: Some(0.0),
             ..SessionConfig::default()
         },
     )?;

@@ -46,6 +46,8 @@ use crate::locomo::{self, Conversation, Question};
 /// The categories asked, with their names.
 pub const CATEGORIES: [(u8, &str); 3] = [(1, "multi-hop"), (2, "temporal"), (4, "single-hop")];
 /// Where the data set is looked for by default: beside the repository, never in it.
+/// Room kept for each answer (LoCoMo's answers are a few words).
+pub const ANSWER_TOKENS: usize = 64;
 pub const DEFAULT_DATA: &str = "../shared/data/locomo/locomo10.json";
 /// The seed of the question sample.
 const SAMPLE_SEED: u64 = 0x6c6f_636f_6d6f_7161;
@@ -568,6 +570,9 @@ fn run_arm(
                 system_prompt: system_prompt(c),
                 window: Some(window),
                 paging: arm == Arm::On,
+                // The answers asked for are a few words; greedy, for repeatable runs.
+                answer_tokens: Some(ANSWER_TOKENS),
+                temperature: Some(0.0),
                 ..SessionConfig::default()
             },
         )?;

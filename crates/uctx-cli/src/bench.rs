@@ -186,6 +186,7 @@ fn bench_drift(g: &Global, a: &DriftArgs) -> anyhow::Result<ExitCode> {
         dir: a.keep.clone(),
         trace: a.trace,
         layouts: a.layouts.clone(),
+        answer_tokens: a.answer_tokens,
         progress: show_progress.then(|| {
             Box::new(|arm: &str, i: usize, n: usize| eprint!("\rengine {arm}: turn {i}/{n}   "))
                 as drift::Progress

@@ -306,4 +306,7 @@ pub struct DriftArgs {
     /// beside it (stable, stable-inline, legacy) to compare what the server's cache reuses.
     #[arg(long, value_delimiter = ',', default_value = "stable")]
     pub layouts: Vec<uctx::session::Layout>,
+    /// Tokens reserved for each answer (the most the model may generate) [default: a quarter of the window, at most 1024].
+    #[arg(long, value_name = "TOKENS")]
+    pub answer_tokens: Option<usize>,
 }

@@ -546,7 +546,9 @@ impl Session {
         let played = self.resident(Message::new(role, text), turn);
         self.resident.push(played);
         if let Some(p) = &self.pager {
+            // Wait for its search, so that what is warm does not depend on timing.
             p.observe_input(text);
+            p.sync();
         }
         Ok(turn)
     }
@@ -561,6 +563,18 @@ impl Session {
     ) -> Result<(Window, crate::backend::ChatResponse, Option<usize>, bool)> {
         let budget = self.prompt_budget();
         let mut retried = false;
+        if !self.calib.observed() {
+            // Before the server has counted anything, let it count what this turn would
+            // send if everything fit, so the first window is not cut on a guess.
+            let mut all = vec![Message::new(Role::System, self.cfg.system_prompt.clone())];
+            all.extend(self.resident.iter().map(|r| r.message.clone()));
+            if let Some(latest) = self.history.last() {
+                all.push(Message::new(latest.role, latest.text.clone()));
+            }
+            if let Some(n) = self.backend.count_prompt(&all) {
+                self.calib.observe(self.raw_tokens(&all), n);
+            }
+        }
         loop {
             let mut window = self.assemble(candidates)?;
             let mut exact = self.backend.count_prompt(&window.messages);

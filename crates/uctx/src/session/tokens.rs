@@ -37,6 +37,11 @@ impl Calibration {
         self.scale
     }
 
+    /// Whether any count from the server has been learnt from yet.
+    pub fn observed(&self) -> bool {
+        self.observations > 0
+    }
+
     /// Assume `factor` times more server tokens per token of ours from now on (after the
     /// server cut or refused a prompt); a factor below 1 changes nothing.
     pub fn grow(&mut self, factor: f64) {
