@@ -8,14 +8,14 @@
 //! words>.` when no subject shares a word with the question. A message without a question
 //! gets `OK.`.
 //!
-//! Order: a memory block paged in by uctx carries its turn in its label
-//! (`[memory 123 · turn 14 · user] …`) and ranks by that turn; everything else ranks
-//! after every labelled turn, by its position in the window. So a recalled turn-3 fact
-//! ranks as turn 3, and a later correction in the recent turns wins over it.
+//! Order: by position in the window and nothing else. Like a model, the reader knows
+//! nothing of uctx's memory labels, so it gets no help ordering paged-in facts that
+//! the sliding window would not get.
 //!
-//! Like a real model, it confuses facts it cannot see with ones it can: asked for the
-//! gateway port while only "the metrics port is 9100" is in the window, it answers
-//! `The metrics port is 9100.`; that is the contradiction a drift benchmark counts.
+//! It never states a value for a thing it cannot see: an assertion answers only when
+//! every word of its subject is among the question's words, so asked for the gateway
+//! port while only "the metrics port is 9100" is in the window it says it does not know
+//! (a contradiction in a benchmark is then the model's own, never planted by the reader).
 
 use std::collections::BTreeSet;
 
@@ -173,7 +173,7 @@ pub struct Assertion {
     pub keys: BTreeSet<String>,
     /// The value as written, trailing punctuation removed.
     pub value: String,
-    /// Rank in time: (turn or position, position within the window). Larger is later.
+    /// Rank in the window: (message, assertion). Larger is later.
     pub order: (u64, u64),
 }
 
@@ -208,13 +208,13 @@ pub fn answer(messages: &[Message]) -> String {
         .join("\n")
 }
 
-/// The assertion that answers `q`: highest coverage of its subject by the question's
-/// words, then most shared words, then latest. `None` when no subject shares a word.
+/// The assertion that answers `q`: one whose every subject word is among the
+/// question's; the most shared words, then the latest. `None` when there is none.
 pub fn best<'a>(facts: &'a [Assertion], q: &Question) -> Option<&'a Assertion> {
     let mut best: Option<(&Assertion, usize)> = None;
     for a in facts {
         let shared = a.keys.intersection(&q.keys).count();
-        if shared == 0 {
+        if shared == 0 || shared < a.keys.len() {
             continue;
         }
         let better = match best {
@@ -254,27 +254,12 @@ pub fn questions(text: &str) -> Vec<Question> {
         .collect()
 }
 
-/// Every assertion in the window, in window order, each with its rank in time.
+/// Every assertion in the window, in window order.
 pub fn assertions(messages: &[Message]) -> Vec<Assertion> {
-    let blocks: Vec<(usize, Option<u64>, &str)> = messages
-        .iter()
-        .enumerate()
-        .flat_map(|(i, m)| {
-            memory_blocks(&m.content)
-                .into_iter()
-                .map(move |(turn, text)| (i, turn, text))
-        })
-        .collect();
-    let after_labels = blocks
-        .iter()
-        .filter_map(|(_, turn, _)| *turn)
-        .max()
-        .map_or(0, |t| t.saturating_add(1));
     let mut out = Vec::new();
     let mut seq = 0u64;
-    for (i, turn, text) in blocks {
-        let rank = turn.unwrap_or_else(|| after_labels.saturating_add(i as u64));
-        for (sentence, end) in sentences(text) {
+    for (i, m) in messages.iter().enumerate() {
+        for (sentence, end) in without_labels(&m.content).into_iter().flat_map(sentences) {
             if end == '?' {
                 continue;
             }
@@ -286,7 +271,7 @@ pub fn assertions(messages: &[Message]) -> Vec<Assertion> {
                         subject,
                         keys,
                         value,
-                        order: (rank, seq),
+                        order: (i as u64, seq),
                     });
                 }
             }
@@ -295,33 +280,18 @@ pub fn assertions(messages: &[Message]) -> Vec<Assertion> {
     out
 }
 
-/// A message split at memory labels: (turn from the label, text after it). Text before
-/// the first label, and blocks whose label names no turn, have no turn.
-fn memory_blocks(content: &str) -> Vec<(Option<u64>, &str)> {
-    let mut out = Vec::new();
-    let mut turn = None;
-    let mut rest = content;
-    loop {
-        let Some(at) = rest.find("[memory ") else {
-            out.push((turn, rest));
-            return out;
-        };
-        let Some(close) = rest[at..].find(']').map(|c| at + c) else {
-            out.push((turn, rest));
-            return out;
-        };
-        out.push((turn, &rest[..at]));
-        turn = label_turn(&rest[at + 1..close]);
-        rest = &rest[close + 1..];
+/// A message's text in pieces, with uctx's memory labels (`[memory 12 · turn 3 · user]`)
+/// cut out: they are not part of what was said, and the reader does not read them.
+fn without_labels(content: &str) -> Vec<&str> {
+    let mut parts = content.split("[memory ");
+    let mut out: Vec<&str> = parts.next().into_iter().collect();
+    for part in parts {
+        match part.find(']') {
+            Some(close) => out.push(&part[close + 1..]),
+            None => out.push(part),
+        }
     }
-}
-
-/// The turn named in a label such as `memory 123 · turn 14 · user`.
-fn label_turn(label: &str) -> Option<u64> {
-    label
-        .split(['·', '|', ','])
-        .map(str::trim)
-        .find_map(|part| part.strip_prefix("turn ")?.trim().parse().ok())
+    out
 }
 
 /// Sentences with the character that ended each (`\n` for a line end or the text's end).
@@ -672,12 +642,12 @@ mod tests {
     }
 
     #[test]
-    fn partial_match_is_stated_when_the_fact_is_out_of_the_window() {
+    fn a_thing_out_of_the_window_is_not_confused_with_one_in_it() {
         let got = ask(
             &["The metrics port is 9100."],
             "What port does the gateway use?",
         );
-        assert_eq!(got, "The metrics port is 9100.");
+        assert_eq!(got, "I don't know the port gateway.");
     }
 
     #[test]
@@ -690,18 +660,17 @@ mod tests {
     }
 
     #[test]
-    fn labelled_memory_ranks_by_its_turn() {
+    fn order_is_position_in_the_window_not_memory_labels() {
         let system = Message::new(
             Role::System,
             "Memory:\n[memory 7 · turn 30 · user] The gateway port is 9443.\n\
              [memory 2 · turn 3 · user] The gateway port is 8443.",
         );
-        // The turn-30 block comes first in the window but is later in time.
+        // The labels name turns 30 and 3; the reader reads neither: the later line wins.
         assert_eq!(
             answer(&[system.clone(), user("What is the gateway port?")]),
-            "The gateway port is 9443."
+            "The gateway port is 8443."
         );
-        // Unlabelled recent turns rank after every labelled one.
         let recent = Message::new(Role::Assistant, "Update: the gateway port is 7443.");
         assert_eq!(
             answer(&[system, recent, user("What is the gateway port?")]),
