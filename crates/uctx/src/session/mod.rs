@@ -147,7 +147,7 @@ pub struct Window {
     /// Whether the latest input itself was too long and only its tail was sent.
     pub input_cut: bool,
     /// The resident stream after this window is sent (before the answer is added).
-    resident: Vec<Resident>,
+    resident: Vec<Turn>,
 }
 
 /// What one turn did.
@@ -230,7 +230,7 @@ pub struct Session {
     /// Pinned slices of this namespace, in pin order.
     pinned: Vec<Slice>,
     /// What the last prompt held after its system message, as sent.
-    resident: Vec<Resident>,
+    resident: Vec<Turn>,
 }
 
 /// Room kept free beyond the estimate, against tokenizer differences.
@@ -303,11 +303,7 @@ impl Session {
         }
         if self.cfg.resume {
             self.history = self.turns_from_pool(Some(self.window * 2))?;
-            self.resident = self
-                .history
-                .iter()
-                .map(|t| self.resident(Message::new(t.role, t.text.clone()), t.turn))
-                .collect();
+            self.resident = self.history.clone();
         }
         Ok(())
     }
@@ -464,7 +460,7 @@ impl Session {
         let (window, resp, exact, retried) = self.send(&candidates, on_text)?;
         self.resident = window.resident.clone();
         if !resp.text.is_empty() {
-            let answer = self.resident(Message::new(Role::Assistant, resp.text.clone()), turn);
+            let answer = self.kept_turn(Role::Assistant, resp.text.clone(), turn);
             self.resident.push(answer);
         }
 
@@ -543,7 +539,7 @@ impl Session {
             ext_id: None,
         }])?;
         self.push_history(role, text, turn);
-        let played = self.resident(Message::new(role, text), turn);
+        let played = self.kept_turn(role, text.to_string(), turn);
         self.resident.push(played);
         if let Some(p) = &self.pager {
             // Wait for its search, so that what is warm does not depend on timing.
@@ -567,7 +563,11 @@ impl Session {
             // Before the server has counted anything, let it count what this turn would
             // send if everything fit, so the first window is not cut on a guess.
             let mut all = vec![Message::new(Role::System, self.cfg.system_prompt.clone())];
-            all.extend(self.resident.iter().map(|r| r.message.clone()));
+            all.extend(
+                self.resident
+                    .iter()
+                    .map(|t| Message::new(t.role, t.text.clone())),
+            );
             if let Some(latest) = self.history.last() {
                 all.push(Message::new(latest.role, latest.text.clone()));
             }
@@ -581,21 +581,16 @@ impl Session {
             // The server's count wins over the estimate: learn from it, and shrink until
             // the prompt fits (each pass raises the scale, so this ends).
             for pass in 0..4 {
-                match exact {
-                    Some(n) if n > budget => {
-                        self.calib.observe(self.raw_tokens(&window.messages), n);
-                        if pass > 0 {
-                            self.calib.grow(1.1);
-                        }
-                        window = self.assemble(candidates)?;
-                        exact = self.backend.count_prompt(&window.messages);
-                    }
-                    Some(n) => {
-                        self.calib.observe(self.raw_tokens(&window.messages), n);
-                        break;
-                    }
-                    None => break,
+                let Some(n) = exact else { break };
+                self.calib.observe(self.raw_tokens(&window.messages), n);
+                if n <= budget {
+                    break;
                 }
+                if pass > 0 {
+                    self.calib.grow(1.1);
+                }
+                window = self.assemble(candidates)?;
+                exact = self.backend.count_prompt(&window.messages);
             }
             let req = ChatRequest {
                 messages: window.messages.clone(),
@@ -685,13 +680,8 @@ impl Session {
     }
 
     fn push_history(&mut self, role: Role, text: &str, turn: u64) {
-        let tokens = self.memory.count_tokens(text);
-        self.history.push(Turn {
-            role,
-            text: text.to_string(),
-            turn,
-            tokens,
-        });
+        let kept = self.kept_turn(role, text.to_string(), turn);
+        self.history.push(kept);
         // Older turns live in the pool; keep a few windows' worth in memory.
         let mut total = 0;
         let keep_from = self
@@ -798,14 +788,14 @@ impl Session {
         // as they were sent. When they and this turn's memory no longer fit, the oldest
         // turns go in one step, down to half of what memory leaves them.
         let resident = &self.resident;
-        let mut used: usize = resident.iter().map(|r| self.est_resident(r)).sum();
+        let mut used: usize = resident.iter().map(|r| self.est_turn(r)).sum();
         let mut first = 0;
         if used + memory_cap > free {
             let target = free.saturating_sub(memory_cap) / 2;
             while first < resident.len() && used > target {
                 let turn = resident[first].turn;
                 while first < resident.len() && resident[first].turn == turn {
-                    used -= self.est_resident(&resident[first]);
+                    used -= self.est_turn(&resident[first]);
                     first += 1;
                 }
             }
@@ -820,10 +810,10 @@ impl Session {
             memory_cap.min(free.saturating_sub(used)),
             &focus,
         );
-        let mut next: Vec<Resident> = kept.to_vec();
-        next.push(self.resident(Message::new(Role::User, latest_text.clone()), latest.turn));
+        let mut next: Vec<Turn> = kept.to_vec();
+        next.push(self.kept_turn(Role::User, latest_text.clone(), latest.turn));
         let mut messages = vec![Message::new(Role::System, system)];
-        messages.extend(kept.iter().map(|r| r.message.clone()));
+        messages.extend(kept.iter().map(|t| Message::new(t.role, t.text.clone())));
         match (memory_message(&chosen), self.cfg.layout) {
             (Some(mem), Layout::StableInline) => {
                 messages.push(Message::new(Role::User, format!("{mem}\n\n{latest_text}")))
@@ -837,18 +827,15 @@ impl Session {
         Ok(self.window_of(messages, &chosen, kept.len(), input_cut, next))
     }
 
-    /// A message of the resident stream.
-    fn resident(&self, message: Message, turn: u64) -> Resident {
-        let tokens = self.memory.count_tokens(&message.content);
-        Resident {
-            message,
+    /// A turn as it is kept, with its raw token count.
+    fn kept_turn(&self, role: Role, text: String, turn: u64) -> Turn {
+        let tokens = self.memory.count_tokens(&text);
+        Turn {
+            role,
+            text,
             turn,
             tokens,
         }
-    }
-
-    fn est_resident(&self, r: &Resident) -> usize {
-        self.calib.estimate(r.tokens + tokens::MESSAGE_OVERHEAD)
     }
 
     /// The candidates to page in, best first, within `budget` tokens: none from a turn
@@ -907,7 +894,7 @@ impl Session {
         chosen: &[(&Candidate, String)],
         recent_turns: usize,
         input_cut: bool,
-        resident: Vec<Resident>,
+        resident: Vec<Turn>,
     ) -> Window {
         let est_tokens = messages.iter().map(|m| self.est(&m.content)).sum();
         Window {
@@ -1000,17 +987,6 @@ fn memory_message(chosen: &[(&Candidate, String)]) -> Option<String> {
         }
         text
     })
-}
-
-/// A turn's message in the window's resident stream (what follows the system message),
-/// exactly as it was sent, so the next prompt repeats it byte for byte.
-#[derive(Clone, Debug)]
-struct Resident {
-    message: Message,
-    /// The turn it belongs to: a turn's messages are dropped together.
-    turn: u64,
-    /// Raw tokens by the encoder's tokenizer.
-    tokens: usize,
 }
 
 /// A paged-in slice as the model sees it: `[memory 123 · turn 14 · user] text`,
