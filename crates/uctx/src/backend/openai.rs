@@ -114,12 +114,19 @@ impl OpenAiBackend {
         }
     }
 
-    fn get(&self, url: &str) -> Result<Value, BackendError> {
-        let mut r = self.agent.get(url);
-        if let Some(key) = &self.key {
-            r = r.set("Authorization", &format!("Bearer {key}"));
+    /// A request carrying the API key, when there is one.
+    fn authed(&self, r: ureq::Request) -> ureq::Request {
+        match &self.key {
+            Some(key) => r.set("Authorization", &format!("Bearer {key}")),
+            None => r,
         }
-        let resp = r.call().map_err(|e| self.fail(e.into(), url))?;
+    }
+
+    fn get(&self, url: &str) -> Result<Value, BackendError> {
+        let resp = self
+            .authed(self.agent.get(url))
+            .call()
+            .map_err(|e| self.fail(e.into(), url))?;
         http::read_json(resp, url)
     }
 
@@ -145,15 +152,13 @@ impl OpenAiBackend {
     }
 
     fn post_chat(&self, body: &Value, url: &str) -> Result<ureq::Response, BackendError> {
-        let mut r = self
+        let r = self
             .agent
             .post(url)
             .set("Content-Type", "application/json")
             .set("Accept", "text/event-stream");
-        if let Some(key) = &self.key {
-            r = r.set("Authorization", &format!("Bearer {key}"));
-        }
-        r.send_string(&body.to_string())
+        self.authed(r)
+            .send_string(&body.to_string())
             .map_err(|e| self.fail(e.into(), url))
     }
 }
@@ -315,14 +320,11 @@ impl Backend for OpenAiBackend {
         let origin = http::origin(&self.base);
         let post = |path: &str, body: Value| -> Option<Value> {
             let url = format!("{origin}{path}");
-            let mut r = self
+            let r = self
                 .agent
                 .post(&url)
                 .set("Content-Type", "application/json");
-            if let Some(key) = &self.key {
-                r = r.set("Authorization", &format!("Bearer {key}"));
-            }
-            match r.send_string(&body.to_string()) {
+            match self.authed(r).send_string(&body.to_string()) {
                 Ok(resp) => http::read_json(resp, &url).ok(),
                 Err(ureq::Error::Status(..)) => {
                     self.no_tokenizer.store(true, Ordering::Relaxed);
