@@ -139,7 +139,7 @@ fn bench_locomo_qa(g: &Global, a: &LocomoQaArgs) -> anyhow::Result<ExitCode> {
     let report = locomo_qa::run(&locomo_qa::Args {
         data: a.data.clone(),
         model: a.model.clone(),
-        backend: open::backend_options(&a.server, Some(a.window)),
+        backend: open::backend_options(&a.server, Some(a.window))?,
         encoder: open::encoder(g)?,
         window: a.window,
         full_window: a.full_window,
@@ -175,7 +175,7 @@ fn bench_drift(g: &Global, a: &DriftArgs) -> anyhow::Result<ExitCode> {
     if a.stages < 20 {
         anyhow::bail!("--stages must be at least 20 (got {})", a.stages);
     }
-    let backend = open::backend_options(&a.server, Some(a.window));
+    let backend = open::backend_options(&a.server, Some(a.window))?;
     let show_progress = !g.json && std::io::stderr().is_terminal();
     let report = drift::run(&drift::Args {
         model: a.model.clone(),

@@ -54,8 +54,12 @@ pub struct ServerArgs {
     /// Base URL of an OpenAI-compatible server [env: OPENAI_BASE_URL; default http://127.0.0.1:8080/v1].
     #[arg(long, value_name = "URL")]
     pub base_url: Option<String>,
-    /// API key for an OpenAI-compatible server [env: OPENAI_API_KEY].
-    #[arg(long, value_name = "KEY", hide_env_values = true)]
+    /// File holding the API key for an OpenAI-compatible server (its first line)
+    /// [default: the OPENAI_API_KEY environment variable].
+    #[arg(long, value_name = "PATH")]
+    pub api_key_file: Option<std::path::PathBuf>,
+    /// Refused: a key on the command line is visible to every user in the process list.
+    #[arg(long, value_name = "KEY", hide = true)]
     pub api_key: Option<String>,
 }
 
@@ -81,6 +85,25 @@ pub struct SessionArgs {
     /// Start with an empty window instead of the namespace's latest turns.
     #[arg(long)]
     pub fresh: bool,
+}
+
+impl Command {
+    /// The subcommand's name, as typed.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Command::Init(_) => "init",
+            Command::Doctor(_) => "doctor",
+            Command::Chat(_) => "chat",
+            Command::Run(_) => "run",
+            Command::Ingest(_) => "ingest",
+            Command::Recall(_) => "recall",
+            Command::Status => "status",
+            Command::Clear(_) => "clear",
+            Command::Reembed => "reembed",
+            Command::Repair => "repair",
+            Command::Bench(_) => "bench",
+        }
+    }
 }
 
 #[derive(Subcommand, Debug)]

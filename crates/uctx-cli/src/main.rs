@@ -44,6 +44,8 @@ fn is_broken_pipe(err: &anyhow::Error) -> bool {
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let g = &cli.global;
+    // Recorded in the pool's LOCK, so that a second writer learns who holds it.
+    uctx::pool::set_purpose(cli.command.name());
     match &cli.command {
         Command::Init(a) => open::init(g, a),
         Command::Doctor(a) => open::doctor(g, a),

@@ -62,19 +62,44 @@ pub fn memory_ro(g: &Global) -> anyhow::Result<Arc<Memory>> {
 }
 
 /// Backend options from the flags, then the environment.
-pub fn backend_options(server: &ServerArgs, ctx: Option<usize>) -> BackendOptions {
-    BackendOptions {
+pub fn backend_options(server: &ServerArgs, ctx: Option<usize>) -> anyhow::Result<BackendOptions> {
+    if server.api_key.is_some() {
+        bail!(
+            "--api-key is not accepted: a key on the command line is visible to every user \
+             in the process list; set OPENAI_API_KEY, or put the key in a file readable only \
+             by you and pass --api-key-file PATH"
+        );
+    }
+    let key = match &server.api_key_file {
+        Some(path) => Some(read_key_file(path)?),
+        None => None,
+    };
+    Ok(BackendOptions {
         ollama_host: server.host.clone(),
         openai_base_url: server.base_url.clone(),
-        openai_api_key: server.api_key.clone(),
+        openai_api_key: key,
         context_override: ctx,
         timeout: None,
     }
-    .with_env()
+    .with_env())
+}
+
+/// The first line of a key file, trimmed; never quoted in an error.
+fn read_key_file(path: &std::path::Path) -> anyhow::Result<String> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read the API key file {}", path.display()))?;
+    let key = text.lines().next().unwrap_or("").trim().to_string();
+    if key.is_empty() {
+        bail!(
+            "the API key file {} is empty; put the key on its first line",
+            path.display()
+        );
+    }
+    Ok(key)
 }
 
 pub fn backend(m: &ModelArgs) -> anyhow::Result<Arc<dyn Backend>> {
-    let opts = backend_options(&m.server, m.ctx);
+    let opts = backend_options(&m.server, m.ctx)?;
     Ok(Arc::from(backend::from_spec(&m.model, &opts)?))
 }
 

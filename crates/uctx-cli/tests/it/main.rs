@@ -257,7 +257,8 @@ fn a_second_writer_is_refused_with_the_holder_named() {
     // reach the lock file, which stays after it and others can read.
     let secret = "sk-do-not-write-me-4f1c";
     let mut holder = uctx(&pool)
-        .args(["chat", "-m", "reader", "--ctx", "2048", "--api-key", secret])
+        .args(["chat", "-m", "reader", "--ctx", "2048"])
+        .env("OPENAI_API_KEY", secret)
         .stdin(Stdio::piped())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -281,11 +282,12 @@ fn a_second_writer_is_refused_with_the_holder_named() {
     no_panic(&out);
     let err = text(&out.stderr);
     assert!(
-        err.contains(&format!("pid {} (uctx) since unix time", holder.id())),
-        "the error names the holder's pid and program: {err}"
+        err.contains(&format!("pid {} on ", holder.id()))
+            && err.contains("(uctx chat) since unix time"),
+        "the error names the holder's pid, host, program and subcommand: {err}"
     );
     let lock = std::fs::read_to_string(pool.join("LOCK")).unwrap();
-    for word in [secret, "--api-key", "chat", "reader"] {
+    for word in [secret, "--ctx", "2048", "reader"] {
         assert!(!lock.contains(word), "LOCK holds {word:?}: {lock:?}");
         assert!(!err.contains(word), "the error quotes {word:?}: {err}");
     }
@@ -410,4 +412,106 @@ fn locomo_qa_bench_json_has_the_promised_keys() {
     }
     // No LoCoMo conversation fits 2,048 tokens.
     assert_eq!(v["arms"]["off"]["whole_conversation"], 0.0, "{v}");
+}
+
+/// Every command, run with a recognisable key in the environment and in a key file:
+/// the key reaches no file of the pool and no message.
+#[test]
+fn no_command_writes_or_prints_the_api_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let pool = dir.path().join("pool");
+    let secret = "sk-recognisable-9d2e7a";
+    let key_file = dir.path().join("key");
+    std::fs::write(&key_file, format!("{secret}\n")).unwrap();
+    let doc = dir.path().join("doc.md");
+    std::fs::write(&doc, "The staging cluster runs in rack 42.").unwrap();
+    let key_arg = key_file.to_str().unwrap();
+    let runs: Vec<Vec<&str>> = vec![
+        vec!["init", "--pool-gb", "1"],
+        vec!["ingest", "-q", doc.to_str().unwrap()],
+        vec!["recall", "staging rack"],
+        vec!["status"],
+        vec!["--json", "status"],
+        vec!["doctor", "-m", "reader", "--api-key-file", key_arg],
+        vec![
+            "doctor",
+            "-m",
+            "openai/m",
+            "--base-url",
+            "http://127.0.0.1:9/v1",
+        ],
+        vec![
+            "chat",
+            "-m",
+            "reader",
+            "--ctx",
+            "2048",
+            "--api-key-file",
+            key_arg,
+        ],
+        vec![
+            "chat",
+            "-m",
+            "openai/m",
+            "--base-url",
+            "http://127.0.0.1:9/v1",
+        ],
+        vec!["clear", "--namespace", "nothing-here", "--yes"],
+        vec!["repair"],
+        vec!["chat", "-m", "reader", "--api-key", secret],
+    ];
+    for args in &runs {
+        let out = uctx(&pool)
+            .args(args)
+            .env("OPENAI_API_KEY", secret)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .and_then(|mut c| {
+                c.stdin
+                    .take()
+                    .unwrap()
+                    .write_all(b"Where does the staging cluster run?\n")?;
+                c.wait_with_output()
+            })
+            .unwrap();
+        no_panic(&out);
+        for (what, bytes) in [("stdout", &out.stdout), ("stderr", &out.stderr)] {
+            assert!(
+                !text(bytes).contains(secret),
+                "{args:?} printed the key on {what}: {}",
+                text(bytes)
+            );
+        }
+    }
+    // The flag that would put the key in the process list is refused, with the fix.
+    let refused = run(uctx(&pool).args(["chat", "-m", "reader", "--api-key", "sk-x"]));
+    assert!(!refused.status.success());
+    let err = text(&refused.stderr);
+    assert!(
+        err.contains("OPENAI_API_KEY") && err.contains("--api-key-file"),
+        "{err}"
+    );
+    assert!(!err.contains("sk-x"), "{err}");
+    // Nothing under the pool holds it.
+    let mut stack = vec![pool.clone()];
+    let mut files = 0;
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                files += 1;
+                let bytes = std::fs::read(&p).unwrap();
+                assert!(
+                    !bytes.windows(secret.len()).any(|w| w == secret.as_bytes()),
+                    "{} holds the key",
+                    p.display()
+                );
+            }
+        }
+    }
+    assert!(files >= 2, "the pool was written");
 }

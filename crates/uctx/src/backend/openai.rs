@@ -15,7 +15,7 @@ use super::{
 
 const FIX_START: &str =
     "start the server (llama.cpp: `llama-server -m MODEL.gguf --port 8080`), or set OPENAI_BASE_URL";
-const FIX_KEY: &str = "set OPENAI_API_KEY or pass --api-key";
+const FIX_KEY: &str = "set OPENAI_API_KEY or pass --api-key-file PATH";
 
 /// A model behind an OpenAI-compatible API.
 pub struct OpenAiBackend {

@@ -4,10 +4,28 @@
 use std::fs::{File, OpenOptions, TryLockError};
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::Path;
+use std::sync::OnceLock;
 
 use crate::{Error, Result};
 
 pub const LOCK_FILE: &str = "LOCK";
+
+/// What the writer is doing, as its program names it (a subcommand such as
+/// `ingest`): recorded in `LOCK` so that a second writer's error can say who
+/// holds the pool. Set once, by the program, before opening a pool.
+static PURPOSE: OnceLock<String> = OnceLock::new();
+
+/// Name what this process opens pools for (`ingest`, `chat`, …). Control
+/// characters are dropped and the name is cut at 32 characters; only the
+/// first call counts.
+pub fn set_purpose(purpose: &str) {
+    let clean: String = purpose
+        .chars()
+        .filter(|c| !c.is_control())
+        .take(32)
+        .collect();
+    let _ = PURPOSE.set(clean);
+}
 
 /// Held for as long as the writer lives; the OS releases it when the process dies.
 pub struct WriterLock {
@@ -17,11 +35,11 @@ pub struct WriterLock {
 impl WriterLock {
     pub fn acquire(dir: &Path) -> Result<WriterLock> {
         let path = dir.join(LOCK_FILE);
-        let mut file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
+        let mut options = OpenOptions::new();
+        options.read(true).write(true).create(true).truncate(false);
+        #[cfg(unix)]
+        std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+        let mut file = options
             .open(&path)
             .map_err(|e| Error::io(format!("cannot open the lock file {}", path.display()), e))?;
         // A lock can outlive its holder by a moment: a process that forks
@@ -57,6 +75,12 @@ impl WriterLock {
             }
         }
         let me = holder_description();
+        // Readable by the pool's owner only, whatever an older version left.
+        #[cfg(unix)]
+        let private = std::os::unix::fs::PermissionsExt::from_mode(0o600);
+        #[cfg(unix)]
+        file.set_permissions(private)
+            .map_err(|e| Error::io(format!("cannot restrict {}", path.display()), e))?;
         let write = file
             .set_len(0)
             .and_then(|_| file.seek(SeekFrom::Start(0)))
@@ -68,10 +92,10 @@ impl WriterLock {
     }
 }
 
-/// "pid 123 (uctx) since unix time 1700000000": the process, its program
-/// name and when it took the lock. Never its arguments: the file stays
-/// after the writer exits, other users can read it, and an argument can be
-/// a secret (`--api-key`).
+/// "pid 123 on host-a (uctx ingest) since unix time 1700000000": the process,
+/// the host, its program name and purpose ([`set_purpose`]) and when it took
+/// the lock. Never its arguments: the file stays after the writer exits, and
+/// an argument can be a secret.
 pub fn holder_description() -> String {
     let program: String = std::env::args_os()
         .next()
@@ -90,10 +114,34 @@ pub fn holder_description() -> String {
     let since = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
+    let doing = match PURPOSE.get() {
+        Some(p) if !p.is_empty() => format!("{program} {p}"),
+        _ => program,
+    };
     format!(
-        "pid {} ({program}) since unix time {since}",
-        std::process::id()
+        "pid {} on {} ({doing}) since unix time {since}",
+        std::process::id(),
+        host_name()
     )
+}
+
+/// This machine's host name, or "unknown host".
+fn host_name() -> String {
+    let name = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .unwrap_or_default();
+    let name: String = name
+        .trim()
+        .chars()
+        .filter(|c| !c.is_control() && !c.is_whitespace())
+        .take(64)
+        .collect();
+    if name.is_empty() {
+        "unknown host".into()
+    } else {
+        name
+    }
 }
 
 #[cfg(test)]
@@ -121,11 +169,29 @@ mod tests {
         let text = std::fs::read_to_string(tmp.path().join(LOCK_FILE)).unwrap();
         let program = std::env::args_os().next().unwrap();
         let program = Path::new(&program).file_name().unwrap().to_string_lossy();
-        // Exactly the pid, the program's name and a time: no argument.
-        let prefix = format!("pid {} ({program}) since unix time ", std::process::id());
+        // Exactly the pid, the host, the program's name and a time: no argument.
+        let prefix = format!(
+            "pid {} on {} ({program}) since unix time ",
+            std::process::id(),
+            host_name()
+        );
         let since = text
             .strip_prefix(&prefix)
             .unwrap_or_else(|| panic!("{text:?}"));
         assert!(since.parse::<u64>().is_ok(), "{text:?}");
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn the_lock_is_readable_by_its_owner_only() {
+        use std::os::unix::fs::PermissionsExt;
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join(LOCK_FILE);
+        // An older version left it world-readable.
+        std::fs::write(&path, "pid 1 (uctx) since unix time 0").unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let _held = WriterLock::acquire(tmp.path()).unwrap();
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
     }
 }

@@ -27,7 +27,7 @@ use lock::WriterLock;
 use state::State;
 use storage::{Dir, FileDir, Storage};
 
-pub use lock::LOCK_FILE;
+pub use lock::{set_purpose, LOCK_FILE};
 pub use repair::{Repaired, DAMAGED_PREFIX};
 pub use replay::{Damage, TornTail};
 

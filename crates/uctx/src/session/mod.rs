@@ -1,9 +1,10 @@
 //! A conversation with paged memory: the per-turn loop.
 //!
-//! Each turn: the input is written to the pool (durable) while the pager
-//! searches with it; the window is assembled under the backend's real context
-//! size and sent; the answer is streamed through the pager (prefetch) and
-//! written to the pool. Whatever no longer fits the window is already in the pool.
+//! Each turn: the pager searches with the input; the window is assembled under
+//! the backend's real context size and sent; the answer is streamed through the
+//! pager (prefetch); the input and the answer are written to the pool together
+//! (durable), so a failed call leaves nothing behind for a retry to duplicate.
+//! Whatever no longer fits the window is already in the pool.
 //!
 //! The window is laid out from the most stable part to the least, so that a
 //! server's prefix cache (llama.cpp's `cache_prompt`, Ollama on top of it)
@@ -12,11 +13,14 @@
 //! `[system prompt + pinned facts] [recent turns] [paged memory] [latest input]`
 //!
 //! The system message is byte-identical from turn to turn (it changes only when
-//! a fact is pinned); recent turns are append-only, and when they outgrow their
-//! budget the oldest are dropped in one step, back to half the budget, so the
-//! prefix breaks once every several turns instead of every turn; paged memory,
-//! which changes every turn, comes last, in its own message, and is not kept:
-//! each turn pages in afresh for its own input.
+//! a fact is pinned). Everything after it is the *resident stream*, append-only:
+//! each turn adds the memory it pages in (in its own message, just before the
+//! input, holding only slices the stream does not hold yet), its input and its
+//! answer. A slice paged in once stays where it is while the stream keeps it, so
+//! the server re-evaluates only what is new. When the stream outgrows the window
+//! the oldest turns, with their memory, are dropped in one step, back to half of
+//! what memory leaves them, so the prefix breaks once every several turns
+//! instead of every turn.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -121,6 +125,13 @@ pub struct Turn {
     pub turn: u64,
     /// Raw tokens by the encoder's tokenizer.
     pub tokens: usize,
+    /// Slices paged into this message, when it is a paged-memory message of the
+    /// resident stream.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub paged: Vec<Paged>,
+    /// This message is paged memory, not a turn of the conversation.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub memory: bool,
 }
 
 /// A slice placed in a window.
@@ -133,6 +144,9 @@ pub struct Paged {
     pub prefetched: bool,
     /// Found by the search on the previous answer's streamed output.
     pub predicted: bool,
+    /// Paged in by an earlier turn and still in the window (the prefix the server
+    /// has cached), not sent again.
+    pub carried: bool,
 }
 
 /// What was sent to the model for one turn.
@@ -337,6 +351,8 @@ impl Session {
                     text: slice.text,
                     turn: m.turn,
                     tokens: m.tokens as usize,
+                    paged: Vec::new(),
+                    memory: false,
                 }),
             }
             budget = budget.saturating_sub(m.tokens as usize);
@@ -441,14 +457,6 @@ impl Session {
         if let Some(p) = &self.pager {
             p.observe_input(input);
         }
-        // The pager searches while the input is written and synced.
-        self.memory.write(&[Unit {
-            namespace: &self.cfg.namespace,
-            source: Source::User,
-            text: input,
-            turn,
-            ext_id: None,
-        }])?;
         self.push_history(Role::User, input, turn);
         let candidates = match &self.pager {
             Some(p) => {
@@ -457,44 +465,67 @@ impl Session {
             }
             None => Vec::new(),
         };
-        let (window, resp, exact, retried) = self.send(&candidates, on_text)?;
+        let (window, resp, exact, retried) = match self.send(&candidates, on_text) {
+            Ok(sent) => sent,
+            Err(e) => {
+                // Nothing of a turn the model did not answer is kept: a retry is the
+                // same turn again, not a second copy of its input.
+                self.history.pop();
+                self.next_turn = turn;
+                return Err(e);
+            }
+        };
+        // The input and its answer are written together, in one synced batch: the pool
+        // holds whole turns only.
+        self.memory.write(&[
+            Unit {
+                namespace: &self.cfg.namespace,
+                source: Source::User,
+                text: input,
+                turn,
+                ext_id: None,
+            },
+            Unit {
+                namespace: &self.cfg.namespace,
+                source: Source::Assistant,
+                text: &resp.text,
+                turn,
+                ext_id: None,
+            },
+        ])?;
         self.resident = window.resident.clone();
         if !resp.text.is_empty() {
             let answer = self.kept_turn(Role::Assistant, resp.text.clone(), turn);
             self.resident.push(answer);
         }
-
-        self.memory.write(&[Unit {
-            namespace: &self.cfg.namespace,
-            source: Source::Assistant,
-            text: &resp.text,
-            turn,
-            ext_id: None,
-        }])?;
         self.push_history(Role::Assistant, &resp.text, turn);
         let truncated = self.account(&window, &resp, exact);
 
-        // The witness: what was paged in is relevant again; what the answer used hardens.
-        let used = used_slices(&window.memory, &candidates, &resp.text, input);
-        let mut events: Vec<WitnessEvent> = window
-            .memory
+        // The witness: what was paged in is relevant again; what the answer used (of
+        // everything paged into the window, carried or not) hardens.
+        let mut texts: HashMap<u64, String> = candidates
             .iter()
-            .map(|p| WitnessEvent::Recalled(p.id))
+            .map(|c| (c.slice.meta.id, c.slice.text.clone()))
             .collect();
+        for p in window.memory.iter().filter(|p| p.carried) {
+            if let Some(s) = self.memory.pool().get(p.id)? {
+                texts.insert(p.id, s.text);
+            }
+        }
+        let used = used_slices(&window.memory, &texts, &resp.text, input);
+        let fresh: Vec<&Paged> = window.memory.iter().filter(|p| !p.carried).collect();
+        let mut events: Vec<WitnessEvent> =
+            fresh.iter().map(|p| WitnessEvent::Recalled(p.id)).collect();
         events.extend(used.iter().map(|&id| WitnessEvent::Used(id)));
         if !events.is_empty() {
             self.memory.pool().record(&events)?;
         }
-        self.stats.paged_slices += window.memory.len() as u64;
+        self.stats.paged_slices += fresh.len() as u64;
         self.stats.used_slices += used.len() as u64;
         if let Some(p) = &self.pager {
-            let hits = window.memory.iter().filter(|m| m.prefetched).count() as u64;
-            let predicted = window
-                .memory
-                .iter()
-                .filter(|m| m.prefetched && m.predicted)
-                .count() as u64;
-            p.record_use(hits, window.memory.len() as u64 - hits, predicted);
+            let hits = fresh.iter().filter(|m| m.prefetched).count() as u64;
+            let predicted = fresh.iter().filter(|m| m.prefetched && m.predicted).count() as u64;
+            p.record_use(hits, fresh.len() as u64 - hits, predicted);
         }
 
         Ok(TurnReport {
@@ -764,7 +795,7 @@ impl Session {
                 .map(|t| t.turn)
                 .chain([latest.turn])
                 .collect();
-            let chosen = self.page_in(candidates, &in_window, free - used, &focus);
+            let chosen = self.page_in(candidates, &in_window, &HashSet::new(), free - used, &focus);
             if let Some(mem) = memory_message(&chosen) {
                 system = format!("{system}\n\n{mem}");
             }
@@ -777,20 +808,31 @@ impl Session {
             messages.push(Message::new(Role::User, latest_text));
             return Ok(self.window_of(
                 messages,
-                &chosen,
+                paged_of(&chosen),
                 earlier.len() - first,
                 input_cut,
                 Vec::new(),
             ));
         }
 
-        // The resident stream: the turns the last prompt held after its system message,
-        // as they were sent. When they and this turn's memory no longer fit, the oldest
-        // turns go in one step, down to half of what memory leaves them.
+        // The resident stream: what the last prompt held after its system message, as
+        // it was sent: turns, and the memory paged in before each input. When it and this
+        // turn's memory no longer fit, the oldest turns (with their memory) go in one
+        // step, down to half of what memory leaves them.
         let resident = &self.resident;
         let mut used: usize = resident.iter().map(|r| self.est_turn(r)).sum();
+        // Memory in the window, carried and new together, stays within its share; a
+        // quarter of it is always free for what this input needs that is not there yet.
+        let new_cap = |kept: &[Turn]| {
+            let carried: usize = kept
+                .iter()
+                .filter(|t| t.memory)
+                .map(|t| self.est_turn(t))
+                .sum();
+            memory_cap.saturating_sub(carried).max(memory_cap / 4)
+        };
         let mut first = 0;
-        if used + memory_cap > free {
+        if used + new_cap(resident) > free {
             let target = free.saturating_sub(memory_cap) / 2;
             while first < resident.len() && used > target {
                 let turn = resident[first].turn;
@@ -802,29 +844,66 @@ impl Session {
         }
         let kept = &resident[first..];
         let in_window: HashSet<u64> = kept.iter().map(|r| r.turn).chain([latest.turn]).collect();
-        // Memory changes every turn, so it comes after everything that does not, and
-        // is not kept: the next prompt pages in afresh for its own input.
+        // Memory already in the stream stays where it is (the server has it cached);
+        // only what is not there yet is paged in, after everything that does not change.
+        let carried: Vec<Paged> = kept
+            .iter()
+            .flat_map(|t| t.paged.iter())
+            .map(|p| Paged {
+                carried: true,
+                ..p.clone()
+            })
+            .collect();
+        let carried_ids: HashSet<u64> = carried.iter().map(|p| p.id).collect();
         let chosen = self.page_in(
             candidates,
             &in_window,
-            memory_cap.min(free.saturating_sub(used)),
+            &carried_ids,
+            new_cap(kept).min(free.saturating_sub(used)),
             &focus,
         );
+        let paged = paged_of(&chosen);
         let mut next: Vec<Turn> = kept.to_vec();
-        next.push(self.kept_turn(Role::User, latest_text.clone(), latest.turn));
-        let mut messages = vec![Message::new(Role::System, system)];
-        messages.extend(kept.iter().map(|t| Message::new(t.role, t.text.clone())));
-        match (memory_message(&chosen), self.cfg.layout) {
-            (Some(mem), Layout::StableInline) => {
-                messages.push(Message::new(Role::User, format!("{mem}\n\n{latest_text}")))
-            }
-            (Some(mem), _) => {
-                messages.push(Message::new(Role::User, mem));
-                messages.push(Message::new(Role::User, latest_text));
-            }
-            (None, _) => messages.push(Message::new(Role::User, latest_text)),
+        if let Some(mem) = memory_message(&chosen) {
+            let mut block = self.kept_turn(Role::User, mem, latest.turn);
+            block.paged = paged.clone();
+            block.memory = true;
+            next.push(block);
         }
-        Ok(self.window_of(messages, &chosen, kept.len(), input_cut, next))
+        next.push(self.kept_turn(Role::User, latest_text, latest.turn));
+        let mut messages = vec![Message::new(Role::System, system)];
+        messages.extend(self.render(&next));
+        let recent_turns = kept.iter().filter(|t| !t.memory).count();
+        let mut memory = carried;
+        memory.extend(paged);
+        Ok(self.window_of(messages, memory, recent_turns, input_cut, next))
+    }
+
+    /// The messages of a resident stream. A memory message goes in its own message, or
+    /// (with [`Layout::StableInline`]) at the start of the user message after it.
+    fn render(&self, stream: &[Turn]) -> Vec<Message> {
+        let inline = self.cfg.layout == Layout::StableInline;
+        let mut messages: Vec<Message> = Vec::with_capacity(stream.len());
+        let mut pending: Option<&str> = None;
+        for t in stream {
+            if t.memory && inline {
+                pending = Some(&t.text);
+                continue;
+            }
+            let text = match pending.take() {
+                Some(mem) if t.role == Role::User => format!("{mem}\n\n{}", t.text),
+                Some(mem) => {
+                    messages.push(Message::new(Role::User, mem.to_string()));
+                    t.text.clone()
+                }
+                None => t.text.clone(),
+            };
+            messages.push(Message::new(t.role, text));
+        }
+        if let Some(mem) = pending {
+            messages.push(Message::new(Role::User, mem.to_string()));
+        }
+        messages
     }
 
     /// A turn as it is kept, with its raw token count.
@@ -835,16 +914,19 @@ impl Session {
             text,
             turn,
             tokens,
+            paged: Vec::new(),
+            memory: false,
         }
     }
 
     /// The candidates to page in, best first, within `budget` tokens: none from a turn
-    /// already in the window verbatim (`in_window`), and
+    /// already in the window verbatim (`in_window`) or already paged in (`carried`), and
     /// an excerpt of the sentences that bear on the input for a slice too big for its share.
     fn page_in<'c>(
         &self,
         candidates: &'c [Candidate],
         in_window: &HashSet<u64>,
+        carried: &HashSet<u64>,
         budget: usize,
         focus: &Focus,
     ) -> Vec<(&'c Candidate, String)> {
@@ -856,7 +938,7 @@ impl Session {
             if m.namespace == self.cfg.namespace && in_window.contains(&m.turn) && m.turn > 0 {
                 continue;
             }
-            if m.pinned {
+            if m.pinned || carried.contains(&m.id) {
                 continue;
             }
             let mut block = memory_block(&c.slice, &c.slice.text);
@@ -891,7 +973,7 @@ impl Session {
     fn window_of(
         &self,
         messages: Vec<Message>,
-        chosen: &[(&Candidate, String)],
+        memory: Vec<Paged>,
         recent_turns: usize,
         input_cut: bool,
         resident: Vec<Turn>,
@@ -900,17 +982,7 @@ impl Session {
         Window {
             messages,
             est_tokens,
-            memory: chosen
-                .iter()
-                .map(|(c, _)| Paged {
-                    id: c.slice.meta.id,
-                    turn: c.slice.meta.turn,
-                    source: c.slice.meta.source,
-                    score: c.score,
-                    prefetched: c.prefetched,
-                    predicted: c.predicted,
-                })
-                .collect(),
+            memory,
             recent_turns,
             input_cut,
             resident,
@@ -975,6 +1047,22 @@ fn sliding_start(earlier: &[Turn], budget: usize, est: impl Fn(&Turn) -> usize) 
         first -= 1;
     }
     first
+}
+
+/// Where each chosen candidate came from.
+fn paged_of(chosen: &[(&Candidate, String)]) -> Vec<Paged> {
+    chosen
+        .iter()
+        .map(|(c, _)| Paged {
+            id: c.slice.meta.id,
+            turn: c.slice.meta.turn,
+            source: c.slice.meta.source,
+            score: c.score,
+            prefetched: c.prefetched,
+            predicted: c.predicted,
+            carried: false,
+        })
+        .collect()
 }
 
 /// The paged-memory message for `chosen`, if anything was chosen.
@@ -1080,16 +1168,21 @@ fn excerpt(text: &str, focus: &Focus, cap: usize, count: &dyn Fn(&str) -> usize)
         .join(" … ")
 }
 
-/// Paged-in slices whose distinctive words appear in the answer but not in the input.
-fn used_slices(paged: &[Paged], candidates: &[Candidate], answer: &str, input: &str) -> Vec<u64> {
+/// Paged-in slices (their texts in `texts`) whose distinctive words appear in the
+/// answer but not in the input.
+fn used_slices(
+    paged: &[Paged],
+    texts: &HashMap<u64, String>,
+    answer: &str,
+    input: &str,
+) -> Vec<u64> {
     let answer_words = distinctive_words(answer);
     let input_words = distinctive_words(input);
-    let by_id: HashMap<u64, &Candidate> = candidates.iter().map(|c| (c.slice.meta.id, c)).collect();
     paged
         .iter()
         .filter(|p| {
-            by_id.get(&p.id).is_some_and(|c| {
-                distinctive_words(&c.slice.text)
+            texts.get(&p.id).is_some_and(|text| {
+                distinctive_words(text)
                     .iter()
                     .any(|w| answer_words.contains(w) && !input_words.contains(w))
             })

@@ -437,14 +437,18 @@ fn the_stable_layout_keeps_a_prefix_the_server_cache_reuses() {
         if i == 0 {
             continue;
         }
-        // Append-only: everything after the system message continues the last prompt's
-        // turns, unless the oldest were dropped in one step; memory is paged in afresh.
-        let before: Vec<_> = prompts[i - 1][1..]
-            .iter()
-            .filter(|m| !m.content.starts_with(MEMORY_HEADER))
-            .cloned()
-            .collect();
-        if !p[1..].starts_with(&before) {
+        // No slice is in the window twice.
+        let mut ids = std::collections::HashSet::new();
+        for m in p.iter().filter(|m| m.content.starts_with(MEMORY_HEADER)) {
+            for line in m.content.lines().filter(|l| l.starts_with("[memory ")) {
+                let id = line.split(' ').nth(1).unwrap();
+                assert!(ids.insert(id.to_string()), "turn {i}: memory {id} twice");
+            }
+        }
+        // Append-only: everything after the system message continues the last prompt
+        // whole, memory included, unless the oldest turns were dropped in one step.
+        let before = &prompts[i - 1][1..];
+        if !p[1..].starts_with(before) {
             drops += 1;
             assert!(
                 n - 1 <= before.len(),
@@ -463,7 +467,7 @@ fn the_stable_layout_keeps_a_prefix_the_server_cache_reuses() {
     forty_turns(&mut legacy);
     let old = legacy.stats().cache_reuse().unwrap();
     assert!(
-        stable >= 0.45 && stable >= 3.0 * old,
+        stable >= 0.65 && stable >= 3.0 * old,
         "cache reuse: stable {stable:.3}, legacy {old:.3}"
     );
     assert_eq!(s.stats().overflows, 0);
@@ -514,4 +518,38 @@ fn a_prompt_the_server_cuts_silently_is_detected() {
     }
     assert!(seen);
     assert!(run.session.stats().truncations >= 1);
+}
+
+#[test]
+fn a_failed_model_call_leaves_no_half_turn_behind() {
+    use uctx::pool::Scope;
+    let server = FakeServer::openai(FakeConfig {
+        context_length: Some(2048),
+        stream_error: Some((1, "out of memory".to_string())),
+        ..FakeConfig::default()
+    });
+    let opts = server.options();
+    let mut run = open(server, "openai/m", opts, true, 2048);
+    let input = "The ferry schedule moved to quay 12.";
+    for _ in 0..2 {
+        assert!(run.session.turn(input, &mut |_| {}).is_err());
+    }
+    let memory = Arc::clone(run.session.memory());
+    assert!(
+        memory.pool().metas(Scope::Namespace("default")).is_empty(),
+        "a failed turn left slices behind"
+    );
+    // The same input answered later is stored once, as turn 1.
+    let mut s = Session::open(Arc::clone(&memory), reader(2048), SessionConfig::default()).unwrap();
+    let r = s.turn(input, &mut |_| {}).unwrap();
+    assert_eq!(r.turn, 1);
+    let metas = memory.pool().metas(Scope::Namespace("default"));
+    let inputs = metas
+        .iter()
+        .filter(|m| m.source == uctx::slice::Source::User)
+        .count();
+    assert_eq!(inputs, 1, "{metas:?}");
+    assert!(metas
+        .iter()
+        .any(|m| m.source == uctx::slice::Source::Assistant));
 }
