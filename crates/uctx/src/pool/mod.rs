@@ -861,8 +861,12 @@ impl Pool {
                 s.walked_to,
             )
         };
-        // A compacted log or a changed index: load afresh.
-        if !same {
+        let io = |e| Error::io("cannot read the pool log", e);
+        let len = log.len().map_err(io)?;
+        // A compacted log or a changed index: load afresh. So too when the log is now
+        // shorter than what this handle applied: the writer cut back a batch it could
+        // not sync, and what was read of it must not stay.
+        if !same || len < end {
             let log = self.dir.open(LOG_FILE, false).map_err(|e| {
                 Error::io(
                     format!("cannot open the log of the pool at {}", self.path.display()),
@@ -873,8 +877,6 @@ impl Pool {
             *self.write_state() = state;
             return Ok(true);
         }
-        let io = |e| Error::io("cannot read the pool log", e);
-        let len = log.len().map_err(io)?;
         if len <= end {
             if len < walked_to {
                 // A writer cut the torn tail.

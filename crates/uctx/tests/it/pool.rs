@@ -1247,3 +1247,39 @@ fn the_budget_counts_index_segments_and_reclaims_them() {
         assert!(pool.get(h.meta.id).unwrap().is_some());
     }
 }
+
+/// A writer that cannot sync a batch cuts it back from the log; a reader that read
+/// the batch in between must not keep it.
+#[test]
+fn a_reader_drops_what_the_writer_cut_back() {
+    let tmp = tempfile::tempdir().unwrap();
+    let log = tmp.path().join(LOG_FILE);
+    let writer = Pool::open(tmp.path(), opts()).unwrap();
+    let kept = writer.append(&[slice("a", 1)]).unwrap()[0];
+    let durable = std::fs::metadata(&log).unwrap().len();
+    let reader = Pool::open(tmp.path(), ro()).unwrap();
+    let cut = writer.append(&[slice("a", 2), slice("a", 3)]).unwrap();
+    assert!(reader.refresh().unwrap());
+    assert_eq!(reader.metas(Scope::All).len(), 3);
+    drop(writer);
+    // What a writer does when its sync fails: the batch goes, back to the last
+    // synced end.
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&log)
+        .unwrap()
+        .set_len(durable)
+        .unwrap();
+    reader.refresh().unwrap();
+    let ids: Vec<u64> = reader.metas(Scope::All).iter().map(|m| m.id).collect();
+    assert_eq!(ids, vec![kept]);
+    for id in cut {
+        assert!(reader.get(id).unwrap().is_none(), "phantom slice {id}");
+    }
+    // And it follows the writer's next appends from the real end.
+    let writer = Pool::open(tmp.path(), opts()).unwrap();
+    let next = writer.append(&[slice("a", 4)]).unwrap()[0];
+    reader.refresh().unwrap();
+    assert!(reader.get(next).unwrap().is_some());
+    assert_eq!(reader.metas(Scope::All).len(), 2);
+}
