@@ -102,6 +102,7 @@ impl Command {
             Command::Reembed => "reembed",
             Command::Repair => "repair",
             Command::Bench(_) => "bench",
+            Command::Serve(_) => "serve",
         }
     }
 }
@@ -130,6 +131,8 @@ pub enum Command {
     Repair,
     /// Benchmarks.
     Bench(BenchArgs),
+    /// Serve the Ollama and OpenAI APIs in front of a model server, with paged memory.
+    Serve(crate::serve::ServeArgs),
 }
 
 #[derive(Args, Debug)]

@@ -6,6 +6,7 @@ mod cli;
 mod ingest;
 mod open;
 mod repair;
+mod serve;
 
 use std::io::Write;
 use std::process::ExitCode;
@@ -58,5 +59,6 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Reembed => open::reembed(g),
         Command::Repair => repair::repair(g),
         Command::Bench(a) => bench::bench(g, a),
+        Command::Serve(a) => serve::serve(g, a),
     }
 }

@@ -32,6 +32,7 @@ use crate::pool::{Scope, WitnessEvent};
 use crate::slice::{Slice, Source};
 use crate::{Error, Result};
 
+mod serve;
 mod tokens;
 pub use tokens::Calibration;
 

@@ -1,0 +1,133 @@
+//! `uctx serve`: the Ollama- and OpenAI-compatible server with paged memory.
+
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{bail, Context};
+use clap::Args;
+use uctx_serve::{ServeConfig, UpstreamSpec};
+
+use crate::cli::Global;
+
+#[derive(Args, Debug)]
+pub struct ServeArgs {
+    /// Where to listen. Off loopback only with --token.
+    #[arg(long, default_value = uctx_serve::DEFAULT_LISTEN, value_name = "ADDR")]
+    pub listen: String,
+    /// The model server: `ollama:URL`, `openai:URL` (base URL with /v1) or `reader` (built in).
+    #[arg(
+        long,
+        default_value = "ollama:http://127.0.0.1:11434",
+        value_name = "UPSTREAM"
+    )]
+    pub upstream: String,
+    /// The window served, in tokens [default: what the upstream reports for the model, at most 8192].
+    #[arg(long, value_name = "TOKENS")]
+    pub ctx: Option<usize>,
+    /// Clients must send `Authorization: Bearer TOKEN` (required off loopback).
+    #[arg(long, env = "UCTX_TOKEN", hide_env_values = true, value_name = "TOKEN")]
+    pub token: Option<String>,
+    /// File holding the upstream's API key (its first line) [default: the OPENAI_API_KEY environment variable].
+    #[arg(long, value_name = "PATH")]
+    pub api_key_file: Option<PathBuf>,
+    /// Tokens reserved for each answer [default: a quarter of the window, at most 1024].
+    #[arg(long, value_name = "TOKENS")]
+    pub answer_tokens: Option<usize>,
+    /// Largest request body accepted, in MB.
+    #[arg(long, default_value_t = 32, value_name = "MB")]
+    pub max_body_mb: usize,
+    /// Sessions kept open at once (the least recently used beyond it resume from the pool).
+    #[arg(long, default_value_t = 64, value_name = "N")]
+    pub max_sessions: usize,
+    /// The context length advertised to clients in /api/show: how much history a client may send.
+    #[arg(long, default_value_t = 131_072, value_name = "TOKENS")]
+    pub advertise_ctx: usize,
+}
+
+fn listen_addr(s: &str) -> anyhow::Result<SocketAddr> {
+    if let Ok(a) = s.parse() {
+        return Ok(a);
+    }
+    s.to_socket_addrs()
+        .ok()
+        .and_then(|mut a| a.next())
+        .with_context(|| {
+            format!("--listen {s:?} is not an address (use HOST:PORT, e.g. 127.0.0.1:11435)")
+        })
+}
+
+fn upstream_key(a: &ServeArgs) -> anyhow::Result<Option<String>> {
+    match &a.api_key_file {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("reading the API key from {}", path.display()))?;
+            let key = text.lines().next().unwrap_or("").trim().to_string();
+            if key.is_empty() {
+                bail!("{} holds no API key on its first line", path.display());
+            }
+            Ok(Some(key))
+        }
+        None => Ok(std::env::var("OPENAI_API_KEY")
+            .ok()
+            .map(|k| k.trim().to_string())
+            .filter(|k| !k.is_empty())),
+    }
+}
+
+pub fn serve(g: &Global, a: &ServeArgs) -> anyhow::Result<ExitCode> {
+    let upstream: UpstreamSpec = a.upstream.parse().map_err(anyhow::Error::msg)?;
+    let cfg = ServeConfig {
+        listen: listen_addr(&a.listen)?,
+        upstream,
+        upstream_api_key: upstream_key(a)?,
+        token: a.token.clone(),
+        ctx: a.ctx,
+        answer_tokens: a.answer_tokens,
+        max_body_bytes: a.max_body_mb.max(1) << 20,
+        max_sessions: a.max_sessions.max(1),
+        advertised_context: a.advertise_ctx,
+    };
+    // Refuse an unsafe address before touching the pool.
+    uctx_serve::check_listen(&cfg)?;
+    let memory = crate::open::memory_rw(g)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the server's runtime")?;
+    runtime.block_on(async move {
+        let upstream = cfg.upstream.clone();
+        let server = uctx_serve::bind(memory, cfg).await?;
+        let addr = server.local_addr();
+        eprintln!(
+            "uctx serve: listening on http://{addr} (Ollama API at /, OpenAI API at /v1), upstream {upstream}, pool {}",
+            server.state().memory.pool().dir().display()
+        );
+        server.run(shutdown_signal()).await?;
+        eprintln!("uctx serve: stopped");
+        anyhow::Ok(())
+    })?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Ctrl-C or SIGTERM: stop accepting, let turns in flight finish.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+}

@@ -1,0 +1,436 @@
+//! Conversations from stateless requests.
+//!
+//! A client resends the whole message list with every request. Each message is
+//! reduced to a digest of its kind and text (the form the conversation keeps), and a
+//! conversation is the list of those digests in order. A request is matched to a
+//! conversation by, in order: its key (`/s/{id}/`, `X-Uctx-Session`,
+//! `X-OpenWebUI-Chat-Id`, `user`), else the longest prefix of its messages that a
+//! conversation already holds (a chain of digests from the system prompt on), else an
+//! overlap of its first messages with the tail of a conversation (a client that trims
+//! its own history). Only the messages after the match are new; a request that departs
+//! from what its conversation holds (an edited or regenerated turn) forks it: a new
+//! conversation that takes over the shared start without storing it again.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use sha2::{Digest as _, Sha256};
+
+use crate::wire::{Kind, Rendered};
+
+pub type Digest = [u8; 32];
+
+fn sha(parts: &[&[u8]]) -> Digest {
+    let mut h = Sha256::new();
+    for p in parts {
+        h.update((p.len() as u64).to_le_bytes());
+        h.update(p);
+    }
+    h.finalize().into()
+}
+
+/// A message's digest: its kind and its text.
+pub fn message_digest(r: &Rendered) -> Digest {
+    let kind: &[u8] = match r.kind {
+        Kind::System => b"system",
+        Kind::User => b"user",
+        Kind::Assistant => b"assistant",
+        Kind::Tool => b"tool",
+    };
+    sha(&[kind, r.text.as_bytes()])
+}
+
+/// The root of a conversation's chain: its system prompt.
+pub fn root_digest(system: &str) -> Digest {
+    sha(&[b"root", system.as_bytes()])
+}
+
+fn chain(prev: &Digest, d: &Digest) -> Digest {
+    sha(&[b"chain", prev, d])
+}
+
+/// Where a request goes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Planned {
+    pub conv: u64,
+    /// The conversation's length the plan was made against.
+    pub expected_len: usize,
+    /// The request's first message that the conversation does not hold.
+    pub record_from: usize,
+    /// A new conversation (fork or first request) that takes over the request's first
+    /// `adopt` messages without storing them (they are stored in the parent).
+    pub adopt: usize,
+    pub forked_from: Option<u64>,
+    pub created: bool,
+}
+
+/// What the index keeps of one conversation.
+#[derive(Clone, Debug)]
+pub struct Entry {
+    pub namespace: String,
+    pub key: Option<String>,
+    pub root: Digest,
+    pub msgs: Vec<Digest>,
+    pub forked_from: Option<u64>,
+}
+
+/// Every conversation of the server, by key, prefix chain and message.
+#[derive(Default)]
+pub struct Index {
+    entries: HashMap<u64, Entry>,
+    by_key: HashMap<String, u64>,
+    /// Chain digest of a prefix → (conversation, prefix length).
+    chains: HashMap<Digest, (u64, usize)>,
+    /// Message digest → (conversation, position), for aligning trimmed histories.
+    positions: HashMap<Digest, Vec<(u64, usize)>>,
+    next_id: u64,
+    /// Distinguishes this process's namespaces from an earlier run's.
+    epoch: u64,
+}
+
+/// The shortest overlap that counts as a trimmed history's match.
+const MIN_TAIL_OVERLAP: usize = 2;
+
+impl Index {
+    pub fn new() -> Index {
+        Index {
+            epoch: crate::wire::unix_now(),
+            next_id: 1,
+            ..Index::default()
+        }
+    }
+
+    pub fn get(&self, id: u64) -> Option<&Entry> {
+        self.entries.get(&id)
+    }
+
+    pub fn entries(&self) -> impl Iterator<Item = (u64, &Entry)> {
+        self.entries.iter().map(|(k, v)| (*k, v))
+    }
+
+    pub fn len_of(&self, id: u64) -> Option<usize> {
+        self.entries.get(&id).map(|e| e.msgs.len())
+    }
+
+    fn create(&mut self, key: Option<&str>, root: Digest, forked_from: Option<u64>) -> u64 {
+        let id = self.next_id;
+        self.next_id += 1;
+        let namespace = match key {
+            Some(k) if forked_from.is_none() => format!("serve/{k}"),
+            Some(k) => format!("serve/{k}/fork-{:x}-{id}", self.epoch),
+            None => format!("serve/c-{:x}-{id}", self.epoch),
+        };
+        self.entries.insert(
+            id,
+            Entry {
+                namespace,
+                key: key.map(str::to_string),
+                root,
+                msgs: Vec::new(),
+                forked_from,
+            },
+        );
+        if let Some(k) = key {
+            self.by_key.insert(k.to_string(), id);
+        }
+        id
+    }
+
+    /// Decide where a request with these messages (system prompt apart) goes, creating
+    /// the conversation when it is new or a fork.
+    pub fn plan(&mut self, key: Option<&str>, root: Digest, req: &[Digest]) -> Planned {
+        let n = req.len();
+        let extend = |conv: u64, len: usize, from: usize| Planned {
+            conv,
+            expected_len: len,
+            record_from: from,
+            adopt: 0,
+            forked_from: None,
+            created: false,
+        };
+        let (parent, shared) = if let Some(k) = key {
+            match self.by_key.get(k).copied() {
+                None => (None, 0),
+                Some(c) => {
+                    let msgs = &self.entries[&c].msgs;
+                    let k_len = msgs.iter().zip(req).take_while(|(a, b)| a == b).count();
+                    if k_len == msgs.len() && k_len < n {
+                        return extend(c, msgs.len(), k_len);
+                    }
+                    if let Some(l) = tail_overlap(msgs, req) {
+                        return extend(c, msgs.len(), l);
+                    }
+                    (Some(c), k_len)
+                }
+            }
+        } else {
+            let mut prefixes = Vec::with_capacity(n);
+            let mut h = root;
+            for d in req {
+                h = chain(&h, d);
+                prefixes.push(h);
+            }
+            let found = (1..=n)
+                .rev()
+                .find_map(|i| self.chains.get(&prefixes[i - 1]).copied());
+            match found {
+                Some((c, i)) => {
+                    let len = self.entries[&c].msgs.len();
+                    if i == len && i < n {
+                        return extend(c, len, i);
+                    }
+                    (Some(c), i)
+                }
+                None => {
+                    let best = req.first().and_then(|first| {
+                        self.positions
+                            .get(first)
+                            .into_iter()
+                            .flatten()
+                            .filter(|(c, _)| self.entries[c].root == root)
+                            .filter_map(|(c, _)| {
+                                tail_overlap(&self.entries[c].msgs, req).map(|l| (l, *c))
+                            })
+                            .max()
+                    });
+                    if let Some((l, c)) = best {
+                        return extend(c, self.entries[&c].msgs.len(), l);
+                    }
+                    (None, 0)
+                }
+            }
+        };
+        // A new conversation; a fork takes over the shared start, less the last
+        // message, which is this request's input.
+        let adopt = match parent {
+            Some(_) => shared.min(n.saturating_sub(1)),
+            None => 0,
+        };
+        let id = self.create(key, root, parent);
+        let e = self.entries.get_mut(&id).expect("just created");
+        e.msgs = req[..adopt].to_vec();
+        let msgs = e.msgs.clone();
+        self.index_messages(id, root, &msgs, 0);
+        Planned {
+            conv: id,
+            expected_len: adopt,
+            record_from: adopt,
+            adopt,
+            forked_from: parent,
+            created: true,
+        }
+    }
+
+    /// The conversation now also holds `more` after its first `at` messages.
+    pub fn append(&mut self, id: u64, more: &[Digest]) {
+        let Some(e) = self.entries.get_mut(&id) else {
+            return;
+        };
+        let at = e.msgs.len();
+        e.msgs.extend_from_slice(more);
+        let (root, msgs) = (e.root, e.msgs.clone());
+        self.index_messages(id, root, &msgs, at);
+    }
+
+    fn index_messages(&mut self, id: u64, root: Digest, msgs: &[Digest], from: usize) {
+        let mut h = root;
+        for (i, d) in msgs.iter().enumerate() {
+            h = chain(&h, d);
+            if i >= from {
+                self.chains.insert(h, (id, i + 1));
+                self.positions.entry(*d).or_default().push((id, i));
+            }
+        }
+    }
+}
+
+fn hex(d: &Digest) -> String {
+    d.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn unhex(s: &str) -> Option<Digest> {
+    if s.len() != 64 {
+        return None;
+    }
+    let mut d = [0u8; 32];
+    for (i, b) in d.iter_mut().enumerate() {
+        *b = u8::from_str_radix(s.get(2 * i..2 * i + 2)?, 16).ok()?;
+    }
+    Some(d)
+}
+
+impl Index {
+    /// The conversations as JSON: what a restarted server matches resent histories by.
+    pub fn to_json(&self) -> serde_json::Value {
+        let mut ids: Vec<&u64> = self.entries.keys().collect();
+        ids.sort();
+        let conversations: Vec<serde_json::Value> = ids
+            .into_iter()
+            .map(|id| {
+                let e = &self.entries[id];
+                serde_json::json!({
+                    "id": id,
+                    "namespace": e.namespace,
+                    "key": e.key,
+                    "root": hex(&e.root),
+                    "forked_from": e.forked_from,
+                    "messages": e.msgs.iter().map(hex).collect::<Vec<_>>(),
+                })
+            })
+            .collect();
+        serde_json::json!({"version": 1, "conversations": conversations})
+    }
+
+    /// The index a previous run left in `path` (empty when there is none or it does
+    /// not read: it is derived, and only dedupes resent histories across restarts).
+    pub fn load(path: &std::path::Path) -> Index {
+        let mut ix = Index::new();
+        let Ok(text) = std::fs::read_to_string(path) else {
+            return ix;
+        };
+        let Ok(v) = serde_json::from_str::<serde_json::Value>(&text) else {
+            return ix;
+        };
+        for c in v["conversations"].as_array().into_iter().flatten() {
+            let (Some(id), Some(ns), Some(root)) = (
+                c["id"].as_u64(),
+                c["namespace"].as_str(),
+                c["root"].as_str().and_then(unhex),
+            ) else {
+                continue;
+            };
+            let msgs: Option<Vec<Digest>> = c["messages"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|m| m.as_str().and_then(unhex))
+                .collect();
+            let Some(msgs) = msgs else { continue };
+            let key = c["key"].as_str().map(str::to_string);
+            if let Some(k) = &key {
+                ix.by_key.insert(k.clone(), id);
+            }
+            ix.entries.insert(
+                id,
+                Entry {
+                    namespace: ns.to_string(),
+                    key,
+                    root,
+                    msgs: msgs.clone(),
+                    forked_from: c["forked_from"].as_u64(),
+                },
+            );
+            ix.index_messages(id, root, &msgs, 0);
+            ix.next_id = ix.next_id.max(id + 1);
+        }
+        ix
+    }
+}
+
+/// The longest `l` (at least [`MIN_TAIL_OVERLAP`], less than the request) such that the
+/// request's first `l` messages are the conversation's last `l`.
+fn tail_overlap(msgs: &[Digest], req: &[Digest]) -> Option<usize> {
+    let max = msgs.len().min(req.len().saturating_sub(1));
+    (MIN_TAIL_OVERLAP..=max)
+        .rev()
+        .find(|&l| msgs[msgs.len() - l..] == req[..l])
+}
+
+/// A conversation's live state: its session, opened on first use and closed when idle
+/// sessions are too many (it resumes from the pool when the client comes back).
+pub struct Live {
+    pub session: Option<uctx::session::Session>,
+    pub backend: Option<Arc<crate::upstream::ProxyBackend>>,
+    pub model: String,
+    pub last_used: std::time::Instant,
+    pub requests: u64,
+    /// Slices paged into the last window.
+    pub last_paged: usize,
+    /// The session's figures, kept when the session is closed.
+    pub stats: uctx::session::SessionStats,
+}
+
+impl Default for Live {
+    fn default() -> Live {
+        Live {
+            session: None,
+            backend: None,
+            model: String::new(),
+            last_used: std::time::Instant::now(),
+            requests: 0,
+            last_paged: 0,
+            stats: uctx::session::SessionStats::default(),
+        }
+    }
+}
+
+pub type LiveMap = HashMap<u64, Arc<Mutex<Live>>>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn d(s: &str) -> Digest {
+        message_digest(&Rendered {
+            kind: Kind::User,
+            role: uctx::backend::Role::User,
+            text: s.to_string(),
+        })
+    }
+
+    fn ds(v: &[&str]) -> Vec<Digest> {
+        v.iter().map(|s| d(s)).collect()
+    }
+
+    #[test]
+    fn resent_history_extends_and_edits_fork() {
+        let mut ix = Index::new();
+        let root = root_digest("sys");
+        let p = ix.plan(None, root, &ds(&["u1"]));
+        assert!(p.created);
+        ix.append(p.conv, &ds(&["u1", "a1"]));
+        let q = ix.plan(None, root, &ds(&["u1", "a1", "u2"]));
+        assert_eq!((q.conv, q.record_from, q.created), (p.conv, 2, false));
+        ix.append(q.conv, &ds(&["u2", "a2"]));
+        // An edit of u2 forks after a1, taking u1 and a1 over.
+        let f = ix.plan(None, root, &ds(&["u1", "a1", "u2-edited"]));
+        assert!(f.created);
+        assert_eq!(
+            (f.forked_from, f.adopt, f.record_from),
+            (Some(p.conv), 2, 2)
+        );
+        // The original branch still extends.
+        let o = ix.plan(None, root, &ds(&["u1", "a1", "u2", "a2", "u3"]));
+        assert_eq!((o.conv, o.record_from), (p.conv, 4));
+        // Another system prompt is another conversation.
+        let other = ix.plan(None, root_digest("other"), &ds(&["u1", "a1", "u2"]));
+        assert!(other.created && other.forked_from.is_none());
+    }
+
+    #[test]
+    fn trimmed_history_aligns_on_the_tail() {
+        let mut ix = Index::new();
+        let root = root_digest("");
+        let p = ix.plan(None, root, &ds(&["u1"]));
+        ix.append(p.conv, &ds(&["u1", "a1", "u2", "a2"]));
+        let t = ix.plan(None, root, &ds(&["u2", "a2", "u3"]));
+        assert_eq!((t.conv, t.record_from, t.created), (p.conv, 2, false));
+    }
+
+    #[test]
+    fn keys_decide_before_content() {
+        let mut ix = Index::new();
+        let root = root_digest("");
+        let a = ix.plan(Some("a"), root, &ds(&["hi"]));
+        ix.append(a.conv, &ds(&["hi", "hello"]));
+        let b = ix.plan(Some("b"), root, &ds(&["hi"]));
+        assert_ne!(a.conv, b.conv);
+        assert_eq!(ix.get(a.conv).unwrap().namespace, "serve/a");
+        let a2 = ix.plan(Some("a"), root, &ds(&["hi", "hello", "more"]));
+        assert_eq!((a2.conv, a2.record_from), (a.conv, 2));
+        // Regenerating the last answer forks the keyed conversation.
+        let r = ix.plan(Some("a"), root, &ds(&["hi"]));
+        assert!(r.created);
+        assert_eq!(r.forked_from, Some(a.conv));
+    }
+}

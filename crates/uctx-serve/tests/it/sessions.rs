@@ -1,0 +1,265 @@
+//! Conversations from stateless requests: paging past the window, stored once, forks,
+//! keys, interleaved clients, housekeeping.
+
+use serde_json::{json, Value};
+use uctx_serve::UpstreamSpec;
+
+use crate::fake_server::{FakeConfig, FakeServer};
+use crate::{config, get, ollama_text, post, post_json, start};
+
+fn status(url: &str) -> Value {
+    let (code, body) = get(&format!("{url}/api/uctx/status"), &[]);
+    assert_eq!(code, 200);
+    serde_json::from_str(&body).unwrap()
+}
+
+/// A long filler turn of about 120 words that shares no subject with the facts.
+fn filler(i: usize) -> String {
+    format!(
+        "Log {i}: the build of module {i} went through review; \
+         we walked over the queue handling, the retry loops, the tracing spans and \
+         the test matrix for platform {i}, noted two flaky cases, reran them until \
+         green, and agreed that nothing in this step changes the plan. {}",
+        "Further notes on routine chores and cleanup follow without any new decision. ".repeat(8)
+    )
+}
+
+fn chat(url: &str, messages: &[Value]) -> String {
+    let (code, body) = post_json(
+        &format!("{url}/api/chat"),
+        &json!({"model": "reader", "stream": false, "messages": messages}),
+    );
+    assert_eq!(code, 200, "{body}");
+    let v: Value = serde_json::from_str(&body).unwrap();
+    v["message"]["content"].as_str().unwrap().to_string()
+}
+
+#[test]
+fn a_first_turn_fact_is_paged_in_past_the_window_and_each_message_is_stored_once() {
+    let s = start(config(UpstreamSpec::Reader, Some(2048)));
+    let mut messages = vec![
+        json!({"role": "system", "content": "You are a build assistant."}),
+        json!({"role": "user", "content": "Decision: the deploy token is kestrel-42."}),
+    ];
+    let mut sent_tokens = 0usize;
+    let mut i = 0;
+    while sent_tokens < 20_000 {
+        let answer = chat(&s.url, &messages);
+        messages.push(json!({"role": "assistant", "content": answer}));
+        i += 1;
+        let f = filler(i);
+        sent_tokens += f.split_whitespace().count() * 4 / 3;
+        messages.push(json!({"role": "user", "content": f}));
+    }
+    let answer = chat(&s.url, &messages);
+    messages.push(json!({"role": "assistant", "content": answer}));
+    messages.push(json!({"role": "user", "content": "What is the deploy token?"}));
+    let main = messages;
+    let st = status(&s.url);
+    let before = st["sessions"].as_array().unwrap().len();
+    let answer = chat(&s.url, &main);
+    assert!(answer.contains("kestrel-42"), "{answer}");
+    let st = status(&s.url);
+    let sessions = st["sessions"].as_array().unwrap();
+    assert!(sessions.len() <= before + 1);
+    let first = &sessions[0];
+    assert!(first["paged_in"].as_u64().unwrap() > 0, "{first}");
+    assert_eq!(first["overflows"], 0, "{first}");
+    // Every message of the main line is in the pool once: one slice each.
+    let slices = first["slices"].as_u64().unwrap();
+    let msgs = first["messages"].as_u64().unwrap();
+    assert_eq!(slices, msgs, "{first}");
+}
+
+#[test]
+fn resending_the_same_conversation_stores_each_message_once() {
+    let s = start(config(UpstreamSpec::Reader, Some(2048)));
+    let mut messages = vec![json!({"role": "user", "content": "The cache size is 64 MB."})];
+    for i in 0..50 {
+        let answer = chat(&s.url, &messages);
+        messages.push(json!({"role": "assistant", "content": answer}));
+        messages.push(
+            json!({"role": "user", "content": format!("Step {i} done; the next one follows.")}),
+        );
+    }
+    let st = status(&s.url);
+    let sessions = st["sessions"].as_array().unwrap();
+    assert_eq!(sessions.len(), 1, "{st}");
+    // 50 answered turns: 50 inputs and 50 answers; the last input is not answered yet.
+    assert_eq!(sessions[0]["messages"], 100);
+    assert_eq!(sessions[0]["slices"], 100);
+    assert_eq!(st["pool"]["slices"], 100);
+}
+
+#[test]
+fn an_edited_turn_forks_and_the_old_branch_is_not_seen() {
+    let fake = FakeServer::ollama(FakeConfig {
+        models: vec![],
+        context_length: Some(2048),
+        ..FakeConfig::default()
+    });
+    let s = start(config(UpstreamSpec::Ollama(fake.url()), None));
+    let u1 = json!({"role": "user", "content": "The color is blue."});
+    let a1 = json!({"role": "assistant", "content": chat(&s.url, std::slice::from_ref(&u1))});
+    let u2 = json!({"role": "user", "content": "The shape is round."});
+    chat(&s.url, &[u1.clone(), a1.clone(), u2]);
+    let edited = json!({"role": "user", "content": "The size is big. What is the shape? What is the color?"});
+    let answer = chat(&s.url, &[u1, a1, edited]);
+    assert!(!answer.contains("round"), "{answer}");
+    assert!(answer.contains("blue"), "{answer}");
+    let last_prompt = fake.prompts().pop().unwrap();
+    assert!(last_prompt.iter().all(|m| !m.content.contains("round")));
+    let st = status(&s.url);
+    let sessions = st["sessions"].as_array().unwrap();
+    assert_eq!(sessions.len(), 2, "{st}");
+    assert_eq!(sessions[1]["forked_from"], sessions[0]["id"]);
+    // The fork took the shared start over without storing it again.
+    assert_eq!(sessions[1]["slices"], 2, "{st}");
+}
+
+#[test]
+fn interleaved_clients_never_see_each_other() {
+    let fake = FakeServer::ollama(FakeConfig {
+        models: vec![],
+        context_length: Some(2048),
+        ..FakeConfig::default()
+    });
+    let s = start(config(UpstreamSpec::Ollama(fake.url()), None));
+    let mut a = vec![json!({"role": "user", "content": "Alpha here: the alpha code is 111."})];
+    let mut b = vec![json!({"role": "user", "content": "Beta here: the beta code is 222."})];
+    for i in 0..6 {
+        for (conv, mine, theirs) in [(&mut a, "111", "222"), (&mut b, "222", "111")] {
+            let answer = chat(&s.url, conv);
+            conv.push(json!({"role": "assistant", "content": answer}));
+            conv.push(json!({"role": "user", "content": format!("Turn {i}. What is the code?")}));
+            let prompt = fake.prompts().pop().unwrap();
+            let all: String = prompt.iter().map(|m| m.content.clone()).collect();
+            assert!(all.contains(mine) && !all.contains(theirs), "{all}");
+        }
+    }
+    let st = status(&s.url);
+    assert_eq!(st["sessions"].as_array().unwrap().len(), 2, "{st}");
+}
+
+#[test]
+fn keys_separate_conversations_with_the_same_words() {
+    let s = start(config(UpstreamSpec::Reader, Some(2048)));
+    let m = json!([{"role": "user", "content": "The secret is plum."}]);
+    let body = json!({"model": "reader", "stream": false, "messages": m}).to_string();
+    let (c1, _) = post(&format!("{}/s/one/api/chat", s.url), &body, &[]);
+    let (c2, _) = post(
+        &format!("{}/api/chat", s.url),
+        &body,
+        &[("X-Uctx-Session", "two")],
+    );
+    let (c3, _) = post(
+        &format!("{}/v1/chat/completions", s.url),
+        &body,
+        &[("X-OpenWebUI-Chat-Id", "three")],
+    );
+    let (c4, _) = post(
+        &format!("{}/v1/chat/completions", s.url),
+        &json!({"model": "reader", "user": "four", "messages": m}).to_string(),
+        &[],
+    );
+    assert_eq!((c1, c2, c3, c4), (200, 200, 200, 200));
+    let st = status(&s.url);
+    let names: Vec<&str> = st["sessions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v["namespace"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        names,
+        ["serve/one", "serve/two", "serve/three", "serve/four"]
+    );
+}
+
+#[test]
+fn housekeeping_requests_are_answered_and_not_stored() {
+    let s = start(config(UpstreamSpec::Reader, Some(2048)));
+    let m = vec![
+        json!({"role": "user", "content": "### Task:\nGenerate a concise title for the chat. What is the title?"}),
+    ];
+    let (code, body) = post_json(
+        &format!("{}/api/chat", s.url),
+        &json!({"model": "reader", "messages": m}),
+    );
+    assert_eq!(code, 200, "{body}");
+    assert!(!ollama_text(&body).is_empty());
+    let st = status(&s.url);
+    assert_eq!(st["pool"]["slices"], 0, "{st}");
+    assert_eq!(st["housekeeping_requests"], 1);
+    assert!(st["sessions"].as_array().unwrap().is_empty());
+}
+
+#[test]
+fn tool_calls_stream_with_an_index_and_come_back_with_their_results() {
+    let sse = [
+        r#"{"choices":[{"index":0,"delta":{"role":"assistant","tool_calls":[{"index":0,"id":"call_7","type":"function","function":{"name":"weather","arguments":""}}]}}]}"#,
+        r#"{"choices":[{"index":0,"delta":{"tool_calls":[{"index":0,"function":{"arguments":"{\"city\":"}}]}}]}"#,
+        r#"{"choices":[{"index":0,"delta":{"tool_calls":[{"index":0,"function":{"arguments":"\"Oslo\"}"}}]}}]}"#,
+        r#"{"choices":[{"index":0,"delta":{},"finish_reason":"tool_calls"}]}"#,
+        r#"{"choices":[],"usage":{"prompt_tokens":10,"completion_tokens":5}}"#,
+        "[DONE]",
+    ]
+    .iter()
+    .map(|d| format!("data: {d}\n\n"))
+    .collect::<String>();
+    let up = crate::capture::start(sse);
+    let s = start(config(UpstreamSpec::OpenAi(up.url.clone()), Some(2048)));
+    let tools = json!([{"type": "function", "function": {"name": "weather",
+        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}}]);
+    let url = format!("{}/v1/chat/completions", s.url);
+    let ask = json!({"role": "user", "content": "What is the weather in Oslo?"});
+    let (code, body) = post_json(
+        &url,
+        &json!({"model": "m", "stream": true, "tools": tools, "messages": [ask]}),
+    );
+    assert_eq!(code, 200, "{body}");
+    let ev = crate::events(&body);
+    let pieces: Vec<&Value> = ev
+        .iter()
+        .filter_map(|c| c["choices"][0]["delta"]["tool_calls"].as_array())
+        .flatten()
+        .collect();
+    assert_eq!(pieces.len(), 1, "{body}");
+    assert_eq!(pieces[0]["index"], 0);
+    assert_eq!(pieces[0]["id"], "call_7");
+    assert_eq!(pieces[0]["function"]["arguments"], "{\"city\":\"Oslo\"}");
+    assert!(ev
+        .iter()
+        .any(|c| c["choices"][0]["finish_reason"] == "tool_calls"));
+    assert_eq!(up.bodies.lock().unwrap()[0]["tools"], tools);
+
+    // The client sends the call back with its result: both reach the model together.
+    let messages = json!([ask,
+        {"role": "assistant", "content": null, "tool_calls": [
+            {"id": "call_7", "type": "function", "function": {"name": "weather", "arguments": "{\"city\":\"Oslo\"}"}}]},
+        {"role": "tool", "tool_call_id": "call_7", "content": "The weather is sunny."},
+        {"role": "user", "content": "So?"}
+    ]);
+    let (code, body) = post_json(
+        &url,
+        &json!({"model": "m", "tools": tools, "messages": messages}),
+    );
+    assert_eq!(code, 200, "{body}");
+    let r = up.bodies.lock().unwrap().last().unwrap().clone();
+    let sent = r["messages"].as_array().unwrap();
+    let call = sent
+        .iter()
+        .position(|m| m.get("tool_calls").is_some())
+        .unwrap_or_else(|| panic!("the call is sent: {r}"));
+    assert_eq!(sent[call + 1]["role"], "tool");
+    assert_eq!(sent[call + 1]["tool_call_id"], "call_7");
+    // The answer with the call was kept once; the result is in the pool as a tool slice.
+    let st: Value =
+        serde_json::from_str(&get(&format!("{}/api/uctx/status", s.url), &[]).1).unwrap();
+    assert_eq!(st["sessions"].as_array().unwrap().len(), 1, "{st}");
+    let metas = s.memory.pool().metas(uctx::pool::Scope::All);
+    assert!(
+        metas.iter().any(|m| m.source == uctx::Source::Tool),
+        "{metas:?}"
+    );
+}
