@@ -263,3 +263,39 @@ fn tool_calls_stream_with_an_index_and_come_back_with_their_results() {
         "{metas:?}"
     );
 }
+
+#[test]
+fn a_restarted_server_still_knows_its_conversations() {
+    let dir = tempfile::tempdir().unwrap();
+    let open = || {
+        std::sync::Arc::new(
+            uctx::memory::Memory::open(
+                dir.path(),
+                std::sync::Arc::new(uctx::encoder::StaticEncoder::bundled().unwrap()),
+                true,
+                false,
+                None,
+            )
+            .unwrap(),
+        )
+    };
+    let mut messages = vec![json!({"role": "user", "content": "The queue depth is 12."})];
+    {
+        let s = crate::start_with(config(UpstreamSpec::Reader, Some(2048)), open(), None);
+        for i in 0..3 {
+            let answer = chat(&s.url, &messages);
+            messages.push(json!({"role": "assistant", "content": answer}));
+            messages.push(
+                json!({"role": "user", "content": format!("Step {i}. What is the queue depth?")}),
+            );
+        }
+    }
+    let s = crate::start_with(config(UpstreamSpec::Reader, Some(2048)), open(), None);
+    let answer = chat(&s.url, &messages);
+    assert!(answer.contains("12"), "{answer}");
+    let st = status(&s.url);
+    let sessions = st["sessions"].as_array().unwrap();
+    assert_eq!(sessions.len(), 1, "{st}");
+    assert_eq!(sessions[0]["messages"], 8);
+    assert_eq!(st["pool"]["slices"], 8, "{st}");
+}

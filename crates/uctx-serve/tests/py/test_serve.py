@@ -1,0 +1,313 @@
+"""`uctx serve` with the official `ollama` and `openai` Python clients.
+
+Each test starts `uctx serve --upstream reader` on a free loopback port with a pool of
+its own. The reader answers only from what is in its window, so an answer that states a
+fact proves the fact reached the upstream prompt.
+
+Run: UCTX_BIN=target/debug/uctx python -m unittest -v crates/uctx-serve/tests/py/test_serve.py
+"""
+
+import json
+import os
+import socket
+import subprocess
+import tempfile
+import threading
+import time
+import unittest
+import urllib.error
+import urllib.request
+
+import ollama
+import openai
+
+UCTX = os.environ.get("UCTX_BIN", "target/debug/uctx")
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    """A `uctx serve` process; stops on exit."""
+
+    def __init__(self, ctx=2048, token=None, listen_host="127.0.0.1", extra=()):
+        self.dir = tempfile.TemporaryDirectory()
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.args = [
+            UCTX, "--pool", os.path.join(self.dir.name, "pool"), "serve",
+            "--upstream", "reader", "--ctx", str(ctx),
+            "--listen", f"{listen_host}:{self.port}", *extra,
+        ]
+        self.env = dict(os.environ)
+        self.env.pop("UCTX_TOKEN", None)
+        if token is not None:
+            self.env["UCTX_TOKEN"] = token
+        self.token = token
+
+    def __enter__(self):
+        self.proc = subprocess.Popen(
+            self.args, env=self.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+        )
+        deadline = time.time() + 30
+        while time.time() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(self.proc.stderr.read().decode())
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
+                return self
+            except OSError:
+                time.sleep(0.05)
+        raise RuntimeError("uctx serve did not start")
+
+    def __exit__(self, *exc):
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        self.proc.stdout.close()
+        self.proc.stderr.close()
+        self.dir.cleanup()
+
+    def headers(self):
+        return {"Authorization": f"Bearer {self.token}"} if self.token else {}
+
+    def status(self):
+        req = urllib.request.Request(self.url + "/api/uctx/status", headers=self.headers())
+        with urllib.request.urlopen(req, timeout=30) as r:
+            return json.load(r)
+
+    def ollama(self, **kw):
+        return ollama.Client(host=self.url, headers=self.headers(), **kw)
+
+    def openai(self, key=None):
+        return openai.OpenAI(
+            base_url=self.url + "/v1", api_key=key or self.token or "unused", max_retries=0
+        )
+
+
+QUESTION = [
+    {"role": "system", "content": "You answer from what you were told."},
+    {"role": "user", "content": "The gateway port is 8443. What is the gateway port?"},
+]
+
+
+def filler(i):
+    return (
+        f"Log {i}: the build of module {i} went through review; we walked over the queue "
+        f"handling, the retry loops, the tracing spans and the test matrix for platform {i}, "
+        "noted two flaky cases, reran them until green, and agreed that nothing in this "
+        "step changes the plan. "
+        + "Further notes on routine chores and cleanup follow without any new decision. " * 8
+    )
+
+
+def words_tokens(text):
+    return len(text.split()) * 4 // 3
+
+
+class Chat(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        cls.server = Server().__enter__()
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.server.__exit__(None, None, None)
+
+    def test_ollama_streaming_and_not(self):
+        c = self.server.ollama()
+        chunks = list(c.chat(model="reader", messages=QUESTION, stream=True))
+        self.assertGreater(len(chunks), 1)
+        text = "".join(ch.message.content or "" for ch in chunks)
+        self.assertIn("8443", text)
+        last = chunks[-1]
+        self.assertTrue(last.done)
+        self.assertEqual(last.done_reason, "stop")
+        self.assertGreater(last.prompt_eval_count, 0)
+        self.assertGreater(last.eval_count, 0)
+        self.assertIsNotNone(last.total_duration)
+        r = c.chat(model="reader", messages=QUESTION, stream=False)
+        self.assertTrue(r.done)
+        self.assertIn("8443", r.message.content)
+
+    def test_ollama_routes(self):
+        c = self.server.ollama()
+        self.assertIn("reader", [m.model for m in c.list().models])
+        show = c.show("reader")
+        self.assertIn("num_ctx", show.parameters)
+        c.ps()
+
+    def test_openai_streaming_with_and_without_usage(self):
+        c = self.server.openai()
+        for include in (False, True):
+            kw = {"stream_options": {"include_usage": True}} if include else {}
+            chunks = list(
+                c.chat.completions.create(model="reader", messages=QUESTION, stream=True, **kw)
+            )
+            text = "".join(ch.choices[0].delta.content or "" for ch in chunks if ch.choices)
+            self.assertIn("8443", text)
+            usage = [ch for ch in chunks if ch.usage is not None]
+            if include:
+                self.assertEqual(len(usage), 1)
+                self.assertEqual(usage[0].choices, [])
+                self.assertGreater(usage[0].usage.prompt_tokens, 0)
+                self.assertIs(chunks[-1], usage[0])
+            else:
+                self.assertEqual(usage, [])
+                self.assertTrue(all(ch.choices for ch in chunks))
+            reasons = [ch.choices[0].finish_reason for ch in chunks if ch.choices]
+            self.assertEqual(reasons[-1], "stop")
+        r = c.chat.completions.create(model="reader", messages=QUESTION)
+        self.assertIn("8443", r.choices[0].message.content)
+        self.assertGreater(r.usage.total_tokens, 0)
+        self.assertEqual([m.id for m in c.models.list().data], ["reader"])
+
+    def test_openai_error_shape(self):
+        c = self.server.openai()
+        with self.assertRaises(openai.BadRequestError) as e:
+            c.chat.completions.create(
+                model="reader", messages=[{"role": "assistant", "content": "hello"}]
+            )
+        self.assertIn("last message", str(e.exception))
+
+
+class Sessions(unittest.TestCase):
+    def test_a_first_turn_fact_reaches_the_upstream_past_20000_tokens(self):
+        with Server(ctx=2048) as s:
+            c = s.ollama()
+            messages = [
+                {"role": "system", "content": "You are a build assistant."},
+                {"role": "user", "content": "Decision: the deploy token is kestrel-42."},
+            ]
+            sent, i = 0, 0
+            prompts = []
+            while sent < 20_000:
+                r = c.chat(model="reader", messages=messages, stream=False)
+                prompts.append(r.prompt_eval_count)
+                messages.append({"role": "assistant", "content": r.message.content})
+                i += 1
+                f = filler(i)
+                sent += words_tokens(f)
+                messages.append({"role": "user", "content": f})
+            r = c.chat(model="reader", messages=messages, stream=False)
+            messages.append({"role": "assistant", "content": r.message.content})
+            messages.append({"role": "user", "content": "What is the deploy token?"})
+            r = c.chat(model="reader", messages=messages, stream=False)
+            self.assertIn("kestrel-42", r.message.content)
+            # No upstream prompt exceeded the window (the answer's reserve apart).
+            self.assertLessEqual(max(prompts + [r.prompt_eval_count]), 2048)
+            st = s.status()
+            self.assertEqual(len(st["sessions"]), 1, st)
+            self.assertEqual(st["sessions"][0]["overflows"], 0)
+            self.assertGreater(st["sessions"][0]["paged_in"], 0)
+
+    def test_resent_fifty_times_each_message_is_stored_once(self):
+        with Server() as s:
+            c = s.openai()
+            messages = [{"role": "user", "content": "The cache size is 64 MB."}]
+            for i in range(50):
+                r = c.chat.completions.create(model="reader", messages=messages)
+                messages.append({"role": "assistant", "content": r.choices[0].message.content})
+                messages.append({"role": "user", "content": f"Step {i} is done; the next follows."})
+            st = s.status()
+            self.assertEqual(len(st["sessions"]), 1, st)
+            self.assertEqual(st["sessions"][0]["messages"], 100)
+            self.assertEqual(st["pool"]["slices"], 100)
+
+    def test_an_edited_turn_forks(self):
+        with Server() as s:
+            c = s.ollama()
+            u1 = {"role": "user", "content": "The color is blue."}
+            a1 = {"role": "assistant", "content": c.chat(model="reader", messages=[u1]).message.content}
+            u2 = {"role": "user", "content": "The shape is round."}
+            c.chat(model="reader", messages=[u1, a1, u2])
+            edited = {"role": "user", "content": "What is the shape? What is the color?"}
+            r = c.chat(model="reader", messages=[u1, a1, edited])
+            self.assertNotIn("round", r.message.content)
+            self.assertIn("blue", r.message.content)
+            st = s.status()
+            self.assertEqual(len(st["sessions"]), 2, st)
+            self.assertEqual(st["sessions"][1]["forked_from"], st["sessions"][0]["id"])
+
+    def test_two_interleaved_clients_never_see_each_other(self):
+        with Server() as s:
+            convs = {
+                "alpha": [{"role": "user", "content": "The alpha code is 111."}],
+                "beta": [{"role": "user", "content": "The beta code is 222."}],
+            }
+            mine = {"alpha": "111", "beta": "222"}
+            clients = {"alpha": s.ollama(), "beta": s.openai()}
+            errors = []
+
+            def talk(name):
+                try:
+                    for i in range(8):
+                        m = convs[name]
+                        m.append({"role": "user", "content": f"Turn {i}. What is the {name} code? What is the other code?"})
+                        if name == "alpha":
+                            text = clients[name].chat(model="reader", messages=m).message.content
+                        else:
+                            r = clients[name].chat.completions.create(model="reader", messages=m)
+                            text = r.choices[0].message.content
+                        other = "222" if name == "alpha" else "111"
+                        if mine[name] not in text or other in text:
+                            errors.append((name, i, text))
+                        m.append({"role": "assistant", "content": text})
+                except Exception as e:  # reported below
+                    errors.append((name, repr(e)))
+
+            threads = [threading.Thread(target=talk, args=(n,)) for n in convs]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+            self.assertEqual(errors, [])
+            self.assertEqual(len(s.status()["sessions"]), 2)
+
+
+ROUTES = [
+    ("GET", "/"), ("GET", "/api/version"), ("GET", "/api/tags"), ("GET", "/api/ps"),
+    ("POST", "/api/show"), ("POST", "/api/chat"), ("POST", "/api/generate"),
+    ("POST", "/api/embed"), ("GET", "/v1/models"), ("POST", "/v1/chat/completions"),
+    ("POST", "/v1/completions"), ("POST", "/v1/embeddings"), ("GET", "/api/uctx/status"),
+    ("POST", "/s/x/api/chat"),
+]
+
+
+class Auth(unittest.TestCase):
+    def test_non_loopback_without_a_token_refuses_to_start(self):
+        s = Server(listen_host="0.0.0.0")
+        p = subprocess.run(s.args, env=s.env, capture_output=True, timeout=60)
+        self.assertNotEqual(p.returncode, 0)
+        self.assertIn(b"--token", p.stderr)
+        s.dir.cleanup()
+
+    def test_a_wrong_token_gets_401_on_every_route(self):
+        with Server(token="right-token", listen_host="0.0.0.0") as s:
+            for method, path in ROUTES:
+                for auth in (None, "Bearer wrong-token", "right-token"):
+                    headers = {"Content-Type": "application/json"}
+                    if auth:
+                        headers["Authorization"] = auth
+                    req = urllib.request.Request(
+                        s.url + path, method=method, headers=headers,
+                        data=b"{}" if method == "POST" else None,
+                    )
+                    with self.assertRaises(urllib.error.HTTPError, msg=f"{method} {path} {auth}") as e:
+                        urllib.request.urlopen(req, timeout=30)
+                    self.assertEqual(e.exception.code, 401, f"{method} {path} {auth}")
+            with self.assertRaises(openai.AuthenticationError):
+                s.openai(key="wrong-token").chat.completions.create(model="reader", messages=QUESTION)
+            r = s.openai().chat.completions.create(model="reader", messages=QUESTION)
+            self.assertIn("8443", r.choices[0].message.content)
+            self.assertTrue(s.ollama().chat(model="reader", messages=QUESTION).done)
+
+
+if __name__ == "__main__":
+    unittest.main(verbosity=2)
