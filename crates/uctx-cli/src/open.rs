@@ -443,6 +443,7 @@ pub fn status(g: &Global) -> anyhow::Result<ExitCode> {
             "damaged": pool.damage(),
             "torn_tail": pool.torn_tail(),
             "damaged_logs": pool.damaged_logs(),
+            "serve_sessions": crate::serve::sessions(pool.dir()),
         }))?;
         return Ok(ExitCode::SUCCESS);
     }
@@ -472,6 +473,7 @@ pub fn status(g: &Global) -> anyhow::Result<ExitCode> {
     for (ns, n) in pool.namespaces() {
         println!("  {ns:<24} {n} slices");
     }
+    crate::serve::print_sessions(pool.dir());
     Ok(ExitCode::SUCCESS)
 }
 

@@ -131,3 +131,35 @@ async fn shutdown_signal() {
         _ = term => {},
     }
 }
+
+/// The conversations `uctx serve` keeps beside the pool in `dir` (what it last wrote).
+pub fn sessions(dir: &std::path::Path) -> Option<serde_json::Value> {
+    let text = std::fs::read_to_string(dir.join(uctx_serve::SESSIONS_FILE)).ok()?;
+    let v: serde_json::Value = serde_json::from_str(&text).ok()?;
+    Some(v.get("sessions")?.clone())
+}
+
+/// `uctx status`'s lines for the server's conversations, when there are any.
+pub fn print_sessions(dir: &std::path::Path) {
+    let Some(list) = sessions(dir) else { return };
+    let Some(list) = list.as_array().filter(|l| !l.is_empty()) else {
+        return;
+    };
+    println!("served    {} conversations (uctx serve)", list.len());
+    for s in list {
+        let n = |k: &str| s[k].as_u64().map_or("—".to_string(), |v| v.to_string());
+        let reuse = s["cache_reuse"]
+            .as_f64()
+            .map_or("—".to_string(), |r| format!("{:.1}%", 100.0 * r));
+        println!(
+            "  {:<32} {} turns, {} messages, {} slices, {} paged in ({} last turn), cache reuse {}",
+            s["namespace"].as_str().unwrap_or("?"),
+            n("turns"),
+            n("messages"),
+            n("slices"),
+            n("paged_in"),
+            n("paged_in_last"),
+            reuse
+        );
+    }
+}

@@ -299,3 +299,44 @@ fn a_restarted_server_still_knows_its_conversations() {
     assert_eq!(sessions[0]["messages"], 8);
     assert_eq!(st["pool"]["slices"], 8, "{st}");
 }
+
+#[test]
+fn a_client_that_disconnects_mid_stream_leaves_a_consistent_pool() {
+    use std::io::{BufRead, BufReader};
+    let fake = FakeServer::ollama(FakeConfig {
+        models: vec![],
+        context_length: Some(2048),
+        reply: Some("one two three four five six seven eight nine ten".into()),
+        delay: std::time::Duration::from_millis(40),
+        ..FakeConfig::default()
+    });
+    let s = start(config(UpstreamSpec::Ollama(fake.url()), None));
+    let u1 = json!({"role": "user", "content": "Count to ten."});
+    let resp = ureq::post(&format!("{}/api/chat", s.url))
+        .send_string(&json!({"model": "m", "messages": [u1]}).to_string())
+        .unwrap();
+    let mut reader = BufReader::new(resp.into_reader());
+    let mut first = String::new();
+    reader.read_line(&mut first).unwrap();
+    assert!(first.contains("one"), "{first}");
+    drop(reader);
+    // The turn completes without its client and is kept whole: input and answer.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let st = status(&s.url);
+        if st["pool"]["slices"] == 2 && st["sessions"][0].get("busy").is_none() {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{st}");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    // The client sends the same request again: a regeneration, answered on a fork.
+    let answer = chat(&s.url, &[u1.clone()]);
+    assert!(answer.contains("ten"), "{answer}");
+    let st = status(&s.url);
+    assert_eq!(
+        st["sessions"].as_array().unwrap().len(),
+        2,
+        "a retry is a regeneration: {st}"
+    );
+}

@@ -219,6 +219,14 @@ class Sessions(unittest.TestCase):
             self.assertEqual(len(st["sessions"]), 1, st)
             self.assertEqual(st["sessions"][0]["messages"], 100)
             self.assertEqual(st["pool"]["slices"], 100)
+            # `uctx status` lists the server's conversations too.
+            pool = os.path.join(s.dir.name, "pool")
+            out = subprocess.run([UCTX, "--pool", pool, "status"], capture_output=True, check=True)
+            self.assertIn(b"served    1 conversations", out.stdout)
+            out = subprocess.run([UCTX, "--pool", pool, "--json", "status"], capture_output=True, check=True)
+            served = json.loads(out.stdout)["serve_sessions"]
+            self.assertEqual(served[0]["messages"], 100)
+            self.assertEqual(served[0]["turns"], 50)
 
     def test_an_edited_turn_forks(self):
         with Server() as s:
