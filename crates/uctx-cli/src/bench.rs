@@ -187,8 +187,11 @@ fn bench_drift(g: &Global, a: &DriftArgs) -> anyhow::Result<ExitCode> {
         trace: a.trace,
         layouts: a.layouts.clone(),
         answer_tokens: a.answer_tokens,
+        full_window: a.full_window,
+        haystack: a.haystack.clone(),
+        haystack_docs: a.haystack_docs,
         progress: show_progress.then(|| {
-            Box::new(|arm: &str, i: usize, n: usize| eprint!("\rengine {arm}: turn {i}/{n}   "))
+            Box::new(|arm: &str, i: usize, n: usize| eprint!("\rarm {arm}: turn {i}/{n}   "))
                 as drift::Progress
         }),
     })?;

@@ -335,4 +335,15 @@ pub struct DriftArgs {
     /// Tokens reserved for each answer (the most the model may generate) [default: a quarter of the window, at most 1024].
     #[arg(long, value_name = "TOKENS")]
     pub answer_tokens: Option<usize>,
+    /// Window of the FULL arm (the whole conversation in one window, the upper bound);
+    /// at most the model's trained context [default: 131072 for `reader`; others skip FULL].
+    #[arg(long, value_name = "TOKENS")]
+    pub full_window: Option<usize>,
+    /// Unrelated documents ingested into ON's pool first: a folder with a BEIR-format
+    /// corpus.jsonl, or .txt/.md files [default: generated documents].
+    #[arg(long, value_name = "DIR")]
+    pub haystack: Option<std::path::PathBuf>,
+    /// Haystack documents to ingest, at most.
+    #[arg(long, value_name = "N", default_value_t = uctx_bench::drift::DEFAULT_HAYSTACK_DOCS)]
+    pub haystack_docs: usize,
 }

@@ -315,34 +315,40 @@ fn doctor_reports_a_server_that_is_down_with_the_fix() {
 
 #[test]
 fn drift_bench_json_has_the_promised_keys() {
-    let out = run(Command::new(env!("CARGO_BIN_EXE_uctx"))
-        .args(["--json", "bench", "drift", "--stages", "20"]));
+    let out = run(Command::new(env!("CARGO_BIN_EXE_uctx")).args([
+        "--json",
+        "bench",
+        "drift",
+        "--stages",
+        "20",
+        "--haystack-docs",
+        "500",
+    ]));
     let v = json(&out);
     assert_eq!(v["model"], "reader");
-    for arm in ["off", "on"] {
+    for arm in ["off", "on", "full"] {
         for key in [
             "contradictions",
             "correctness",
             "reach",
             "finished",
             "prompt_tokens",
+            "cache_reuse",
+            "ttft_ms_mean",
+            "in_window",
             "hit_rate",
         ] {
             assert!(v["arms"][arm].get(key).is_some(), "{arm} lacks {key}: {v}");
         }
+        assert_eq!(v["arms"][arm]["overflows"], 0, "{v}");
     }
-    // Paging memory in must beat the sliding window on every figure.
-    let n = |arm: &str, key: &str| v["arms"][arm][key].as_f64().unwrap();
-    assert!(
-        n("on", "contradictions") <= n("off", "contradictions"),
-        "{v}"
-    );
-    assert!(n("on", "stuck") < n("off", "stuck"), "{v}");
-    assert!(n("on", "correctness") > n("off", "correctness"), "{v}");
-    assert!(
-        v["arms"]["on"]["reach"][0].as_u64() > v["arms"]["off"]["reach"][0].as_u64(),
-        "{v}"
-    );
+    // The figures are measured, not arranged: no arm is asserted to win. What must hold:
+    // the whole conversation fits FULL's window, and the threshold comes from the
+    // tuning split, never from the reported facts.
+    assert_eq!(v["arms"]["full"]["in_window"].as_f64(), Some(1.0), "{v}");
+    assert!(v["tuning_facts"].as_u64().unwrap() > 0, "{v}");
+    assert!(v["reader_threshold"].as_f64().is_some(), "{v}");
+    assert!(v["haystack_slices"].as_u64().unwrap() >= 500, "{v}");
     let out =
         run(Command::new(env!("CARGO_BIN_EXE_uctx")).args(["bench", "drift", "--stages", "3"]));
     assert_eq!(out.status.code(), Some(2));

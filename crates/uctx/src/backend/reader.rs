@@ -3,21 +3,32 @@
 //! It reads every message of the request and collects *assertions*, clauses of the form
 //! `<subject> is <value>`, `<subject> = <value>` or `<subject>: <value>`. The questions are
 //! the sentences ending in `?` of the last user message; each gets one answer line:
-//! `The <subject> is <value>.` for the assertion whose subject is best covered by the
-//! question's key words (ties go to the latest assertion), or `I don't know the <key
-//! words>.` when no subject shares a word with the question. A message without a question
-//! gets `OK.`.
+//! `The <subject> is <value>.` for the assertion that matches the question best, when
+//! its match reaches the reader's threshold, or `I don't know the <key words>.` when none
+//! does. A message without a question gets `OK.`.
 //!
-//! Order: by position in the window and nothing else. Like a model, the reader knows
-//! nothing of uctx's memory labels, so it gets no help ordering paged-in facts that
-//! the sliding window would not get.
+//! An assertion whose every subject word is among the question's words matches for
+//! certain (the one with most such words first). Otherwise matching is by meaning, as
+//! well as a small static encoder can tell it: each content word of the question is
+//! paired with the nearest word (by the cosine of the bundled encoder's embeddings) of
+//! the assertion in its context (its sentence and the sentence before it on the same
+//! line), and the match is the mean of those cosines, at most 1. A question
+//! in other words than the fact can therefore still find it, and can as well find a
+//! distractor with a similar key instead: that contradiction is the reader's own
+//! mistake, made the way a model makes it, never planted. The reader knows no fact
+//! table: it sees the messages and nothing else.
 //!
-//! It never states a value for a thing it cannot see: an assertion answers only when
-//! every word of its subject is among the question's words, so asked for the gateway
-//! port while only "the metrics port is 9100" is in the window it says it does not know
-//! (a contradiction in a benchmark is then the model's own, never planted by the reader).
+//! Order: by position in the window and nothing else (ties go to the latest assertion).
+//! Like a model, the reader knows nothing of uctx's memory labels, so it gets no help
+//! ordering paged-in facts that the sliding window would not get.
+//!
+//! It never states a value it did not read: every value it states is the value of an
+//! assertion in its window.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
+use std::sync::{Arc, OnceLock};
+
+use crate::encoder::{dot, Encoder, StaticEncoder};
 
 use super::{
     Backend, BackendError, BackendOptions, ChatRequest, ChatResponse, Health, Message, Role,
@@ -25,6 +36,9 @@ use super::{
 
 /// The window the reader claims when no `--ctx` is given.
 pub const DEFAULT_CONTEXT: usize = 4096;
+/// The match an assertion must reach for the reader to state it: the threshold `uctx
+/// bench drift` tunes on its tuning split of facts (never on the facts it reports).
+pub const DEFAULT_THRESHOLD: f32 = 0.63;
 /// Subjects keep at most this many content words (the ones nearest the verb).
 const MAX_SUBJECT_WORDS: usize = 4;
 /// Values keep at most this many words.
@@ -173,6 +187,11 @@ pub struct Assertion {
     pub keys: BTreeSet<String>,
     /// The value as written, trailing punctuation removed.
     pub value: String,
+    /// The sentence the assertion was read from.
+    pub sentence: String,
+    /// The sentence before it on the same line (empty when none): context, whose words
+    /// count for less in a match than the sentence's own.
+    pub before: String,
     /// Rank in the window: (message, assertion). Larger is later.
     pub order: (u64, u64),
 }
@@ -187,9 +206,15 @@ pub struct Question {
     pub keys: BTreeSet<String>,
 }
 
-/// The answer the reader gives to `messages`: one line per question of the last user
-/// message, or `OK.` when it asks none.
+/// The answer the reader gives to `messages` with [`DEFAULT_THRESHOLD`].
 pub fn answer(messages: &[Message]) -> String {
+    answer_with(messages, DEFAULT_THRESHOLD)
+}
+
+/// The answer the reader gives to `messages`: one line per question of the last user
+/// message (an assertion matching it at `threshold` or better, else "I don't know"), or
+/// `OK.` when it asks none.
+pub fn answer_with(messages: &[Message], threshold: f32) -> String {
     let Some(last) = messages.iter().rev().find(|m| m.role == Role::User) else {
         return "OK.".to_string();
     };
@@ -198,39 +223,110 @@ pub fn answer(messages: &[Message]) -> String {
         return "OK.".to_string();
     }
     let facts = assertions(messages);
+    let mut words = WordVectors::default();
     qs.iter()
-        .map(|q| match best(&facts, q) {
-            Some(a) => format!("The {} is {}.", a.subject.join(" "), a.value),
-            None if q.words.is_empty() => "I don't know.".to_string(),
-            None => format!("I don't know the {}.", q.words.join(" ")),
+        .map(|q| match best_with(&facts, q, &mut words) {
+            Some((a, score)) if score >= threshold => {
+                format!("The {} is {}.", a.subject.join(" "), a.value)
+            }
+            _ if q.words.is_empty() => "I don't know.".to_string(),
+            _ => format!("I don't know the {}.", q.words.join(" ")),
         })
         .collect::<Vec<_>>()
         .join("\n")
 }
 
-/// The assertion that answers `q`: one whose every subject word is among the
-/// question's; the most shared words, then the latest. `None` when there is none.
-pub fn best<'a>(facts: &'a [Assertion], q: &Question) -> Option<&'a Assertion> {
-    let mut best: Option<(&Assertion, usize)> = None;
+/// The assertion that matches `q` best, with its match (above 1 when every subject word
+/// is in the question, else [`matching`]), whatever the threshold; the latest wins a tie. `None` when there is no assertion or no word to match.
+pub fn best<'a>(facts: &'a [Assertion], q: &Question) -> Option<(&'a Assertion, f32)> {
+    best_with(facts, q, &mut WordVectors::default())
+}
+
+fn best_with<'a>(
+    facts: &'a [Assertion],
+    q: &Question,
+    words: &mut WordVectors,
+) -> Option<(&'a Assertion, f32)> {
+    let qv = words.of(&q.words);
+    if qv.is_empty() {
+        return None;
+    }
+    let mut best: Option<(&Assertion, f32)> = None;
     for a in facts {
         let shared = a.keys.intersection(&q.keys).count();
-        if shared == 0 || shared < a.keys.len() {
-            continue;
-        }
-        let better = match best {
-            None => true,
-            Some((b, b_shared)) => {
-                // coverage = shared / |keys|, compared without division
-                let lhs = shared * b.keys.len();
-                let rhs = b_shared * a.keys.len();
-                (lhs, shared, a.order) > (rhs, b_shared, b.order)
-            }
+        let score = if shared > 0 && shared == a.keys.len() {
+            // Every word of the subject is in the question: certain, more words first.
+            1.0 + shared as f32 / 100.0
+        } else {
+            let own = words.of(&content_words(&a.sentence));
+            let before = words.of(&content_words(&a.before));
+            matching(&qv, &own, &before)
         };
-        if better {
-            best = Some((a, shared));
+        if best.is_none_or(|(b, s)| (score, a.order) > (s, b.order)) {
+            best = Some((a, score));
         }
     }
-    best.map(|(a, _)| a)
+    best
+}
+
+/// How much a word of the sentence before an assertion counts, against one of its own.
+pub const CONTEXT_WEIGHT: f32 = 0.8;
+
+/// The match of a question with a sentence, from their words' vectors: each question
+/// word's best cosine with a word of the sentence (or, times [`CONTEXT_WEIGHT`], of the
+/// sentence before it), averaged over the question's words.
+pub fn matching(question: &[Arc<[f32]>], sentence: &[Arc<[f32]>], before: &[Arc<[f32]>]) -> f32 {
+    if question.is_empty() || sentence.is_empty() {
+        return 0.0;
+    }
+    let sum: f32 = question
+        .iter()
+        .map(|q| {
+            let own = sentence.iter().map(|t| dot(q, t));
+            let context = before.iter().map(|t| CONTEXT_WEIGHT * dot(q, t));
+            own.chain(context).fold(f32::NEG_INFINITY, f32::max)
+        })
+        .sum();
+    sum / question.len() as f32
+}
+
+/// The bundled encoder, loaded once.
+fn encoder() -> Option<&'static StaticEncoder> {
+    static ENCODER: OnceLock<Option<StaticEncoder>> = OnceLock::new();
+    ENCODER
+        .get_or_init(|| StaticEncoder::bundled().ok())
+        .as_ref()
+}
+
+/// Word vectors by the bundled encoder, each word encoded once per answer.
+#[derive(Default)]
+struct WordVectors(HashMap<String, Arc<[f32]>>);
+
+impl WordVectors {
+    fn of(&mut self, words: &[String]) -> Vec<Arc<[f32]>> {
+        let Some(enc) = encoder() else {
+            return Vec::new();
+        };
+        words
+            .iter()
+            .map(|w| {
+                Arc::clone(
+                    self.0
+                        .entry(w.clone())
+                        .or_insert_with(|| Arc::from(enc.encode(w))),
+                )
+            })
+            .filter(|v| v.iter().any(|x| *x != 0.0))
+            .collect()
+    }
+}
+
+/// The content words of a text (lowercased, stopwords dropped), in order.
+fn content_words(text: &str) -> Vec<String> {
+    text.split_whitespace()
+        .map(clean)
+        .filter(|w| !w.is_empty() && !is_stopword(w))
+        .collect()
 }
 
 /// The questions of `text`: its sentences that end in `?`.
@@ -239,11 +335,7 @@ pub fn questions(text: &str) -> Vec<Question> {
         .into_iter()
         .filter(|(_, end)| *end == '?')
         .map(|(s, _)| {
-            let words: Vec<String> = s
-                .split_whitespace()
-                .map(clean)
-                .filter(|w| !w.is_empty() && !is_stopword(w))
-                .collect();
+            let words = content_words(s);
             let keys = words.iter().map(|w| key(w)).collect();
             Question {
                 text: s.trim().to_string(),
@@ -259,20 +351,27 @@ pub fn assertions(messages: &[Message]) -> Vec<Assertion> {
     let mut out = Vec::new();
     let mut seq = 0u64;
     for (i, m) in messages.iter().enumerate() {
-        for (sentence, end) in without_labels(&m.content).into_iter().flat_map(sentences) {
-            if end == '?' {
-                continue;
-            }
-            for clause in clauses(sentence) {
-                if let Some((subject, value)) = parse_clause(&clause) {
-                    seq += 1;
-                    let keys = subject.iter().map(|w| key(w)).collect();
-                    out.push(Assertion {
-                        subject,
-                        keys,
-                        value,
-                        order: (i as u64, seq),
-                    });
+        for part in without_labels(&m.content) {
+            let mut previous: Option<&str> = None;
+            for (sentence, end) in sentences(part) {
+                // A line's end leaves the next sentence with none before it.
+                let before = std::mem::replace(&mut previous, (end != '\n').then_some(sentence));
+                if end == '?' {
+                    continue;
+                }
+                for clause in clauses(sentence) {
+                    if let Some((subject, value)) = parse_clause(&clause) {
+                        seq += 1;
+                        let keys = subject.iter().map(|w| key(w)).collect();
+                        out.push(Assertion {
+                            subject,
+                            keys,
+                            value,
+                            sentence: sentence.trim().to_string(),
+                            before: before.unwrap_or_default().trim().to_string(),
+                            order: (i as u64, seq),
+                        });
+                    }
                 }
             }
         }
@@ -449,6 +548,8 @@ pub type TokenCounter = std::sync::Arc<dyn Fn(&str) -> u64 + Send + Sync>;
 pub struct ReaderBackend {
     context_length: usize,
     counter: Option<TokenCounter>,
+    /// The match an assertion must reach to be stated.
+    threshold: f32,
     /// The previous prompt, message by message, for a prefix cache like a server's.
     last_prompt: std::sync::Mutex<Vec<Message>>,
 }
@@ -460,6 +561,7 @@ impl ReaderBackend {
         ReaderBackend {
             context_length: opts.context_override.unwrap_or(DEFAULT_CONTEXT),
             counter: None,
+            threshold: DEFAULT_THRESHOLD,
             last_prompt: std::sync::Mutex::new(Vec::new()),
         }
     }
@@ -467,6 +569,12 @@ impl ReaderBackend {
     /// Report token counts with `counter` (a real tokenizer) instead of [`approx_tokens`].
     pub fn with_token_counter(mut self, counter: TokenCounter) -> ReaderBackend {
         self.counter = Some(counter);
+        self
+    }
+
+    /// State an assertion only when its match reaches `threshold` (see [`matching`]).
+    pub fn with_threshold(mut self, threshold: f32) -> ReaderBackend {
+        self.threshold = threshold;
         self
     }
 
@@ -523,7 +631,7 @@ impl Backend for ReaderBackend {
                 .map(|m| self.count(&m.content))
                 .sum()
         };
-        let full = answer(&req.messages);
+        let full = answer_with(&req.messages, self.threshold);
         let mut done_reason = "stop";
         let mut text = String::new();
         // max_tokens bounds the answer like a server's num_predict: 3 words per 4 tokens.
@@ -642,12 +750,60 @@ mod tests {
     }
 
     #[test]
-    fn a_thing_out_of_the_window_is_not_confused_with_one_in_it() {
-        let got = ask(
-            &["The metrics port is 9100."],
-            "What port does the gateway use?",
+    fn a_similar_key_can_be_mistaken_for_the_one_asked_but_only_above_the_threshold() {
+        let window = [user("The metrics port is 9100.")];
+        let q = user("What port does the gateway use?");
+        let msgs = [window[0].clone(), q.clone()];
+        let facts = assertions(&msgs);
+        let (a, score) = best(&facts, &questions(&q.content)[0]).unwrap();
+        assert_eq!(a.value, "9100");
+        assert!(score < 1.0);
+        // A cautious reader says it does not know; a loose one states what it read.
+        assert_eq!(
+            answer_with(&msgs, score + 0.01),
+            "I don't know the port gateway."
         );
-        assert_eq!(got, "I don't know the port gateway.");
+        assert_eq!(answer_with(&msgs, score), "The metrics port is 9100.");
+    }
+
+    #[test]
+    fn words_of_the_sentence_before_count_for_less() {
+        let got = ask(
+            &["The gateway port is 8443. The metrics port is 9100."],
+            "Which gateway port?",
+        );
+        assert_eq!(got, "The gateway port is 8443.");
+    }
+
+    #[test]
+    fn a_paraphrase_matches_the_fact_better_than_an_unrelated_one() {
+        let msgs = [
+            user("The database engine is postgres-16.\nThe frontend framework is svelte."),
+            user("Which SQL server do the schema migrations target?"),
+        ];
+        let q = &questions(&msgs[1].content)[0];
+        let facts = assertions(&msgs);
+        let (a, _) = best(&facts, q).unwrap();
+        assert_eq!(a.value, "postgres-16");
+    }
+
+    #[test]
+    fn every_value_stated_was_read_in_the_window() {
+        let window = "The gateway port is 8443.\nThe metrics port is 9100.\n\
+                      The release codename is tern.";
+        for q in [
+            "Which port?",
+            "What do we call the release?",
+            "Which number does outside traffic reach?",
+            "What colour is the sky?",
+        ] {
+            let got = ask(&[window], q);
+            assert!(
+                got.starts_with("I don't know")
+                    || ["8443", "9100", "tern"].iter().any(|v| got.contains(v)),
+                "{q} -> {got}"
+            );
+        }
     }
 
     #[test]

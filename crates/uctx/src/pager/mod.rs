@@ -6,13 +6,20 @@
 //! the next input arrives, [`Pager::page_in`] searches once more with the
 //! input (on the pager thread, while the session syncs the input to disk) and
 //! ranks the cache. A slice chosen for the window that was already in the cache
-//! before the input arrived is a *hit*: prefetch predicted it. One that only
-//! the input's own search found is a *miss*.
+//! before the input arrived is a *hit*; one that was not is a *miss*. A hit that a
+//! prefetch search on the previous answer's output had found, and that the input's
+//! own search ranks too, is *prefetch that helped*: a slice prefetch injected that
+//! the input would not have asked for does not count.
+//!
+//! "Before the input arrived" is taken on the pager thread when it takes the input,
+//! after every message sent before it (the answer's output included): the figures
+//! do not depend on how fast the thread ran.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::mpsc::{self, Receiver, Sender};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
+use std::time::Instant;
 
 use crate::memory::Memory;
 use crate::pool::Scope;
@@ -50,11 +57,23 @@ pub struct PagerStats {
     pub hits: u64,
     /// Slices placed in a window that only the input's own search found.
     pub misses: u64,
-    /// Of the hits, slices that the search on the previous answer's streamed
-    /// output found: prefetch predicted them before the input existed.
+    /// Prefetch that helped: of the hits, slices that a search on the previous
+    /// answer's streamed output had found before the input arrived, and that the
+    /// input's own search also ranks.
     pub predicted: u64,
     /// Searches run by the pager thread.
     pub searches: u64,
+    /// Time the pager thread spent on the inputs' own searches (loading included), ms.
+    pub input_search_ms: f64,
+    /// Time the turns waited for the pager (an input's search and anything queued
+    /// before it), ms.
+    pub waited_ms: f64,
+    /// Search time taken off the turns' critical path: of each input's search, the
+    /// part that ran while the turn did something else, ms.
+    pub off_path_ms: f64,
+    /// Time spent on prefetch searches while answers streamed, ms (off the path by
+    /// construction, and no saving by itself).
+    pub prefetch_ms: f64,
     /// Slices warm in the cache now.
     pub cached: u64,
     /// Search or load failures (the pager keeps going; the last one is kept).
@@ -68,6 +87,12 @@ impl PagerStats {
         let n = self.hits + self.misses;
         (n > 0).then(|| self.hits as f64 / n as f64)
     }
+
+    /// Prefetch that helped, as a share of every slice paged in.
+    pub fn helped_rate(&self) -> Option<f64> {
+        let n = self.hits + self.misses;
+        (n > 0).then(|| self.predicted as f64 / n as f64)
+    }
 }
 
 /// A slice ranked for the next window.
@@ -76,9 +101,10 @@ pub struct Candidate {
     pub slice: Slice,
     /// Fused rank score (higher is better).
     pub score: f32,
-    /// Whether prefetch had loaded it before the input arrived.
+    /// Whether it was warm in the cache before the input arrived.
     pub prefetched: bool,
-    /// Whether the search on the latest streamed output found it.
+    /// Whether a search on the previous answer's streamed output had found it before
+    /// the input arrived, and the input's own search ranks it too: prefetch helped.
     pub predicted: bool,
 }
 
@@ -96,6 +122,12 @@ struct State {
     stats: PagerStats,
     /// Ranking from the latest input search, best first.
     input_ranking: Vec<(u64, f32)>,
+    /// Warm in the cache when the pager thread took the latest input.
+    warm_at_input: HashSet<u64>,
+    /// Found by a prefetch search since the input before it, when it took the latest.
+    prefetched_at_input: HashSet<u64>,
+    /// How long the latest input's search took, ms; taken by the next wait.
+    last_input_ms: Option<f64>,
 }
 
 enum Msg {
@@ -156,8 +188,11 @@ impl Pager {
         self.send(Msg::Forget);
     }
 
-    /// Wait until the pager has processed everything sent so far.
+    /// Wait until the pager has processed everything sent so far. After an input,
+    /// the wait and the part of the input's search that did not have to be waited
+    /// for are counted.
     pub fn sync(&self) {
+        let started = Instant::now();
         let (tx, rx) = mpsc::channel();
         if self
             .tx
@@ -165,6 +200,12 @@ impl Pager {
             .is_some_and(|t| t.send(Msg::Sync(tx)).is_ok())
         {
             let _ = rx.recv();
+        }
+        let waited = started.elapsed().as_secs_f64() * 1e3;
+        let mut st = lock(&self.state);
+        if let Some(search) = st.last_input_ms.take() {
+            st.stats.waited_ms += waited;
+            st.stats.off_path_ms += (search - waited).max(0.0);
         }
     }
 
@@ -175,10 +216,13 @@ impl Pager {
 
     /// After [`Pager::observe_input`] and [`Pager::sync`]: candidates for the
     /// window, best first, fusing the input's ranking (weighted 2) with
-    /// prefetch scores. `warm_before` is [`Pager::warm_ids`] taken before the
-    /// input was observed.
-    pub fn candidates(&self, warm_before: &HashSet<u64>) -> Vec<Candidate> {
+    /// prefetch scores. What was warm before the input is what the pager thread
+    /// found warm when it took the input (after everything sent before it), so
+    /// `_warm_before` (the caller's view, which depends on the thread's timing) is
+    /// not used.
+    pub fn candidates(&self, _warm_before: &HashSet<u64>) -> Vec<Candidate> {
         let st = lock(&self.state);
+        let ranked: HashSet<u64> = st.input_ranking.iter().map(|(id, _)| *id).collect();
         let mut fused: HashMap<u64, f32> = HashMap::new();
         for (rank, (id, _)) in st.input_ranking.iter().enumerate() {
             *fused.entry(*id).or_default() += 2.0 / (RRF_K + rank as f32 + 1.0);
@@ -202,8 +246,8 @@ impl Pager {
                 st.cache.get(&id).map(|e| Candidate {
                     slice: e.slice.clone(),
                     score,
-                    prefetched: warm_before.contains(&id),
-                    predicted: e.prefetch_score > 0.0,
+                    prefetched: st.warm_at_input.contains(&id),
+                    predicted: st.prefetched_at_input.contains(&id) && ranked.contains(&id),
                 })
             })
             .collect();
@@ -290,8 +334,23 @@ impl Worker {
                 }
                 Msg::Input(text) => {
                     self.output_started = false;
+                    {
+                        let mut st = lock(&self.state);
+                        st.warm_at_input = st.cache.keys().copied().collect();
+                        st.prefetched_at_input = st
+                            .cache
+                            .iter()
+                            .filter(|(_, e)| e.prefetch_score > 0.0)
+                            .map(|(id, _)| *id)
+                            .collect();
+                    }
+                    let started = Instant::now();
                     let ranking = self.search_many(&queries_for(&text));
-                    lock(&self.state).input_ranking = ranking;
+                    let ms = started.elapsed().as_secs_f64() * 1e3;
+                    let mut st = lock(&self.state);
+                    st.input_ranking = ranking;
+                    st.stats.input_search_ms += ms;
+                    st.last_input_ms = Some(ms);
                 }
                 Msg::Sync(done) => {
                     let _ = done.send(());
@@ -300,6 +359,8 @@ impl Worker {
                     let mut st = lock(&self.state);
                     st.cache.clear();
                     st.input_ranking.clear();
+                    st.warm_at_input.clear();
+                    st.prefetched_at_input.clear();
                 }
             }
         }
@@ -308,9 +369,11 @@ impl Worker {
     /// Search with the tail of the output so far and warm the cache.
     fn prefetch(&mut self) {
         self.unsearched = 0;
+        let started = Instant::now();
         let tail = tail_chars(&self.output, self.config.prefetch_every_chars * 2);
         let ranking = self.search_many(&[tail.to_string()]);
         let mut st = lock(&self.state);
+        st.stats.prefetch_ms += started.elapsed().as_secs_f64() * 1e3;
         for (rank, (id, _)) in ranking.iter().enumerate() {
             if let Some(e) = st.cache.get_mut(id) {
                 e.prefetch_score = e.prefetch_score.max(1.0 / (RRF_K + rank as f32 + 1.0));
