@@ -157,16 +157,14 @@ pub fn walk(
                 ),
             });
         };
-        match &parsed {
-            Rec::Slice(s) => {
-                w.first_slice.get_or_insert(s.id);
-                for d in w.damage.iter_mut().filter(|d| d.ids_before.is_none()) {
-                    d.ids_before = Some(s.id);
-                }
-                floor = floor.max(s.id.saturating_add(1));
+        // Only slices seen raise the floor, not `NextId`: a compacted log states the
+        // next id before its slices, whose ids all lie below it.
+        if let Rec::Slice(s) = &parsed {
+            w.first_slice.get_or_insert(s.id);
+            for d in w.damage.iter_mut().filter(|d| d.ids_before.is_none()) {
+                d.ids_before = Some(s.id);
             }
-            Rec::NextId(n) => floor = floor.max(*n),
-            _ => {}
+            floor = floor.max(s.id.saturating_add(1));
         }
         let n = rec.len() as u64;
         f(parsed, pos, rec)?;

@@ -1,6 +1,7 @@
 //! The pool's seam to the disk: a file-like [`Storage`] and a directory-like
 //! [`Dir`], with a real implementation ([`FileDir`]), an in-memory one
-//! ([`MemDir`]) and a fault-injecting wrapper ([`FaultyDir`]) for tests.
+//! ([`MemDir`]), a fault-injecting wrapper ([`FaultyDir`]) and a simulated
+//! power loss ([`CrashDir`]) for tests.
 
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
@@ -344,6 +345,260 @@ impl Dir for MemDir {
             .get(name)
             .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, format!("{name} not found")))?;
         let bytes = f.bytes.read().map_err(|_| poisoned())?.clone();
+        Ok(Arc::new(bytes))
+    }
+}
+
+/// Power loss, simulated (the approach of redb's and SQLite's crash tests): a
+/// directory in memory that remembers what was made durable. A file's bytes are
+/// durable up to its last `sync`; its name is durable once the directory is
+/// synced (by a `rename`, as on a real file system, where creating, linking or
+/// removing a name is not durable until the directory is synced).
+/// [`CrashDir::crash_after`] makes every mutation after the given count fail,
+/// as if the machine had stopped there; [`CrashDir::image`] is what the disk
+/// holds when it comes back: the durable names, each file's synced bytes and,
+/// at random, a prefix of the writes that followed (the last one possibly torn).
+#[derive(Clone, Default)]
+pub struct CrashDir {
+    inner: Arc<Mutex<CrashState>>,
+}
+
+#[derive(Default)]
+struct CrashState {
+    /// Names as the running program sees them.
+    names: HashMap<String, Arc<Mutex<CrashFile>>>,
+    /// Names as they were at the last directory sync.
+    durable_names: HashMap<String, Arc<Mutex<CrashFile>>>,
+    next_id: u64,
+    /// Mutations so far, and after how many the machine stops.
+    ops: u64,
+    stop_at: Option<u64>,
+}
+
+#[derive(Default)]
+struct CrashFile {
+    id: u64,
+    /// The bytes as the running program sees them.
+    current: Vec<u8>,
+    /// The bytes at the last sync.
+    synced: Vec<u8>,
+    /// What was done to the file since, in order.
+    unsynced: Vec<CrashOp>,
+}
+
+#[derive(Clone)]
+enum CrashOp {
+    Write(u64, Vec<u8>),
+    Truncate(u64),
+}
+
+fn apply_op(bytes: &mut Vec<u8>, op: &CrashOp) {
+    match op {
+        CrashOp::Write(at, data) => {
+            let at = *at as usize;
+            if bytes.len() < at + data.len() {
+                bytes.resize(at + data.len(), 0);
+            }
+            bytes[at..at + data.len()].copy_from_slice(data);
+        }
+        CrashOp::Truncate(len) => bytes.resize(*len as usize, 0),
+    }
+}
+
+fn lock_crash(m: &Mutex<CrashState>) -> std::sync::MutexGuard<'_, CrashState> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn lock_file(m: &Mutex<CrashFile>) -> std::sync::MutexGuard<'_, CrashFile> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl CrashState {
+    /// Count one mutation; an error once the machine has stopped.
+    fn mutate(&mut self) -> io::Result<()> {
+        self.ops += 1;
+        match self.stop_at {
+            Some(at) if self.ops > at => Err(io::Error::from_raw_os_error(libc::EIO)),
+            _ => Ok(()),
+        }
+    }
+}
+
+impl CrashDir {
+    pub fn new() -> CrashDir {
+        CrashDir::default()
+    }
+
+    /// Mutations (writes, syncs, truncations, creations, renames, links,
+    /// removals) done so far.
+    pub fn ops(&self) -> u64 {
+        lock_crash(&self.inner).ops
+    }
+
+    /// Stop the machine after `ops` more mutations: every later one fails with `EIO`.
+    pub fn crash_after(&self, ops: u64) {
+        let mut s = lock_crash(&self.inner);
+        s.stop_at = Some(s.ops + ops);
+    }
+
+    /// Whether the machine has stopped.
+    pub fn crashed(&self) -> bool {
+        let s = lock_crash(&self.inner);
+        s.stop_at.is_some_and(|at| s.ops > at)
+    }
+
+    /// The disk as it comes back after power loss at this point; `seed` chooses how
+    /// much of each file's unsynced writes reached it.
+    pub fn image(&self, seed: u64) -> MemDir {
+        let s = lock_crash(&self.inner);
+        let mut rng = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+        let mut next = move || {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            rng
+        };
+        let out = MemDir::new();
+        let mut names: Vec<_> = s.durable_names.iter().collect();
+        names.sort_by(|a, b| a.0.cmp(b.0));
+        for (name, file) in names {
+            let f = lock_file(file);
+            let mut bytes = f.synced.clone();
+            let n = f.unsynced.len();
+            let kept = (next() % (n as u64 + 1)) as usize;
+            for (i, op) in f.unsynced[..kept].iter().enumerate() {
+                match op {
+                    // The last write that reached the disk may have reached it in part.
+                    CrashOp::Write(at, data) if i + 1 == kept && next() % 2 == 0 => {
+                        let part = (next() % (data.len() as u64 + 1)) as usize;
+                        apply_op(&mut bytes, &CrashOp::Write(*at, data[..part].to_vec()));
+                    }
+                    op => apply_op(&mut bytes, op),
+                }
+            }
+            out.set_bytes(name, bytes);
+        }
+        out
+    }
+}
+
+struct CrashStorage {
+    file: Arc<Mutex<CrashFile>>,
+    dir: CrashDir,
+}
+
+impl Storage for CrashStorage {
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
+        let f = lock_file(&self.file);
+        let start = usize::try_from(offset).map_err(|_| short())?;
+        let end = start.checked_add(buf.len()).ok_or_else(short)?;
+        if end > f.current.len() {
+            return Err(short());
+        }
+        buf.copy_from_slice(&f.current[start..end]);
+        Ok(())
+    }
+    fn write_at(&self, offset: u64, data: &[u8]) -> io::Result<()> {
+        lock_crash(&self.dir.inner).mutate()?;
+        let mut f = lock_file(&self.file);
+        let op = CrashOp::Write(offset, data.to_vec());
+        apply_op(&mut f.current, &op);
+        f.unsynced.push(op);
+        Ok(())
+    }
+    fn sync(&self) -> io::Result<()> {
+        lock_crash(&self.dir.inner).mutate()?;
+        let mut f = lock_file(&self.file);
+        f.synced = f.current.clone();
+        f.unsynced.clear();
+        Ok(())
+    }
+    fn len(&self) -> io::Result<u64> {
+        Ok(lock_file(&self.file).current.len() as u64)
+    }
+    fn truncate(&self, len: u64) -> io::Result<()> {
+        lock_crash(&self.dir.inner).mutate()?;
+        let mut f = lock_file(&self.file);
+        let op = CrashOp::Truncate(len);
+        apply_op(&mut f.current, &op);
+        f.unsynced.push(op);
+        Ok(())
+    }
+    fn identity(&self) -> u64 {
+        lock_file(&self.file).id
+    }
+}
+
+fn not_found(name: &str) -> io::Error {
+    io::Error::new(io::ErrorKind::NotFound, format!("{name} not found"))
+}
+
+impl Dir for CrashDir {
+    fn open(&self, name: &str, create: bool) -> io::Result<Arc<dyn Storage>> {
+        let mut s = lock_crash(&self.inner);
+        let file = match s.names.get(name) {
+            Some(f) => Arc::clone(f),
+            None if create => {
+                s.mutate()?;
+                s.next_id += 1;
+                let f = Arc::new(Mutex::new(CrashFile {
+                    id: s.next_id,
+                    ..CrashFile::default()
+                }));
+                s.names.insert(name.to_string(), Arc::clone(&f));
+                f
+            }
+            None => return Err(not_found(name)),
+        };
+        Ok(Arc::new(CrashStorage {
+            file,
+            dir: self.clone(),
+        }))
+    }
+    fn exists(&self, name: &str) -> bool {
+        lock_crash(&self.inner).names.contains_key(name)
+    }
+    fn rename(&self, from: &str, to: &str) -> io::Result<()> {
+        let mut s = lock_crash(&self.inner);
+        s.mutate()?;
+        let f = s.names.remove(from).ok_or_else(|| not_found(from))?;
+        s.names.insert(to.to_string(), f);
+        // The rename syncs the directory: every name change so far is durable.
+        s.durable_names = s.names.clone();
+        Ok(())
+    }
+    fn link(&self, from: &str, to: &str) -> io::Result<()> {
+        let mut s = lock_crash(&self.inner);
+        s.mutate()?;
+        if s.names.contains_key(to) {
+            return Err(io::Error::new(
+                io::ErrorKind::AlreadyExists,
+                format!("{to} exists"),
+            ));
+        }
+        let f = s.names.get(from).cloned().ok_or_else(|| not_found(from))?;
+        s.names.insert(to.to_string(), f);
+        Ok(())
+    }
+    fn remove(&self, name: &str) -> io::Result<()> {
+        let mut s = lock_crash(&self.inner);
+        s.mutate()?;
+        s.names.remove(name);
+        Ok(())
+    }
+    fn identity(&self, name: &str) -> io::Result<u64> {
+        let s = lock_crash(&self.inner);
+        let f = s.names.get(name).ok_or_else(|| not_found(name))?;
+        let id = lock_file(f).id;
+        Ok(id)
+    }
+    fn list(&self) -> io::Result<Vec<String>> {
+        Ok(lock_crash(&self.inner).names.keys().cloned().collect())
+    }
+    fn map(&self, name: &str) -> io::Result<Mapped> {
+        let s = lock_crash(&self.inner);
+        let f = s.names.get(name).ok_or_else(|| not_found(name))?;
+        let bytes = lock_file(f).current.clone();
         Ok(Arc::new(bytes))
     }
 }
