@@ -19,6 +19,7 @@ pub fn bench(g: &Global, a: &BenchArgs) -> anyhow::Result<ExitCode> {
         BenchCommand::Locomo(l) => bench_locomo(g, l),
         BenchCommand::LocomoQa(q) => bench_locomo_qa(g, q),
         BenchCommand::Scale(s) => bench_scale(g, s),
+        BenchCommand::Serve(s) => crate::serve::bench(g, s),
     }
 }
 

@@ -226,6 +226,8 @@ pub enum BenchCommand {
     LocomoQa(LocomoQaArgs),
     /// The pool at scale: density, ingest speed, search latency, recall, memory, time to open.
     Scale(ScaleArgs),
+    /// What uctx serve adds: first-byte latency through the proxy against direct, and requests per second.
+    Serve(crate::serve::BenchServeArgs),
 }
 
 #[derive(Args, Debug)]

@@ -163,3 +163,61 @@ pub fn print_sessions(dir: &std::path::Path) {
         );
     }
 }
+
+#[derive(Args, Debug)]
+pub struct BenchServeArgs {
+    /// Paired requests (direct, then through the proxy) for the added latency.
+    #[arg(long, default_value_t = 200)]
+    pub requests: usize,
+    /// Turns per conversation before a new one starts.
+    #[arg(long, default_value_t = 25)]
+    pub turns: usize,
+    /// Concurrent clients for the throughput run (against the reader).
+    #[arg(long, default_value_t = 16)]
+    pub clients: usize,
+    /// Seconds of the throughput run.
+    #[arg(long, default_value_t = 10.0)]
+    pub seconds: f64,
+    /// The window the proxy serves, in tokens.
+    #[arg(long, default_value_t = 4096)]
+    pub window: usize,
+    /// Bench against the pool at DIR (e.g. one built by `uctx bench scale`; the bench's
+    /// conversations are written into it) [default: a new pool in a temporary directory].
+    #[arg(long, value_name = "DIR")]
+    pub dir: Option<PathBuf>,
+}
+
+pub fn bench(g: &Global, a: &BenchServeArgs) -> anyhow::Result<ExitCode> {
+    let (dir, temporary) = match &a.dir {
+        Some(d) => (d.clone(), false),
+        None => (
+            std::env::temp_dir().join(format!("uctx-bench-serve-{}", std::process::id())),
+            true,
+        ),
+    };
+    let memory = std::sync::Arc::new(uctx::memory::Memory::open(
+        &dir,
+        crate::open::encoder(g)?,
+        true,
+        false,
+        None,
+    )?);
+    let cfg = uctx_serve::bench::BenchConfig {
+        requests: a.requests.max(1),
+        turns: a.turns.max(1),
+        clients: a.clients.max(1),
+        duration: std::time::Duration::from_secs_f64(a.seconds.max(0.1)),
+        window: a.window,
+    };
+    let report = uctx_serve::bench::run(memory, &cfg).map_err(anyhow::Error::msg);
+    if temporary {
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+    let report = report?;
+    if g.json {
+        crate::open::print_json(&report)?;
+    } else {
+        print!("{}", uctx_serve::bench::table(&report));
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -21,6 +21,7 @@ use axum::Router;
 use sha2::{Digest as _, Sha256};
 use uctx::memory::Memory;
 
+pub mod bench;
 pub mod chat;
 pub mod convo;
 mod routes;

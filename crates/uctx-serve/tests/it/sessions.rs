@@ -331,7 +331,7 @@ fn a_client_that_disconnects_mid_stream_leaves_a_consistent_pool() {
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
     // The client sends the same request again: a regeneration, answered on a fork.
-    let answer = chat(&s.url, &[u1.clone()]);
+    let answer = chat(&s.url, std::slice::from_ref(&u1));
     assert!(answer.contains("ten"), "{answer}");
     let st = status(&s.url);
     assert_eq!(
