@@ -209,18 +209,12 @@ impl Pager {
         }
     }
 
-    /// Ids warm in the cache right now.
-    pub fn warm_ids(&self) -> HashSet<u64> {
-        lock(&self.state).cache.keys().copied().collect()
-    }
-
     /// After [`Pager::observe_input`] and [`Pager::sync`]: candidates for the
     /// window, best first, fusing the input's ranking (weighted 2) with
     /// prefetch scores. What was warm before the input is what the pager thread
-    /// found warm when it took the input (after everything sent before it), so
-    /// `_warm_before` (the caller's view, which depends on the thread's timing) is
-    /// not used.
-    pub fn candidates(&self, _warm_before: &HashSet<u64>) -> Vec<Candidate> {
+    /// found warm when it took the input (after everything sent before it), not
+    /// what a caller saw, which would depend on the thread's timing.
+    pub fn candidates(&self) -> Vec<Candidate> {
         let st = lock(&self.state);
         let ranked: HashSet<u64> = st.input_ranking.iter().map(|(id, _)| *id).collect();
         let mut fused: HashMap<u64, f32> = HashMap::new();

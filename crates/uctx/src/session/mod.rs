@@ -143,7 +143,8 @@ pub struct Paged {
     pub source: Source,
     pub score: f32,
     pub prefetched: bool,
-    /// Found by the search on the previous answer's streamed output.
+    /// Prefetch helped: found by a search on the previous answer's output before the
+    /// input arrived, and ranked by the input's own search.
     pub predicted: bool,
     /// Paged in by an earlier turn and still in the window (the prefix the server
     /// has cached), not sent again.
@@ -454,7 +455,6 @@ impl Session {
         }
         let turn = self.next_turn;
         self.next_turn += 1;
-        let warm_before = self.pager.as_ref().map(Pager::warm_ids).unwrap_or_default();
         if let Some(p) = &self.pager {
             p.observe_input(input);
         }
@@ -462,7 +462,7 @@ impl Session {
         let candidates = match &self.pager {
             Some(p) => {
                 p.sync();
-                p.candidates(&warm_before)
+                p.candidates()
             }
             None => Vec::new(),
         };
