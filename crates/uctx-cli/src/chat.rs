@@ -13,7 +13,7 @@ const HELP: &str = "\
 /status          what the session and the pool hold, and the pager's hit rate
 /pin TEXT        keep TEXT in every window from now on
 /recall QUERY    search this session's memory
-/clear           forget this session (deletes its namespace from the pool)
+/clear           forget this session's turns and pins (asks first; documents stay)
 /export FILE     write the conversation so far to FILE (markdown)
 /help            this list
 /quit            leave (also Ctrl-D)";
@@ -27,6 +27,7 @@ fn open_session(g: &Global, a: &SessionArgs) -> anyhow::Result<Session> {
         answer_tokens: a.answer_tokens,
         paging: !a.no_memory,
         shared: a.shared,
+        docs: a.docs.clone(),
         resume: !a.fresh,
         ..SessionConfig::default()
     };
@@ -178,8 +179,23 @@ fn command(session: &mut Session, name: &str, arg: &str) -> anyhow::Result<bool>
             }
         }
         "clear" => {
-            let n = session.clear()?;
-            println!("forgot {n} slices of namespace {:?}", session.namespace());
+            let ns = session.namespace().to_string();
+            if arg != "yes" {
+                let n = session
+                    .memory()
+                    .pool()
+                    .namespaces()
+                    .into_iter()
+                    .find(|(name, _)| *name == ns)
+                    .map_or(0, |(_, n)| n);
+                println!(
+                    "/clear deletes this session's {n} slices (namespace {ns:?}); documents in \
+                     other namespaces are kept. Type /clear yes to confirm."
+                );
+            } else {
+                let n = session.clear()?;
+                println!("forgot {n} slices of namespace {ns:?}");
+            }
         }
         "export" => {
             if arg.is_empty() {

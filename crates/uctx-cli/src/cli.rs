@@ -73,6 +73,10 @@ pub struct SessionArgs {
     /// Page in from every namespace of the pool, not just this session's.
     #[arg(long)]
     pub shared: bool,
+    /// Namespaces of documents this session also searches (repeat for more; an empty
+    /// name for none).
+    #[arg(long, value_name = "NS", default_value = uctx::session::DOCS_NAMESPACE)]
+    pub docs: Vec<String>,
     /// Turn paging off: a plain sliding window (turns are still written to the pool).
     #[arg(long)]
     pub no_memory: bool,
@@ -172,8 +176,8 @@ pub struct IngestArgs {
     /// A JSONL file: one `{"text": …, "id"?: …, "source"?: …}` per line.
     #[arg(long, value_name = "FILE")]
     pub jsonl: Option<PathBuf>,
-    /// Namespace to write into.
-    #[arg(long, short = 'n', default_value = "default")]
+    /// Namespace to write into (sessions search it beside their own; see `chat --docs`).
+    #[arg(long, short = 'n', default_value = uctx::session::DOCS_NAMESPACE)]
     pub namespace: String,
     /// Include hidden files and files that .gitignore excludes.
     #[arg(long)]

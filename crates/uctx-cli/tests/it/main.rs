@@ -521,3 +521,55 @@ fn no_command_writes_or_prints_the_api_key() {
     }
     assert!(files >= 2, "the pool was written");
 }
+
+/// `ingest` writes to the documents' namespace, a chat finds what it holds, and
+/// `/clear` asks first, then deletes the chat's own turns only.
+#[test]
+fn documents_outlive_a_cleared_chat() {
+    let dir = tempfile::tempdir().unwrap();
+    let pool = dir.path().join("pool");
+    let doc = dir.path().join("runbook.md");
+    std::fs::write(&doc, "The staging database host is db-7.").unwrap();
+    let out = run(uctx(&pool).args(["ingest", "-q"]).arg(&doc));
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let chat = |script: &str| {
+        let mut child = uctx(&pool)
+            .args(["chat", "-m", "reader", "--ctx", "2048"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(script.as_bytes())
+            .unwrap();
+        let out = child.wait_with_output().unwrap();
+        no_panic(&out);
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        text(&out.stdout)
+    };
+    let stdout = chat("Which staging database host do we use?\n/clear\n/quit\n");
+    assert!(
+        stdout.contains("db-7"),
+        "the document was not found: {stdout}"
+    );
+    assert!(stdout.contains("/clear yes"), "{stdout}");
+    let namespaces = |pool: &Path| {
+        let v = json(&run(uctx(pool).args(["--json", "status"])));
+        v["namespaces"].as_array().unwrap().clone()
+    };
+    let ns = namespaces(&pool);
+    assert_eq!(
+        ns.len(),
+        2,
+        "nothing is deleted before the confirmation: {ns:?}"
+    );
+    let stdout = chat("/clear yes\n/quit\n");
+    assert!(stdout.contains("forgot"), "{stdout}");
+    let ns = namespaces(&pool);
+    assert_eq!(ns.len(), 1, "{ns:?}");
+    assert_eq!(ns[0]["namespace"], "docs");
+}

@@ -29,8 +29,9 @@ use crate::Result;
 /// How the pager searches.
 #[derive(Clone, Debug)]
 pub struct PagerConfig {
-    /// Namespace searched; `None` searches the whole (shared) pool.
-    pub namespace: Option<String>,
+    /// Namespaces searched, each its own ranking in the fusion; none searches the
+    /// whole (shared) pool.
+    pub namespaces: Vec<String>,
     /// Slices fetched per search.
     pub k: usize,
     /// Slices kept warm.
@@ -42,7 +43,7 @@ pub struct PagerConfig {
 impl Default for PagerConfig {
     fn default() -> Self {
         PagerConfig {
-            namespace: None,
+            namespaces: Vec::new(),
             k: 8,
             capacity: 256,
             prefetch_every_chars: 240,
@@ -377,15 +378,23 @@ impl Worker {
 
     /// Run each query, fuse the rankings, load every hit into the cache.
     fn search_many(&mut self, queries: &[String]) -> Vec<(u64, f32)> {
-        let scope = match &self.config.namespace {
-            Some(ns) => Scope::Namespace(ns.as_str()),
-            None => Scope::All,
+        let scopes: Vec<Scope<'_>> = if self.config.namespaces.is_empty() {
+            vec![Scope::All]
+        } else {
+            self.config
+                .namespaces
+                .iter()
+                .map(|ns| Scope::Namespace(ns.as_str()))
+                .collect()
         };
         // Fusion by best rank: the top hit of every query (each question of an
-        // input is its own query) outranks the second hit of any; a slice found by
-        // several queries wins ties.
+        // input is its own query) in every namespace outranks the second hit of
+        // any; a slice found by several queries wins ties.
         let mut fused: HashMap<u64, (f32, f32)> = HashMap::new();
-        for q in queries {
+        for (q, &scope) in queries
+            .iter()
+            .flat_map(|q| scopes.iter().map(move |s| (q, s)))
+        {
             match self.memory.search(q, self.config.k, scope) {
                 Ok(hits) => {
                     for (rank, hit) in hits.iter().enumerate() {

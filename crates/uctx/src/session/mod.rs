@@ -36,6 +36,9 @@ mod serve;
 mod tokens;
 pub use tokens::Calibration;
 
+/// The namespace documents are ingested into by default, which sessions also search.
+pub const DOCS_NAMESPACE: &str = "docs";
+
 /// Largest window taken from a server's report unless asked for (`--ctx`).
 pub const DEFAULT_MAX_WINDOW: usize = 8192;
 
@@ -88,6 +91,9 @@ pub struct SessionConfig {
     pub paging: bool,
     /// Search every namespace of the pool, not just this session's.
     pub shared: bool,
+    /// Namespaces this session also searches (read only): documents ingested for
+    /// it. Default: [`DOCS_NAMESPACE`], where `uctx ingest` writes.
+    pub docs: Vec<String>,
     /// Slices fetched per search.
     pub k: usize,
     /// Reload the namespace's latest turns from the pool on open.
@@ -110,6 +116,7 @@ impl Default for SessionConfig {
             memory_share: 0.25,
             paging: true,
             shared: false,
+            docs: vec![DOCS_NAMESPACE.to_string()],
             k: 8,
             resume: false,
             temperature: None,
@@ -283,7 +290,7 @@ impl Session {
             Pager::start(
                 Arc::clone(&memory),
                 PagerConfig {
-                    namespace: (!cfg.shared).then(|| cfg.namespace.clone()),
+                    namespaces: searched(&cfg),
                     k: cfg.k,
                     ..PagerConfig::default()
                 },
@@ -397,14 +404,6 @@ impl Session {
         self.pager.as_ref().map(Pager::stats)
     }
 
-    fn scope(&self) -> Scope<'_> {
-        if self.cfg.shared {
-            Scope::All
-        } else {
-            Scope::Namespace(&self.cfg.namespace)
-        }
-    }
-
     /// Pin a fact: written to the pool, never fades, always in the window.
     pub fn pin(&mut self, text: &str) -> Result<u64> {
         let text = text.trim();
@@ -430,9 +429,23 @@ impl Session {
             .ok_or_else(|| Error::invalid("nothing to pin; use /pin TEXT"))
     }
 
-    /// Search this session's memory (or the whole pool when shared).
+    /// Search this session's memory and its documents (or the whole pool when shared).
     pub fn recall(&self, query: &str, k: usize) -> Result<Vec<crate::memory::Recalled>> {
-        self.memory.recall(query, k, self.scope())
+        let namespaces = searched(&self.cfg);
+        if namespaces.is_empty() {
+            return self.memory.recall(query, k, Scope::All);
+        }
+        let mut all = Vec::new();
+        for ns in &namespaces {
+            all.extend(self.memory.recall(query, k, Scope::Namespace(ns))?);
+        }
+        all.sort_by(|a, b| {
+            b.score
+                .total_cmp(&a.score)
+                .then(a.slice.meta.id.cmp(&b.slice.meta.id))
+        });
+        all.truncate(k);
+        Ok(all)
     }
 
     /// Forget this session: delete its namespace from the pool and its history.
@@ -1029,6 +1042,21 @@ impl Session {
             true,
         ))
     }
+}
+
+/// The namespaces a session searches: its own and its documents'; none (the whole
+/// pool) when it is shared.
+fn searched(cfg: &SessionConfig) -> Vec<String> {
+    if cfg.shared {
+        return Vec::new();
+    }
+    let mut out = vec![cfg.namespace.clone()];
+    for d in &cfg.docs {
+        if !d.is_empty() && !out.contains(d) {
+            out.push(d.clone());
+        }
+    }
+    out
 }
 
 /// The first line of the paged-memory message.

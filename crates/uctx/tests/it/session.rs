@@ -553,3 +553,51 @@ fn a_failed_model_call_leaves_no_half_turn_behind() {
         .iter()
         .any(|m| m.source == uctx::slice::Source::Assistant));
 }
+
+#[test]
+fn a_session_searches_the_documents_and_clearing_it_keeps_them() {
+    use uctx::memory::Unit;
+    use uctx::pool::Scope;
+    use uctx::session::DOCS_NAMESPACE;
+    let (memory, _dir) = memory();
+    memory
+        .write(&[Unit {
+            namespace: DOCS_NAMESPACE,
+            source: uctx::slice::Source::Document,
+            text: FACT,
+            turn: 0,
+            ext_id: Some("notes/vault.md"),
+        }])
+        .unwrap();
+    let mut s = Session::open(Arc::clone(&memory), reader(2048), SessionConfig::default()).unwrap();
+    let r = s.turn(NEED, &mut |_| {}).unwrap();
+    assert!(
+        r.answer.contains(VALUE),
+        "the document was not paged in: {}",
+        r.answer
+    );
+    assert!(s
+        .recall("vault passphrase", 5)
+        .unwrap()
+        .iter()
+        .any(|h| h.slice.meta.namespace == DOCS_NAMESPACE));
+    s.clear().unwrap();
+    assert_eq!(
+        memory.pool().metas(Scope::Namespace(DOCS_NAMESPACE)).len(),
+        1
+    );
+    assert!(memory.pool().metas(Scope::Namespace("default")).is_empty());
+    // Without the documents' namespace, the session does not see it.
+    let mut alone = Session::open(
+        Arc::clone(&memory),
+        reader(2048),
+        SessionConfig {
+            namespace: "alone".into(),
+            docs: Vec::new(),
+            ..SessionConfig::default()
+        },
+    )
+    .unwrap();
+    let r = alone.turn(NEED, &mut |_| {}).unwrap();
+    assert!(!r.answer.contains(VALUE), "{}", r.answer);
+}
