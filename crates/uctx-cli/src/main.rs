@@ -60,5 +60,6 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Repair => repair::repair(g),
         Command::Bench(a) => bench::bench(g, a),
         Command::Serve(a) => serve::serve(g, a),
+        Command::Mcp => serve::mcp(g),
     }
 }

@@ -221,3 +221,16 @@ pub fn bench(g: &Global, a: &BenchServeArgs) -> anyhow::Result<ExitCode> {
     }
     Ok(ExitCode::SUCCESS)
 }
+
+/// `uctx mcp`: the pool's tools over stdio (the process is the pool's writer).
+pub fn mcp(g: &Global) -> anyhow::Result<ExitCode> {
+    let memory = crate::open::memory_rw(g)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the MCP server's runtime")?;
+    runtime
+        .block_on(uctx_serve::mcp::serve_stdio(memory))
+        .map_err(anyhow::Error::msg)?;
+    Ok(ExitCode::SUCCESS)
+}

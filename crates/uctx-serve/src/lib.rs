@@ -24,6 +24,7 @@ use uctx::memory::Memory;
 pub mod bench;
 pub mod chat;
 pub mod convo;
+pub mod mcp;
 mod routes;
 pub mod upstream;
 pub mod wire;

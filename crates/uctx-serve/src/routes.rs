@@ -39,6 +39,7 @@ pub fn router(state: Arc<State>) -> Router {
     Router::new()
         .nest("/s/{session}", api.clone())
         .merge(api)
+        .nest_service("/mcp", crate::mcp::http_service(Arc::clone(&state.memory)))
         .fallback(passthrough)
         .layer(middleware::from_fn_with_state(Arc::clone(&state), auth))
         .layer(DefaultBodyLimit::max(state.cfg.max_body_bytes))

@@ -283,6 +283,7 @@ fn off_loopback_needs_a_token_and_a_wrong_token_is_refused_everywhere() {
         "/v1/chat/completions",
         "/api/show",
         "/api/generate",
+        "/mcp",
     ] {
         let (status, body) = post(
             &format!("{}{r}", s.url),

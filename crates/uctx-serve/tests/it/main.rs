@@ -7,6 +7,7 @@ mod fake_server;
 
 mod api;
 mod capture;
+mod mcp;
 mod sessions;
 
 use std::sync::Arc;

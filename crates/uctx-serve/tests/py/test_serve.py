@@ -284,7 +284,7 @@ ROUTES = [
     ("POST", "/api/show"), ("POST", "/api/chat"), ("POST", "/api/generate"),
     ("POST", "/api/embed"), ("GET", "/v1/models"), ("POST", "/v1/chat/completions"),
     ("POST", "/v1/completions"), ("POST", "/v1/embeddings"), ("GET", "/api/uctx/status"),
-    ("POST", "/s/x/api/chat"),
+    ("POST", "/s/x/api/chat"), ("POST", "/mcp"),
 ]
 
 
@@ -319,3 +319,68 @@ class Auth(unittest.TestCase):
 
 if __name__ == "__main__":
     unittest.main(verbosity=2)
+
+
+class Mcp(unittest.TestCase):
+    """The official `mcp` client lists and calls every tool, over stdio and over HTTP."""
+
+    async def exercise(self, session):
+        await session.initialize()
+        names = sorted(t.name for t in (await session.list_tools()).tools)
+        self.assertEqual(names, ["forget", "recall", "remember", "status"])
+
+        async def call(name, args):
+            r = await session.call_tool(name, args)
+            failed = bool(getattr(r, "is_error", None) or getattr(r, "isError", None))
+            return failed, r.content[0].text if failed else json.loads(r.content[0].text)
+
+        _, out = await call("remember", {"text": "The release train leaves on Thursdays.", "namespace": "team"})
+        sid = out["remembered"][0]["id"]
+        _, out = await call("recall", {"query": "when does the release train leave", "k": 3})
+        hit = out["hits"][0]
+        self.assertEqual(hit["id"], sid)
+        for k in ("id", "turn", "source", "namespace", "score"):
+            self.assertIn(k, hit)
+        _, out = await call("status", {})
+        self.assertEqual(out["slices"], 1)
+        _, out = await call("forget", {"id": sid})
+        self.assertEqual(out["forgotten"], 1)
+        failed, text = await call("forget", {})
+        self.assertTrue(failed)
+        self.assertIn("id", text)
+
+    def test_stdio(self):
+        import asyncio
+        from mcp import ClientSession, StdioServerParameters
+        from mcp.client.stdio import stdio_client
+
+        async def run():
+            with tempfile.TemporaryDirectory() as d:
+                params = StdioServerParameters(command=UCTX, args=["--pool", os.path.join(d, "pool"), "mcp"])
+                async with stdio_client(params) as (r, w):
+                    async with ClientSession(r, w) as session:
+                        await self.exercise(session)
+
+        asyncio.run(run())
+
+    def test_http(self):
+        import asyncio
+        from mcp import ClientSession
+        from mcp.client import streamable_http
+
+        def transport(s):
+            url = s.url + "/mcp"
+            if hasattr(streamable_http, "streamable_http_client"):
+                from mcp.shared._httpx_utils import create_mcp_http_client
+
+                client = create_mcp_http_client(headers=s.headers())
+                return streamable_http.streamable_http_client(url, http_client=client)
+            return streamable_http.streamablehttp_client(url, headers=s.headers())
+
+        async def run(s):
+            async with transport(s) as streams:
+                async with ClientSession(streams[0], streams[1]) as session:
+                    await self.exercise(session)
+
+        with Server(token="t0k") as s:
+            asyncio.run(run(s))

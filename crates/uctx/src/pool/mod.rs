@@ -15,6 +15,7 @@ use crate::{Error, Result};
 pub mod ann;
 pub mod bench;
 pub mod format;
+mod forget;
 mod lock;
 mod repair;
 mod replay;
