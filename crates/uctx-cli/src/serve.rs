@@ -132,9 +132,9 @@ async fn shutdown_signal() {
     }
 }
 
-/// The conversations `uctx serve` keeps beside the pool in `dir` (what it last wrote).
+/// The conversations `uctx serve` keeps beside the pool in `dir` (as it last wrote them).
 pub fn sessions(dir: &std::path::Path) -> Option<serde_json::Value> {
-    let text = std::fs::read_to_string(dir.join(uctx_serve::SESSIONS_FILE)).ok()?;
+    let text = std::fs::read_to_string(dir.join(uctx_serve::STATUS_FILE)).ok()?;
     let v: serde_json::Value = serde_json::from_str(&text).ok()?;
     Some(v.get("sessions")?.clone())
 }

@@ -86,6 +86,8 @@ pub struct Index {
     next_id: u64,
     /// Distinguishes this process's namespaces from an earlier run's.
     epoch: u64,
+    /// Changes not yet written to the journal beside the pool.
+    journal: Vec<serde_json::Value>,
 }
 
 /// The shortest overlap that counts as a trimmed history's match.
@@ -133,6 +135,11 @@ impl Index {
         if let Some(k) = key {
             self.by_key.insert(k.to_string(), id);
         }
+        let e = &self.entries[&id];
+        self.journal.push(serde_json::json!({
+            "op": "new", "id": id, "namespace": e.namespace, "key": e.key,
+            "root": hex(&root), "forked_from": forked_from,
+        }));
         id
     }
 
@@ -207,10 +214,7 @@ impl Index {
             None => 0,
         };
         let id = self.create(key, root, parent);
-        let e = self.entries.get_mut(&id).expect("just created");
-        e.msgs = req[..adopt].to_vec();
-        let msgs = e.msgs.clone();
-        self.index_messages(id, root, &msgs, 0);
+        self.append(id, &req[..adopt]);
         Planned {
             conv: id,
             expected_len: adopt,
@@ -226,10 +230,22 @@ impl Index {
         let Some(e) = self.entries.get_mut(&id) else {
             return;
         };
+        if more.is_empty() {
+            return;
+        }
         let at = e.msgs.len();
         e.msgs.extend_from_slice(more);
         let (root, msgs) = (e.root, e.msgs.clone());
         self.index_messages(id, root, &msgs, at);
+        self.journal.push(serde_json::json!({
+            "op": "append", "id": id, "at": at,
+            "messages": more.iter().map(hex).collect::<Vec<_>>(),
+        }));
+    }
+
+    /// The changes since the last call, as journal lines.
+    pub fn take_journal(&mut self) -> Vec<serde_json::Value> {
+        std::mem::take(&mut self.journal)
     }
 
     fn index_messages(&mut self, id: u64, root: Digest, msgs: &[Digest], from: usize) {
@@ -260,68 +276,88 @@ fn unhex(s: &str) -> Option<Digest> {
 }
 
 impl Index {
-    /// The conversations as JSON: what a restarted server matches resent histories by.
-    pub fn to_json(&self) -> serde_json::Value {
+    /// The whole index as journal lines (what a compacted journal holds).
+    pub fn snapshot(&self) -> Vec<serde_json::Value> {
         let mut ids: Vec<&u64> = self.entries.keys().collect();
         ids.sort();
-        let conversations: Vec<serde_json::Value> = ids
-            .into_iter()
-            .map(|id| {
-                let e = &self.entries[id];
-                serde_json::json!({
-                    "id": id,
-                    "namespace": e.namespace,
-                    "key": e.key,
-                    "root": hex(&e.root),
-                    "forked_from": e.forked_from,
+        let mut out = Vec::new();
+        for id in ids {
+            let e = &self.entries[id];
+            out.push(serde_json::json!({
+                "op": "new", "id": id, "namespace": e.namespace, "key": e.key,
+                "root": hex(&e.root), "forked_from": e.forked_from,
+            }));
+            if !e.msgs.is_empty() {
+                out.push(serde_json::json!({
+                    "op": "append", "id": id, "at": 0,
                     "messages": e.msgs.iter().map(hex).collect::<Vec<_>>(),
-                })
-            })
-            .collect();
-        serde_json::json!({"version": 1, "conversations": conversations})
+                }));
+            }
+        }
+        out
     }
 
-    /// The index a previous run left in `path` (empty when there is none or it does
-    /// not read: it is derived, and only dedupes resent histories across restarts).
+    /// The index a previous run journaled in `path`, one JSON object a line (empty when
+    /// there is none; a line that does not read, as a torn last line after a kill, is
+    /// skipped: the journal is derived, and only dedupes resent histories).
     pub fn load(path: &std::path::Path) -> Index {
         let mut ix = Index::new();
         let Ok(text) = std::fs::read_to_string(path) else {
             return ix;
         };
-        let Ok(v) = serde_json::from_str::<serde_json::Value>(&text) else {
-            return ix;
-        };
-        for c in v["conversations"].as_array().into_iter().flatten() {
-            let (Some(id), Some(ns), Some(root)) = (
-                c["id"].as_u64(),
-                c["namespace"].as_str(),
-                c["root"].as_str().and_then(unhex),
-            ) else {
+        for line in text.lines() {
+            let Ok(c) = serde_json::from_str::<serde_json::Value>(line) else {
                 continue;
             };
-            let msgs: Option<Vec<Digest>> = c["messages"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .map(|m| m.as_str().and_then(unhex))
-                .collect();
-            let Some(msgs) = msgs else { continue };
-            let key = c["key"].as_str().map(str::to_string);
-            if let Some(k) = &key {
-                ix.by_key.insert(k.clone(), id);
+            let Some(id) = c["id"].as_u64() else { continue };
+            match c["op"].as_str() {
+                Some("new") => {
+                    let (Some(ns), Some(root)) =
+                        (c["namespace"].as_str(), c["root"].as_str().and_then(unhex))
+                    else {
+                        continue;
+                    };
+                    let key = c["key"].as_str().map(str::to_string);
+                    if let Some(k) = &key {
+                        ix.by_key.insert(k.clone(), id);
+                    }
+                    ix.entries.insert(
+                        id,
+                        Entry {
+                            namespace: ns.to_string(),
+                            key,
+                            root,
+                            msgs: Vec::new(),
+                            forked_from: c["forked_from"].as_u64(),
+                        },
+                    );
+                    ix.next_id = ix.next_id.max(id + 1);
+                }
+                Some("append") => {
+                    let Some(e) = ix.entries.get_mut(&id) else {
+                        continue;
+                    };
+                    let at = c["at"].as_u64().unwrap_or(e.msgs.len() as u64) as usize;
+                    let more: Option<Vec<Digest>> = c["messages"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .map(|m| m.as_str().and_then(unhex))
+                        .collect();
+                    if let (Some(more), true) = (more, at == e.msgs.len()) {
+                        e.msgs.extend(more);
+                    }
+                }
+                _ => {}
             }
-            ix.entries.insert(
-                id,
-                Entry {
-                    namespace: ns.to_string(),
-                    key,
-                    root,
-                    msgs: msgs.clone(),
-                    forked_from: c["forked_from"].as_u64(),
-                },
-            );
+        }
+        let all: Vec<(u64, Digest, Vec<Digest>)> = ix
+            .entries
+            .iter()
+            .map(|(id, e)| (*id, e.root, e.msgs.clone()))
+            .collect();
+        for (id, root, msgs) in all {
             ix.index_messages(id, root, &msgs, 0);
-            ix.next_id = ix.next_id.max(id + 1);
         }
         ix
     }

@@ -35,9 +35,11 @@ pub use upstream::UpstreamSpec;
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:11435";
 /// The Ollama API version reported when the upstream is not Ollama itself.
 pub const OLLAMA_API_VERSION: &str = "0.9.0";
-/// The file beside the pool where the server keeps its conversations (for `uctx status`
-/// and for matching resent histories after a restart).
-pub const SESSIONS_FILE: &str = "serve-sessions.json";
+/// The journal beside the pool where the server keeps its conversations (to match
+/// resent histories after a restart): one JSON object a line, appended to as they grow.
+pub const SESSIONS_FILE: &str = "serve-sessions.jsonl";
+/// The conversations' figures, rewritten after every turn, for `uctx status`.
+pub const STATUS_FILE: &str = "serve-status.json";
 
 /// How the server runs.
 #[derive(Clone)]
@@ -158,6 +160,12 @@ impl State {
         ));
         let sessions_file = memory.pool().dir().join(SESSIONS_FILE);
         let index = convo::Index::load(&sessions_file);
+        // Compact the journal: what was read, one snapshot, replacing it atomically.
+        let tmp = sessions_file.with_extension("jsonl.tmp");
+        let lines: String = index.snapshot().iter().map(|v| format!("{v}\n")).collect();
+        if std::fs::write(&tmp, lines).is_ok() {
+            let _ = std::fs::rename(&tmp, &sessions_file);
+        }
         State {
             token_digest: cfg.token.as_deref().map(token_digest),
             memory,
@@ -261,18 +269,30 @@ impl State {
         sessions
     }
 
-    /// Write the conversations beside the pool (atomically: a temporary file renamed).
+    /// Append what changed to the journal beside the pool, and rewrite the status file
+    /// (one entry per conversation, whatever their length).
     pub(crate) fn persist(&self) {
+        use std::io::Write;
         let _one_at_a_time = lock(&self.persist_lock);
-        let doc = {
-            let ix = lock(&self.index);
-            let mut v = ix.to_json();
-            v["sessions"] = serde_json::json!(self.sessions_json(&ix));
-            v
-        };
-        let tmp = self.sessions_file.with_extension("json.tmp");
+        let lines = lock(&self.index).take_journal();
+        if !lines.is_empty() {
+            let text: String = lines.iter().map(|v| format!("{v}\n")).collect();
+            let _ = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&self.sessions_file)
+                .and_then(|mut f| f.write_all(text.as_bytes()));
+        }
+        self.write_status();
+    }
+
+    /// The conversations' figures for `uctx status` (atomically: a temporary file renamed).
+    fn write_status(&self) {
+        let doc = serde_json::json!({"sessions": self.sessions_json(&lock(&self.index))});
+        let path = self.memory.pool().dir().join(STATUS_FILE);
+        let tmp = path.with_extension("json.tmp");
         if std::fs::write(&tmp, doc.to_string()).is_ok() {
-            let _ = std::fs::rename(&tmp, &self.sessions_file);
+            let _ = std::fs::rename(&tmp, &path);
         }
     }
 }
@@ -319,8 +339,11 @@ impl Server {
         self,
         shutdown: impl std::future::Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
-        axum::serve(self.listener, self.app)
+        let state = Arc::clone(&self.state);
+        let served = axum::serve(self.listener, self.app)
             .with_graceful_shutdown(shutdown)
-            .await
+            .await;
+        state.persist();
+        served
     }
 }

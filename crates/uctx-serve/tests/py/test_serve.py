@@ -33,12 +33,12 @@ def free_port():
 class Server:
     """A `uctx serve` process; stops on exit."""
 
-    def __init__(self, ctx=2048, token=None, listen_host="127.0.0.1", extra=()):
+    def __init__(self, ctx=2048, token=None, listen_host="127.0.0.1", extra=(), pool=None):
         self.dir = tempfile.TemporaryDirectory()
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.args = [
-            UCTX, "--pool", os.path.join(self.dir.name, "pool"), "serve",
+            UCTX, "--pool", pool or os.path.join(self.dir.name, "pool"), "serve",
             "--upstream", "reader", "--ctx", str(ctx),
             "--listen", f"{listen_host}:{self.port}", *extra,
         ]
@@ -384,3 +384,86 @@ class Mcp(unittest.TestCase):
 
         with Server(token="t0k") as s:
             asyncio.run(run(s))
+
+
+LOAD_SECONDS = float(os.environ.get("UCTX_LOAD_SECONDS", "20"))
+
+
+def load(s, clients, seconds, histories, stop=None):
+    """`clients` streaming clients, each its own conversation, until `seconds` pass (or
+    `stop` is set); returns the errors. `histories[i]` is what client i acknowledged."""
+    errors = []
+    deadline = time.time() + seconds
+
+    def client(i):
+        c = s.ollama(timeout=60)
+        code = f"{1000 + i}"
+        m = histories[i]
+        if not m:
+            m.append({"role": "user", "content": f"Client {i} here. The code of client {i} is {code}."})
+        n = 0
+        while time.time() < deadline and not (stop and stop.is_set()):
+            try:
+                text = "".join(
+                    ch.message.content or ""
+                    for ch in c.chat(model="reader", messages=m, stream=True)
+                )
+            except Exception as e:  # a killed server ends the stream; that is the test
+                if not (stop and stop.is_set()):
+                    errors.append((i, repr(e)))
+                return
+            if m[-1]["content"].endswith("?") and code not in text:
+                errors.append((i, n, text))
+            m.append({"role": "assistant", "content": text})
+            n += 1
+            q = f"Turn {n} of client {i}. What is the code of client {i}?" if n % 3 == 0 else f"Turn {n} of client {i}: routine step, nothing new."
+            m.append({"role": "user", "content": q})
+
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(clients)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return errors
+
+
+class Load(unittest.TestCase):
+    def test_16_streaming_clients_then_sigkill_and_restart(self):
+        pool_dir = tempfile.TemporaryDirectory()
+        pool = os.path.join(pool_dir.name, "pool")
+
+        def server():
+            return Server(pool=pool)
+
+        histories = [[] for _ in range(16)]
+        with server() as s:
+            errors = load(s, 16, LOAD_SECONDS, histories)
+            self.assertEqual(errors, [])
+            st = s.status()
+            # No turn lost or stored twice: each conversation holds what its client saw.
+            self.assertEqual(len(st["sessions"]), 16, st)
+            acked = sorted(len(h) - 1 for h in histories)
+            held = sorted(x["messages"] for x in st["sessions"])
+            self.assertEqual(held, acked)
+            self.assertEqual(sorted(x["slices"] for x in st["sessions"]), acked)
+            # Now kill it in the middle of the load.
+            stop = threading.Event()
+            killer = threading.Timer(2.0, lambda: (s.proc.kill(), stop.set()))
+            killer.start()
+            load(s, 16, 30, histories, stop)
+            killer.join()
+        with server() as s:
+            # The pool opens whole; every conversation goes on from what its client saw.
+            out = subprocess.run([UCTX, "--pool", pool, "--json", "status"], capture_output=True, check=True)
+            st = json.loads(out.stdout)
+            self.assertEqual(st["damaged"], [])
+            for h in histories:
+                while h and h[-1]["role"] != "user":
+                    h.pop()
+            errors = load(s, 16, 3, histories)
+            self.assertEqual(errors, [])
+            # A turn the server finished but whose answer the kill cut off is asked again
+            # by its client: answered on a fork, so at most one more per client.
+            n = len(s.status()["sessions"])
+            self.assertTrue(16 <= n <= 32, n)
+        pool_dir.cleanup()
