@@ -33,15 +33,18 @@ def free_port():
 class Server:
     """A `uctx serve` process; stops on exit."""
 
-    def __init__(self, ctx=2048, token=None, listen_host="127.0.0.1", extra=(), pool=None):
+    def __init__(self, ctx=2048, token=None, listen_host="127.0.0.1", extra=(), pool=None,
+                 upstream="reader"):
         self.dir = tempfile.TemporaryDirectory()
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.args = [
             UCTX, "--pool", pool or os.path.join(self.dir.name, "pool"), "serve",
-            "--upstream", "reader", "--ctx", str(ctx),
+            "--upstream", upstream,
             "--listen", f"{listen_host}:{self.port}", *extra,
         ]
+        if ctx is not None:
+            self.args += ["--ctx", str(ctx)]
         self.env = dict(os.environ)
         self.env.pop("UCTX_TOKEN", None)
         if token is not None:
@@ -467,3 +470,46 @@ class Load(unittest.TestCase):
             n = len(s.status()["sessions"])
             self.assertTrue(16 <= n <= 32, n)
         pool_dir.cleanup()
+
+
+REAL = os.environ.get("UCTX_TEST_SERVER")
+
+
+@unittest.skipUnless(REAL, "UCTX_TEST_SERVER names no real model server (llama-server's /v1 URL)")
+class RealModel(unittest.TestCase):
+    """The real-model tier: the same clients through `uctx serve` to a real llama-server."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.server = Server(ctx=None, upstream=f"openai:{REAL}").__enter__()
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.server.__exit__(None, None, None)
+
+    def test_openai_streaming_and_usage(self):
+        c = self.server.openai()
+        msgs = [{"role": "user", "content": "Say hello in three words."}]
+        r = c.chat.completions.create(model="smollm2", messages=msgs, max_tokens=16)
+        self.assertTrue(r.choices[0].message.content)
+        self.assertLessEqual(r.usage.prompt_tokens, 2048)
+        for include in (False, True):
+            kw = {"stream_options": {"include_usage": True}} if include else {}
+            chunks = list(c.chat.completions.create(
+                model="smollm2", messages=msgs, max_tokens=16, stream=True, **kw))
+            usage = [ch for ch in chunks if ch.usage is not None]
+            self.assertEqual(len(usage), 1 if include else 0)
+            if include:
+                self.assertEqual(usage[0].choices, [])
+
+    def test_ollama_client_and_a_conversation_past_the_window(self):
+        c = self.server.ollama(timeout=300)
+        messages = [{"role": "user", "content": "Remember this: the deploy token is kestrel-42."}]
+        for i in range(12):
+            r = c.chat(model="smollm2", messages=messages, options={"num_predict": 24})
+            self.assertTrue(r.done)
+            self.assertLessEqual(r.prompt_eval_count, 2048)
+            messages.append({"role": "assistant", "content": r.message.content})
+            messages.append({"role": "user", "content": filler(i)})
+        st = self.server.status()
+        self.assertEqual(st["sessions"][0]["overflows"], 0, st)
