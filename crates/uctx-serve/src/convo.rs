@@ -454,6 +454,31 @@ mod tests {
     }
 
     #[test]
+    fn the_journal_rebuilds_the_index_and_skips_a_torn_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("j.jsonl");
+        let root = root_digest("sys");
+        let mut ix = Index::new();
+        let p = ix.plan(Some("k"), root, &ds(&["u1"]));
+        ix.append(p.conv, &ds(&["u1", "a1"]));
+        let q = ix.plan(None, root, &ds(&["x1"]));
+        ix.append(q.conv, &ds(&["x1", "y1"]));
+        let mut text: String = ix.take_journal().iter().map(|v| format!("{v}\n")).collect();
+        text.push_str("{\"op\": \"append\", \"id\": 1, \"at\": 2, \"messa");
+        std::fs::write(&path, text).unwrap();
+        let mut back = Index::load(&path);
+        assert_eq!(back.len_of(p.conv), Some(2));
+        assert_eq!(back.len_of(q.conv), Some(2));
+        let again = back.plan(Some("k"), root, &ds(&["u1", "a1", "u2"]));
+        assert_eq!((again.conv, again.record_from), (p.conv, 2));
+        let chained = back.plan(None, root, &ds(&["x1", "y1", "x2"]));
+        assert_eq!((chained.conv, chained.record_from), (q.conv, 2));
+        // New conversations after a restart get ids (and namespaces) of their own.
+        let fresh = back.plan(None, root, &ds(&["z"]));
+        assert!(fresh.conv > q.conv);
+    }
+
+    #[test]
     fn keys_decide_before_content() {
         let mut ix = Index::new();
         let root = root_digest("");
