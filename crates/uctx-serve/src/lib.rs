@@ -140,7 +140,12 @@ pub struct State {
     token_digest: Option<[u8; 32]>,
     sessions_file: PathBuf,
     persist_lock: Mutex<()>,
+    /// Bounds the turns in flight at once (each holds a blocking thread).
+    pub(crate) turns: Arc<tokio::sync::Semaphore>,
 }
+
+/// Turns answered at once; more wait for a free slot.
+pub const MAX_TURNS_IN_FLIGHT: usize = 64;
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
@@ -176,6 +181,7 @@ impl State {
             housekeeping: AtomicU64::new(0),
             sessions_file,
             persist_lock: Mutex::new(()),
+            turns: Arc::new(tokio::sync::Semaphore::new(MAX_TURNS_IN_FLIGHT)),
         }
     }
 

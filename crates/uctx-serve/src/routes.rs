@@ -381,6 +381,30 @@ async fn chat(
         return ApiError::bad_request("invalid_messages", "`messages` must be a list")
             .response(api);
     }
+    // Ollama's clients load a model with an empty chat: nothing to answer or store.
+    if api == Api::Ollama && body["messages"].as_array().is_some_and(Vec::is_empty) {
+        if matches!(st.upstream.spec, UpstreamSpec::Ollama(_)) {
+            let mut headers = HeaderMap::new();
+            headers.insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            );
+            return forward(
+                &st,
+                Method::POST,
+                uri,
+                headers,
+                Bytes::from(body.to_string()),
+            )
+            .await;
+        }
+        return Json(json!({
+            "model": model, "created_at": crate::wire::rfc3339_now(),
+            "message": {"role": "assistant", "content": ""},
+            "done_reason": "load", "done": true,
+        }))
+        .into_response();
+    }
     let stream = body
         .get("stream")
         .and_then(Value::as_bool)
@@ -397,7 +421,15 @@ async fn chat(
     };
     let (tx, mut rx) = mpsc::channel::<Event>(256);
     let st2 = Arc::clone(&st);
-    tokio::task::spawn_blocking(move || crate::chat::run(&st2, job, tx));
+    // Turns in flight at once are bounded; the rest wait their turn here.
+    let permit = match Arc::clone(&st.turns).acquire_owned().await {
+        Ok(p) => p,
+        Err(_) => return ApiError::internal("the server is shutting down").response(api),
+    };
+    tokio::task::spawn_blocking(move || {
+        crate::chat::run(&st2, job, tx);
+        drop(permit);
+    });
     let mut enc = Encoder::new(api, &model, include_usage);
     // Nothing is sent before the first event: an error before the answer starts gets
     // a proper status.

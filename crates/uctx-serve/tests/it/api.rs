@@ -159,6 +159,17 @@ fn ollama_routes_with_the_reader() {
     let (_, body) = get(&format!("{}/v1/models", s.url), &[]);
     let v: Value = serde_json::from_str(&body).unwrap();
     assert_eq!(v["data"][0]["id"], "reader");
+    // An empty chat loads the model, as Ollama's clients expect.
+    let (status, body) = post_json(
+        &format!("{}/api/chat", s.url),
+        &json!({"model": "reader", "messages": []}),
+    );
+    assert_eq!(status, 200, "{body}");
+    let v: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(
+        (v["done"].clone(), v["done_reason"].clone()),
+        (json!(true), json!("load"))
+    );
 }
 
 #[test]
