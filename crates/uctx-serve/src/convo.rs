@@ -164,8 +164,15 @@ impl Index {
                     if k_len == msgs.len() && k_len < n {
                         return extend(c, msgs.len(), k_len);
                     }
-                    if let Some(l) = tail_overlap(msgs, req) {
+                    if let Some(l) = tail_overlap(msgs, req, 1) {
                         return extend(c, msgs.len(), l);
+                    }
+                    // The key says it is this conversation: a request that shares nothing
+                    // with it (a client that sends only its latest messages) goes on with
+                    // it; one that departs from it after a shared start (an edit, a
+                    // regeneration) forks.
+                    if k_len == 0 {
+                        return extend(c, msgs.len(), 0);
                     }
                     (Some(c), k_len)
                 }
@@ -196,7 +203,8 @@ impl Index {
                             .flatten()
                             .filter(|(c, _)| self.entries[c].root == root)
                             .filter_map(|(c, _)| {
-                                tail_overlap(&self.entries[c].msgs, req).map(|l| (l, *c))
+                                tail_overlap(&self.entries[c].msgs, req, MIN_TAIL_OVERLAP)
+                                    .map(|l| (l, *c))
                             })
                             .max()
                     });
@@ -363,11 +371,11 @@ impl Index {
     }
 }
 
-/// The longest `l` (at least [`MIN_TAIL_OVERLAP`], less than the request) such that the
-/// request's first `l` messages are the conversation's last `l`.
-fn tail_overlap(msgs: &[Digest], req: &[Digest]) -> Option<usize> {
+/// The longest `l` (at least `min`, less than the request) such that the request's first
+/// `l` messages are the conversation's last `l`.
+fn tail_overlap(msgs: &[Digest], req: &[Digest], min: usize) -> Option<usize> {
     let max = msgs.len().min(req.len().saturating_sub(1));
-    (MIN_TAIL_OVERLAP..=max)
+    (min.max(1)..=max)
         .rev()
         .find(|&l| msgs[msgs.len() - l..] == req[..l])
 }
@@ -489,9 +497,16 @@ mod tests {
         assert_eq!(ix.get(a.conv).unwrap().namespace, "serve/a");
         let a2 = ix.plan(Some("a"), root, &ds(&["hi", "hello", "more"]));
         assert_eq!((a2.conv, a2.record_from), (a.conv, 2));
-        // Regenerating the last answer forks the keyed conversation.
-        let r = ix.plan(Some("a"), root, &ds(&["hi"]));
+        ix.append(a.conv, &ds(&["more", "ok"]));
+        // A client that sends only its latest message goes on with the conversation.
+        let latest = ix.plan(Some("a"), root, &ds(&["next"]));
+        assert_eq!(
+            (latest.conv, latest.record_from, latest.created),
+            (a.conv, 0, false)
+        );
+        // Regenerating an answer after a shared start forks the keyed conversation.
+        let r = ix.plan(Some("a"), root, &ds(&["hi", "hello", "more"]));
         assert!(r.created);
-        assert_eq!(r.forked_from, Some(a.conv));
+        assert_eq!((r.forked_from, r.adopt), (Some(a.conv), 2));
     }
 }

@@ -340,3 +340,27 @@ fn a_client_that_disconnects_mid_stream_leaves_a_consistent_pool() {
         "a retry is a regeneration: {st}"
     );
 }
+
+#[test]
+fn a_keyed_client_that_sends_only_its_latest_message_keeps_its_memory() {
+    let s = start(config(UpstreamSpec::Reader, Some(2048)));
+    let url = format!("{}/s/notes/api/chat", s.url);
+    let ask = |text: &str| {
+        let body = json!({"model": "reader", "stream": false,
+                          "messages": [{"role": "user", "content": text}]});
+        let (code, body) = post_json(&url, &body);
+        assert_eq!(code, 200, "{body}");
+        serde_json::from_str::<Value>(&body).unwrap()["message"]["content"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    ask("The fruit of the week is plum.");
+    for i in 0..30 {
+        ask(&filler(i));
+    }
+    let answer = ask("What is the fruit of the week?");
+    assert!(answer.contains("plum"), "{answer}");
+    let st = status(&s.url);
+    assert_eq!(st["sessions"].as_array().unwrap().len(), 1, "{st}");
+}
