@@ -107,6 +107,7 @@ impl Command {
             Command::Repair => "repair",
             Command::Bench(_) => "bench",
             Command::Serve(_) => "serve",
+            Command::Mcp => "mcp",
         }
     }
 }
@@ -137,6 +138,8 @@ pub enum Command {
     Bench(BenchArgs),
     /// Serve the Ollama and OpenAI APIs in front of a model server, with paged memory.
     Serve(crate::serve::ServeArgs),
+    /// The pool's tools (remember, recall, forget, status) for agent hosts, over MCP on stdio.
+    Mcp,
 }
 
 #[derive(Args, Debug)]
