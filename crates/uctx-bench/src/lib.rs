@@ -2,6 +2,7 @@
 //! `run` function and a serializable report with a `table()` for humans; the
 //! CLI only parses flags and prints.
 
+pub mod beir;
 pub mod drift;
 pub mod encoder;
 pub mod locomo;

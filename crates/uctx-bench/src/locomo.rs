@@ -1,18 +1,21 @@
 //! Turn-level retrieval on LoCoMo-10: can the memory find the turn that answers a question?
 //!
-//! Per conversation the corpus is every turn, as `speaker: text`; the queries are the
-//! questions of categories 1-4 (single-hop, multi-hop, temporal, open-domain) whose `evidence`
-//! names at least one turn; a question is a hit at k when one of its evidence turns is in the
-//! top k. Arms, all on the same task:
+//! Every conversation is written to one pool in a temporary directory through
+//! [`Memory::write`], a namespace per conversation, each turn a unit of its own (`speaker:
+//! text`); the queries are the questions of categories 1-4 (single-hop, multi-hop, temporal,
+//! open-domain) whose `evidence` names at least one turn, searched in their conversation's
+//! namespace through [`Memory::search_with`], top [`DEPTH`]: the path sessions take, over
+//! the pool's i8 index and BM25. A question is a hit at k when one of its evidence turns is
+//! in the top k; MRR counts the first [`DEPTH`]. Arms, all on the same pool:
 //!
-//! - **bm25**: [`uctx::lexical::Bm25`] over the turns;
-//! - **dense**: the encoder under test (the bundled static model unless another is given);
-//! - **hybrid**: reciprocal rank fusion of dense and BM25;
-//! - **hybrid+ctx**: hybrid, each turn's fused score raised by a quarter of its neighbours' in the
-//!   same session, since an answer often spans two adjacent turns;
-//! - **transformer**: all-MiniLM-L6-v2 itself, read from the reference file that
-//!   `tools/distill/locomo_reference.py` writes (same task, same scoring).
+//! - **bm25**: BM25 alone;
+//! - **dense**: the encoder under test alone (the bundled static model unless another is given);
+//! - **hybrid**: the fusion [`Memory::search`] uses, what a session gets;
+//! - the transformer reference (all-MiniLM-L6-v2 over f32 vectors, full rankings, from the file
+//!   `tools/distill/locomo_reference.py` writes), all ten conversations only, as a note.
 //!
+//! Conversations 0-4 are the tuning split (`--sweep` scores each fusion tried on them only)
+//! and 5-9 are held out; every arm reports both and the whole.
 //! LoCoMo (CC BY-NC 4.0) is for evaluation only and is never shipped: pass its path.
 //! [`load`] reads the file for this bench and for [`crate::locomo_qa`].
 
@@ -23,13 +26,17 @@ use std::time::Instant;
 
 use anyhow::{bail, Context};
 use serde::Serialize;
-use uctx::encoder::{dot, Encoder};
-use uctx::lexical::{rrf, Bm25};
+use uctx::encoder::Encoder;
+use uctx::memory::{Memory, Ranking, Unit};
+use uctx::pool::Scope;
+use uctx::Source;
 
 /// The cut-offs reported.
 pub const KS: [usize; 4] = [1, 5, 10, 20];
-/// How much of each neighbour's fused score a turn receives in the hybrid+ctx arm.
-pub const NEIGHBOUR_WEIGHT: f32 = 0.25;
+/// Results asked of each search (the largest cut-off).
+pub const DEPTH: usize = 20;
+/// Conversations with an index below this are the tuning split; the rest are held out.
+pub const TUNE_CONVERSATIONS: usize = 5;
 
 /// What the bench needs to run.
 pub struct Args {
@@ -40,6 +47,8 @@ pub struct Args {
     /// The transformer's scores; [`default_reference`] when `None`. A missing file leaves
     /// that arm out with a note.
     pub reference: Option<PathBuf>,
+    /// Also score every fusion of [`crate::beir::sweep_grid`] on the tuning conversations.
+    pub sweep: bool,
 }
 
 /// The reference file committed with the bench.
@@ -67,10 +76,30 @@ pub struct Metrics {
 pub struct Arm {
     pub name: String,
     pub overall: Metrics,
-    /// Keyed by category number ("1".."4").
+    /// Conversations 0-4.
+    pub tune: Metrics,
+    /// Conversations 5-9.
+    pub held_out: Metrics,
+    /// Held out, keyed by category number ("1".."4").
     pub per_category: BTreeMap<String, Metrics>,
-    /// Seconds spent indexing and searching (absent for the reference).
-    pub seconds: Option<f64>,
+    /// Seconds spent searching.
+    pub seconds: f64,
+}
+
+/// The transformer reference, over all conversations (its file has no split).
+#[derive(Clone, Debug, Serialize)]
+pub struct Reference {
+    pub name: String,
+    pub overall: Metrics,
+    pub per_category: BTreeMap<String, Metrics>,
+}
+
+/// One fusion's figures on the tuning conversations.
+#[derive(Clone, Debug, Serialize)]
+pub struct SweepRow {
+    pub norm: String,
+    pub dense_weight: f32,
+    pub tune: Metrics,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -79,7 +108,14 @@ pub struct Report {
     pub conversations: usize,
     pub turns: usize,
     pub questions: usize,
+    /// What `hybrid` is.
+    pub fusion: String,
     pub arms: Vec<Arm>,
+    pub reference: Option<Reference>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub sweep: Vec<SweepRow>,
+    /// Seconds to write every conversation to the pool.
+    pub ingest_seconds: f64,
     /// Why an arm is missing, if one is.
     pub notes: Vec<String>,
 }
@@ -219,10 +255,11 @@ pub fn load(path: &Path) -> anyhow::Result<Vec<Conversation>> {
     Ok(out)
 }
 
-/// One conversation as this bench searches it: each line as `speaker: text`, its session.
+/// One conversation as this bench searches it: its namespace and questions.
 struct Retrieval {
-    sessions: Vec<u32>,
-    texts: Vec<String>,
+    namespace: String,
+    tune: bool,
+    turns: usize,
     questions: Vec<Question>,
 }
 
@@ -258,10 +295,11 @@ impl Tally {
         }
     }
 
-    fn into_arm(self, name: &str, seconds: f64) -> Arm {
+    /// Over every category, and per category.
+    fn summary(&self) -> (Metrics, BTreeMap<String, Metrics>) {
         let mut total = (0, [0; 4], 0.0);
         let mut per_category = BTreeMap::new();
-        for (cat, (n, hits, rr)) in self.per {
+        for (cat, &(n, hits, rr)) in &self.per {
             total.0 += n;
             for (t, h) in total.1.iter_mut().zip(hits) {
                 *t += h;
@@ -269,11 +307,37 @@ impl Tally {
             total.2 += rr;
             per_category.insert(cat.to_string(), Self::metrics(n, hits, rr));
         }
+        (Self::metrics(total.0, total.1, total.2), per_category)
+    }
+}
+
+/// One arm's tallies: all, tune, held out.
+#[derive(Default)]
+struct Split {
+    all: Tally,
+    tune: Tally,
+    held_out: Tally,
+}
+
+impl Split {
+    fn add(&mut self, tune: bool, category: u8, rank: Option<usize>) {
+        self.all.add(category, rank);
+        if tune {
+            self.tune.add(category, rank)
+        } else {
+            self.held_out.add(category, rank)
+        }
+    }
+
+    fn into_arm(self, name: &str, seconds: f64) -> Arm {
+        let (held_out, per_category) = self.held_out.summary();
         Arm {
             name: name.to_string(),
-            overall: Self::metrics(total.0, total.1, total.2),
+            overall: self.all.summary().0,
+            tune: self.tune.summary().0,
+            held_out,
             per_category,
-            seconds: Some((seconds * 1000.0).round() / 1000.0),
+            seconds: (seconds * 1000.0).round() / 1000.0,
         }
     }
 }
@@ -290,141 +354,142 @@ fn first_hit(ranking: &[u64], evidence: &[usize]) -> Option<usize> {
         .map(|p| p + 1)
 }
 
-/// Run every arm.
-pub fn run(args: &Args) -> anyhow::Result<Report> {
-    let convs: Vec<Retrieval> = load(&args.data)?
+/// The turns `ranking` finds for `question`, best first.
+fn turns(
+    memory: &Memory,
+    c: &Retrieval,
+    question: &str,
+    ranking: Ranking,
+) -> anyhow::Result<Vec<u64>> {
+    Ok(memory
+        .search_with(question, DEPTH, Scope::Namespace(&c.namespace), ranking)?
         .into_iter()
-        .map(|c| Retrieval {
-            sessions: c.lines.iter().map(|l| l.session).collect(),
-            texts: c.lines.iter().map(Line::said).collect(),
+        .map(|h| h.meta.turn)
+        .collect())
+}
+
+/// Score `ranking` on the conversations `which` selects.
+fn tally(
+    memory: &Memory,
+    convs: &[Retrieval],
+    ranking: Ranking,
+    which: impl Fn(&Retrieval) -> bool,
+) -> anyhow::Result<Split> {
+    let mut split = Split::default();
+    for c in convs.iter().filter(|c| which(c)) {
+        for q in &c.questions {
+            let found = turns(memory, c, &q.text, ranking)?;
+            split.add(c.tune, q.category, first_hit(&found, &q.evidence));
+        }
+    }
+    Ok(split)
+}
+
+/// Write every conversation to a pool, run every arm.
+pub fn run(args: &Args) -> anyhow::Result<Report> {
+    let loaded = load(&args.data)?;
+    if loaded.len() <= TUNE_CONVERSATIONS {
+        bail!(
+            "{} holds {} conversations; the bench tunes on conversations 0-{} and needs more to hold out",
+            args.data.display(),
+            loaded.len(),
+            TUNE_CONVERSATIONS - 1
+        );
+    }
+    let dir = tempfile::tempdir()?;
+    let memory = Memory::open(
+        &dir.path().join("pool"),
+        args.encoder.clone(),
+        true,
+        false,
+        None,
+    )?;
+    let t = Instant::now();
+    let mut convs = Vec::new();
+    for (i, c) in loaded.into_iter().enumerate() {
+        let namespace = format!("locomo-{i}");
+        let said: Vec<String> = c.lines.iter().map(Line::said).collect();
+        let units: Vec<Unit<'_>> = said
+            .iter()
+            .zip(&c.lines)
+            .enumerate()
+            .map(|(n, (text, line))| Unit {
+                namespace: &namespace,
+                source: Source::User,
+                text,
+                turn: n as u64,
+                ext_id: Some(&line.id),
+            })
+            .collect();
+        memory.write(&units)?;
+        convs.push(Retrieval {
+            namespace,
+            tune: i < TUNE_CONVERSATIONS,
+            turns: c.lines.len(),
             questions: c
                 .questions
                 .into_iter()
                 .filter(|q| (1..=4).contains(&q.category) && !q.evidence.is_empty())
                 .collect(),
-        })
-        .collect();
+        });
+    }
+    let ingest_seconds = round4(t.elapsed().as_secs_f64());
     if convs.iter().all(|c| c.questions.is_empty()) {
         bail!(
             "{} holds no LoCoMo questions of categories 1-4",
             args.data.display()
         );
     }
-    let mut names = ["bm25", "dense", "hybrid", "hybrid+ctx"].map(|n| (n, Tally::default(), 0.0));
 
-    for c in &convs {
-        if c.questions.is_empty() {
-            continue;
-        }
-        let n = c.texts.len();
-
+    let mut arms = Vec::new();
+    for (name, ranking) in [
+        ("bm25", Ranking::Lexical),
+        ("dense", Ranking::Dense),
+        ("hybrid", Ranking::DEFAULT),
+    ] {
         let t = Instant::now();
-        let mut bm25 = Bm25::new();
-        for (i, text) in c.texts.iter().enumerate() {
-            bm25.add(i as u64, text);
-        }
-        let sparse: Vec<Vec<(u64, f32)>> = c
-            .questions
-            .iter()
-            .map(|q| bm25.search(&q.text, n))
-            .collect();
-        names[0].2 += t.elapsed().as_secs_f64();
-
-        let t = Instant::now();
-        let refs: Vec<&str> = c.texts.iter().map(String::as_str).collect();
-        let docs = args.encoder.encode_batch(&refs);
-        let dense: Vec<Vec<(u64, f32)>> = c
-            .questions
-            .iter()
-            .map(|q| {
-                let qv = args.encoder.encode(&q.text);
-                let mut hits: Vec<(u64, f32)> = docs
-                    .iter()
-                    .enumerate()
-                    .map(|(i, d)| (i as u64, dot(&qv, d)))
-                    .collect();
-                hits.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
-                hits
-            })
-            .collect();
-        names[1].2 += t.elapsed().as_secs_f64();
-
-        for (qi, q) in c.questions.iter().enumerate() {
-            let ids = |l: &[(u64, f32)]| l.iter().map(|h| h.0).collect::<Vec<_>>();
-            names[0]
-                .1
-                .add(q.category, first_hit(&ids(&sparse[qi]), &q.evidence));
-            names[1]
-                .1
-                .add(q.category, first_hit(&ids(&dense[qi]), &q.evidence));
-
-            let t = Instant::now();
-            let fused = rrf(&[dense[qi].clone(), sparse[qi].clone()], n);
-            let fused_ids = ids(&fused);
-            names[2].2 += t.elapsed().as_secs_f64();
-            names[2]
-                .1
-                .add(q.category, first_hit(&fused_ids, &q.evidence));
-
-            let t = Instant::now();
-            let ctx = with_neighbours(&fused, &c.sessions);
-            names[3].2 += t.elapsed().as_secs_f64();
-            names[3]
-                .1
-                .add(q.category, first_hit(&ids(&ctx), &q.evidence));
+        let split = tally(&memory, &convs, ranking, |_| true)?;
+        arms.push(split.into_arm(name, t.elapsed().as_secs_f64()));
+    }
+    let mut sweep = Vec::new();
+    if args.sweep {
+        for f in crate::beir::sweep_grid() {
+            let split = tally(&memory, &convs, Ranking::Fused(f), |c| c.tune)?;
+            sweep.push(SweepRow {
+                norm: format!("{:?}", f.norm),
+                dense_weight: f.dense_weight,
+                tune: split.tune.summary().0,
+            });
         }
     }
 
-    let mut arms: Vec<Arm> = Vec::new();
     let mut notes = Vec::new();
-    let reference = args.reference.clone().unwrap_or_else(default_reference);
-    match read_reference(&reference) {
-        Ok(arm) => arms.push(arm),
-        Err(e) => notes.push(format!(
-            "transformer arm left out: {e:#} — regenerate it with `python3 tools/distill/locomo_reference.py --data {}`",
-            args.data.display()
-        )),
-    }
-    let dense_secs = names[1].2;
-    for (i, (name, tally, secs)) in names.into_iter().enumerate() {
-        // The fused arms include the time of both rankings they fuse.
-        let secs = if i >= 2 { secs + dense_secs } else { secs };
-        arms.push(tally.into_arm(name, secs));
-    }
+    let reference_path = args.reference.clone().unwrap_or_else(default_reference);
+    let reference = match read_reference(&reference_path) {
+        Ok(r) => Some(r),
+        Err(e) => {
+            notes.push(format!(
+                "transformer reference left out: {e:#} — regenerate it with `python3 tools/distill/locomo_reference.py --data {}`",
+                args.data.display()
+            ));
+            None
+        }
+    };
     Ok(Report {
         encoder: args.encoder.fingerprint(),
         conversations: convs.len(),
-        turns: convs.iter().map(|c| c.texts.len()).sum(),
+        turns: convs.iter().map(|c| c.turns).sum(),
         questions: convs.iter().map(|c| c.questions.len()).sum(),
+        fusion: crate::beir::describe(uctx::lexical::Fusion::DEFAULT),
         arms,
+        reference,
+        sweep,
+        ingest_seconds,
         notes,
     })
 }
 
-/// Each turn's score plus [`NEIGHBOUR_WEIGHT`] times the scores of the turns just before and
-/// after it in the same session; re-ranked.
-fn with_neighbours(fused: &[(u64, f32)], sessions: &[u32]) -> Vec<(u64, f32)> {
-    let mut score = vec![0.0f32; sessions.len()];
-    for &(id, s) in fused {
-        score[id as usize] = s;
-    }
-    let mut out: Vec<(u64, f32)> = (0..sessions.len())
-        .map(|i| {
-            let mut s = score[i];
-            if i > 0 && sessions[i - 1] == sessions[i] {
-                s += NEIGHBOUR_WEIGHT * score[i - 1];
-            }
-            if i + 1 < sessions.len() && sessions[i + 1] == sessions[i] {
-                s += NEIGHBOUR_WEIGHT * score[i + 1];
-            }
-            (i as u64, s)
-        })
-        .collect();
-    out.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
-    out
-}
-
-fn read_reference(path: &Path) -> anyhow::Result<Arm> {
+fn read_reference(path: &Path) -> anyhow::Result<Reference> {
     #[derive(serde::Deserialize)]
     struct File {
         overall: Metrics,
@@ -433,43 +498,76 @@ fn read_reference(path: &Path) -> anyhow::Result<Arm> {
     let raw = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
     let f: File = serde_json::from_slice(&raw)
         .with_context(|| format!("{} is not a LoCoMo reference file", path.display()))?;
-    Ok(Arm {
+    Ok(Reference {
         name: "transformer (ref)".to_string(),
         overall: f.overall,
         per_category: f.per_category,
-        seconds: None,
     })
 }
 
 impl Report {
-    /// Overall figures per arm, then recall@10 per category.
+    /// Per arm: held out, tuning and all conversations; then held-out recall@10 per category.
     pub fn table(&self) -> String {
         let mut t = format!(
-            "LoCoMo turn retrieval: {} conversations, {} turns, {} questions (categories 1-4)\nencoder {}\n\n",
-            self.conversations, self.turns, self.questions, self.encoder
+            "LoCoMo turn retrieval through Memory::search: {} conversations, {} turns, {} questions (categories 1-4)\nencoder {}; hybrid = {}\nconversations 0-{} tune, {}-{} held out; MRR over the top {}\n\n",
+            self.conversations,
+            self.turns,
+            self.questions,
+            self.encoder,
+            self.fusion,
+            TUNE_CONVERSATIONS - 1,
+            TUNE_CONVERSATIONS,
+            self.conversations - 1,
+            DEPTH,
         );
-        t.push_str("| arm                | R@1   | R@5   | R@10  | R@20  | MRR   | R@10 cat1 | cat2  | cat3  | cat4  |\n");
-        t.push_str("|--------------------|-------|-------|-------|-------|-------|-----------|-------|-------|-------|\n");
+        t.push_str(
+            "| arm               | split    | n    | R@1   | R@5   | R@10  | R@20  | MRR   |\n",
+        );
+        t.push_str(
+            "|-------------------|----------|------|-------|-------|-------|-------|-------|\n",
+        );
+        let row = |t: &mut String, name: &str, split: &str, m: &Metrics| {
+            t.push_str(&format!(
+                "| {:<17} | {:<8} | {:>4} | {:.3} | {:.3} | {:.3} | {:.3} | {:.3} |\n",
+                name, split, m.n, m.recall_1, m.recall_5, m.recall_10, m.recall_20, m.mrr
+            ));
+        };
         for a in &self.arms {
-            let m = &a.overall;
+            row(&mut t, &a.name, "held out", &a.held_out);
+        }
+        for a in &self.arms {
+            row(&mut t, &a.name, "tune", &a.tune);
+        }
+        for a in &self.arms {
+            row(&mut t, &a.name, "all", &a.overall);
+        }
+        if let Some(r) = &self.reference {
+            row(&mut t, &r.name, "all", &r.overall);
+        }
+        t.push_str("\nheld-out R@10 per category:\n| arm    | cat1  | cat2  | cat3  | cat4  |\n|--------|-------|-------|-------|-------|\n");
+        for a in &self.arms {
             let cat = |c: &str| {
                 a.per_category
                     .get(c)
                     .map_or("—".to_string(), |m| format!("{:.3}", m.recall_10))
             };
             t.push_str(&format!(
-                "| {:<18} | {:.3} | {:.3} | {:.3} | {:.3} | {:.3} | {:>9} | {:>5} | {:>5} | {:>5} |\n",
+                "| {:<6} | {:>5} | {:>5} | {:>5} | {:>5} |\n",
                 a.name,
-                m.recall_1,
-                m.recall_5,
-                m.recall_10,
-                m.recall_20,
-                m.mrr,
                 cat("1"),
                 cat("2"),
                 cat("3"),
-                cat("4"),
+                cat("4")
             ));
+        }
+        if !self.sweep.is_empty() {
+            t.push_str("\nsweep on the tuning conversations only:\n| norm   | dense w | R@10  | MRR   |\n|--------|---------|-------|-------|\n");
+            for r in &self.sweep {
+                t.push_str(&format!(
+                    "| {:<6} | {:.1}     | {:.3} | {:.3} |\n",
+                    r.norm, r.dense_weight, r.tune.recall_10, r.tune.mrr
+                ));
+            }
         }
         for n in &self.notes {
             t.push_str(&format!("\nnote: {n}\n"));
@@ -489,31 +587,19 @@ mod tests {
     }
 
     #[test]
-    fn neighbours_lift_adjacent_turns_within_a_session_only() {
-        let fused = vec![(1, 1.0), (3, 0.1)];
-        let sessions = [1, 1, 1, 2, 2];
-        let out = with_neighbours(&fused, &sessions);
-        let score = |id: u64| out.iter().find(|h| h.0 == id).unwrap().1;
-        assert_eq!(score(0), NEIGHBOUR_WEIGHT);
-        assert_eq!(score(2), NEIGHBOUR_WEIGHT);
-        assert_eq!(
-            score(4),
-            0.1 * NEIGHBOUR_WEIGHT,
-            "turn 3's neighbour in session 2"
-        );
-        assert_eq!(out[0].0, 1);
-    }
-
-    #[test]
     fn tally_counts_recall_and_mrr() {
-        let mut t = Tally::default();
-        t.add(1, Some(1));
-        t.add(1, Some(6));
-        t.add(2, None);
+        let mut t = Split::default();
+        t.add(false, 1, Some(1));
+        t.add(false, 1, Some(6));
+        t.add(false, 2, None);
+        t.add(true, 2, Some(1));
         let arm = t.into_arm("x", 0.0);
-        assert_eq!(arm.overall.n, 3);
-        assert_eq!(arm.overall.recall_1, round4(1.0 / 3.0));
-        assert_eq!(arm.overall.recall_10, round4(2.0 / 3.0));
-        assert_eq!(arm.per_category["1"].mrr, round4((1.0 + 1.0 / 6.0) / 2.0));
+        assert_eq!(arm.overall.n, 4);
+        assert_eq!(arm.tune.n, 1);
+        assert_eq!(arm.tune.recall_1, 1.0);
+        let arm = arm.held_out;
+        assert_eq!(arm.n, 3);
+        assert_eq!(arm.recall_1, round4(1.0 / 3.0));
+        assert_eq!(arm.recall_10, round4(2.0 / 3.0));
     }
 }

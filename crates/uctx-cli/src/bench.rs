@@ -4,16 +4,17 @@ use std::io::IsTerminal;
 use std::process::ExitCode;
 
 use uctx::encoder::StaticEncoder;
-use uctx_bench::{drift, encoder, locomo, locomo_qa, scale};
+use uctx_bench::{beir, drift, encoder, locomo, locomo_qa, scale};
 
 use crate::cli::{
-    BenchArgs, BenchCommand, DriftArgs, EncoderBenchArgs, Global, LocomoArgs, LocomoQaArgs,
-    ScaleArgs,
+    BeirArgs, BenchArgs, BenchCommand, DriftArgs, EncoderBenchArgs, Global, LocomoArgs,
+    LocomoQaArgs, ScaleArgs,
 };
 use crate::open;
 
 pub fn bench(g: &Global, a: &BenchArgs) -> anyhow::Result<ExitCode> {
     match &a.which {
+        BenchCommand::Beir(b) => bench_beir(g, b),
         BenchCommand::Drift(d) => bench_drift(g, d),
         BenchCommand::Encoder(e) => bench_encoder(g, e),
         BenchCommand::Locomo(l) => bench_locomo(g, l),
@@ -126,11 +127,21 @@ fn bench_encoder(g: &Global, a: &EncoderBenchArgs) -> anyhow::Result<ExitCode> {
     emit(g, &report, report.table())
 }
 
+fn bench_beir(g: &Global, a: &BeirArgs) -> anyhow::Result<ExitCode> {
+    let report = beir::run(&beir::Args {
+        data: a.data.clone(),
+        encoder: open::encoder(g)?,
+        sweep: a.sweep,
+    })?;
+    emit(g, &report, report.table())
+}
+
 fn bench_locomo(g: &Global, a: &LocomoArgs) -> anyhow::Result<ExitCode> {
     let report = locomo::run(&locomo::Args {
         data: a.data.clone(),
         encoder: open::encoder(g)?,
         reference: a.reference.clone(),
+        sweep: a.sweep,
     })?;
     emit(g, &report, report.table())
 }

@@ -223,6 +223,8 @@ pub struct BenchArgs {
 
 #[derive(Subcommand, Debug)]
 pub enum BenchCommand {
+    /// Document retrieval on a BEIR-format set: nDCG@10, recall@10/100 for BM25, dense and hybrid.
+    Beir(BeirArgs),
     /// Engine OFF (sliding window) against ON (paged memory) on a long scripted build.
     Drift(DriftArgs),
     /// Encoder speed on one thread, against the Python model2vec package on the same model.
@@ -279,6 +281,16 @@ pub struct EncoderBenchArgs {
 }
 
 #[derive(Args, Debug)]
+pub struct BeirArgs {
+    /// A BEIR-format folder: corpus.jsonl, queries.jsonl, qrels/test.tsv.
+    #[arg(long, value_name = "DIR")]
+    pub data: std::path::PathBuf,
+    /// Also score each fusion tried, on the tuning queries only.
+    #[arg(long)]
+    pub sweep: bool,
+}
+
+#[derive(Args, Debug)]
 pub struct LocomoArgs {
     /// LoCoMo's `locomo10.json` (CC BY-NC 4.0; not shipped with uctx).
     #[arg(long, value_name = "FILE")]
@@ -286,6 +298,9 @@ pub struct LocomoArgs {
     /// The transformer reference scores [default: the file committed with the bench].
     #[arg(long, value_name = "FILE")]
     pub reference: Option<std::path::PathBuf>,
+    /// Also score each fusion tried, on the tuning conversations only.
+    #[arg(long)]
+    pub sweep: bool,
 }
 
 #[derive(Args, Debug)]

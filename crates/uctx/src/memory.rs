@@ -4,9 +4,10 @@
 //! pager) goes through [`Memory`], so chunking and encoding happen in one place.
 //!
 //! Search is hybrid: the dense ranking from the pool's vectors and a BM25
-//! ranking over the same slices, merged by reciprocal rank fusion. A dense
-//! static model alone loses to BM25 on conversation (exact names, numbers,
-//! identifiers); together they beat both. The BM25 indexes are in memory,
+//! ranking over the same slices, merged by [`lexical::fuse`] (each list's scores
+//! normalised, then weighted). A dense static model alone loses to BM25 on
+//! conversation and documents (exact names, numbers, identifiers); fused they
+//! do better than either. The BM25 indexes are in memory,
 //! one per namespace, built from the pool on the first search that needs them
 //! and kept current by [`Memory::write`]; like every index they are derived
 //! from the pool. Above [`LEXICAL_MAX_SLICES`] slices in scope, search is dense only.
@@ -17,7 +18,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use crate::chunk;
 use crate::encoder::Encoder;
-use crate::lexical::{self, Bm25};
+use crate::lexical::{self, Bm25, Fusion};
 use crate::pool::{Hit, Pool, PoolOptions, Scope};
 use crate::slice::{NewSlice, Slice, Source};
 use crate::{Error, Result};
@@ -55,6 +56,22 @@ pub const LEXICAL_MAX_SLICES: u64 = 50_000;
 
 /// Candidates each ranking contributes before fusion, per result wanted.
 const FUSION_DEPTH: usize = 3;
+
+/// Which rankings [`Memory::search_with`] uses.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Ranking {
+    /// The pool's vectors only.
+    Dense,
+    /// BM25 only (empty when the scope is above [`LEXICAL_MAX_SLICES`]).
+    Lexical,
+    /// Both, fused; dense only when the scope is above [`LEXICAL_MAX_SLICES`].
+    Fused(Fusion),
+}
+
+impl Ranking {
+    /// What [`Memory::search`] uses.
+    pub const DEFAULT: Ranking = Ranking::Fused(Fusion::DEFAULT);
+}
 
 /// A pool with the encoder whose vectors it holds.
 pub struct Memory {
@@ -157,15 +174,40 @@ impl Memory {
     }
 
     /// The ids and scores of the `k` slices nearest to `query`: dense and BM25
-    /// rankings fused by reciprocal rank. Scores are fused rank scores.
+    /// rankings fused as [`Ranking::DEFAULT`] says. Scores only order the hits.
     pub fn search(&self, query: &str, k: usize, scope: Scope<'_>) -> Result<Vec<Hit>> {
+        self.search_with(query, k, scope, Ranking::DEFAULT)
+    }
+
+    /// [`Memory::search`] with the ranking chosen: dense only, BM25 only, or fused with
+    /// other weights (benchmarks compare the parts with the whole, and tune the weights).
+    pub fn search_with(
+        &self,
+        query: &str,
+        k: usize,
+        scope: Scope<'_>,
+        ranking: Ranking,
+    ) -> Result<Vec<Hit>> {
         if query.trim().is_empty() || k == 0 {
             return Ok(Vec::new());
         }
         let depth = k * FUSION_DEPTH;
-        let v = self.encoder.encode(query);
-        let dense = self.pool.search(&v, depth, scope)?;
-        let Some(lex) = self.lexical_search(query, depth, scope)? else {
+        let (dense, lex) = match ranking {
+            Ranking::Dense => (
+                self.pool.search(&self.encoder.encode(query), k, scope)?,
+                None,
+            ),
+            Ranking::Lexical => (
+                Vec::new(),
+                Some(self.lexical_search(query, k, scope)?.unwrap_or_default()),
+            ),
+            Ranking::Fused(_) => (
+                self.pool
+                    .search(&self.encoder.encode(query), depth, scope)?,
+                self.lexical_search(query, depth, scope)?,
+            ),
+        };
+        let Some(lex) = lex else {
             let mut dense = dense;
             dense.truncate(k);
             return Ok(dense);
@@ -173,8 +215,12 @@ impl Memory {
         let dense_ranked: Vec<(u64, f32)> = dense.iter().map(|h| (h.meta.id, h.score)).collect();
         let mut metas: HashMap<u64, crate::slice::SliceMeta> =
             dense.into_iter().map(|h| (h.meta.id, h.meta)).collect();
+        let ranked = match ranking {
+            Ranking::Fused(f) => lexical::fuse(&dense_ranked, &lex, f, depth),
+            _ => lex,
+        };
         let mut out = Vec::with_capacity(k);
-        for (id, score) in lexical::rrf(&[dense_ranked, lex], depth) {
+        for (id, score) in ranked {
             // A BM25 hit may have been deleted or evicted since it was indexed.
             let Some(meta) = metas.remove(&id).or_else(|| self.pool.meta(id)) else {
                 continue;
