@@ -2,6 +2,8 @@
 
 use std::io::{BufRead, IsTerminal, Write};
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
 use anyhow::Context;
 use uctx::session::{self, Session, SessionConfig, TurnReport};
@@ -55,6 +57,25 @@ fn stream_to_stdout() -> impl FnMut(&str) {
 pub fn chat(g: &Global, a: &ChatArgs) -> anyhow::Result<ExitCode> {
     let mut session = open_session(g, &a.session)?;
     let interactive = std::io::stdin().is_terminal();
+    // Ctrl-C during an answer stops it and keeps what streamed (marked); between
+    // turns it quits, as in any shell tool. Every turn is already synced.
+    let in_turn = Arc::new(AtomicBool::new(false));
+    let interrupt = Arc::new(AtomicBool::new(false));
+    session.set_interrupt(Arc::clone(&interrupt));
+    {
+        let (in_turn, interrupt) = (Arc::clone(&in_turn), Arc::clone(&interrupt));
+        let handler = ctrlc::set_handler(move || {
+            if in_turn.load(Ordering::SeqCst) {
+                interrupt.store(true, Ordering::SeqCst);
+            } else {
+                eprintln!();
+                std::process::exit(130);
+            }
+        });
+        if let Err(e) = handler {
+            eprintln!("note: Ctrl-C will end the chat, not just the answer ({e})");
+        }
+    }
     if interactive {
         eprintln!(
             "uctx chat — {} · window {} tokens · namespace {:?} · /help for commands",
@@ -90,14 +111,20 @@ pub fn chat(g: &Global, a: &ChatArgs) -> anyhow::Result<ExitCode> {
                 }
             }
         }
-        match session.turn(line, &mut on_text) {
+        in_turn.store(true, Ordering::SeqCst);
+        let turn = session.turn(line, &mut on_text);
+        in_turn.store(false, Ordering::SeqCst);
+        match turn {
             Ok(r) => {
                 println!();
+                if r.interrupted {
+                    eprintln!("[interrupted: the answer so far is kept, marked as cut]");
+                }
                 if interactive {
                     eprintln!("{}", turn_footer(&r));
                 }
             }
-            // A failed turn is reported; the input is already in the pool.
+            // A failed turn is reported; nothing of it is kept, so it can be asked again.
             Err(e) if interactive => eprintln!("\nerror: {e}"),
             Err(e) => break Err(e.into()),
         }

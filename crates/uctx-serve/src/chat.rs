@@ -285,6 +285,7 @@ fn housekeeping(
         num_ctx: window,
         max_tokens: (window / 4).min(1024),
         temperature: None,
+        cancel: None,
     };
     let res = backend.chat(&req, &mut |_| {});
     let finished = lock(&backend.call).take();

@@ -45,6 +45,22 @@ pub struct ChatRequest {
     /// Upper bound on generated tokens (the room reserved for the answer).
     pub max_tokens: usize,
     pub temperature: Option<f32>,
+    /// Set (by a Ctrl-C handler, say) to stop the answer where it is: the backend
+    /// stops reading, closes the stream and returns what came so far, with the done
+    /// reason [`INTERRUPTED`].
+    pub cancel: Option<std::sync::Arc<std::sync::atomic::AtomicBool>>,
+}
+
+/// The done reason of an answer stopped by [`ChatRequest::cancel`].
+pub const INTERRUPTED: &str = "interrupted";
+
+impl ChatRequest {
+    /// Whether the caller asked to stop the answer.
+    pub fn cancelled(&self) -> bool {
+        self.cancel
+            .as_ref()
+            .is_some_and(|c| c.load(std::sync::atomic::Ordering::Relaxed))
+    }
 }
 
 /// What the model said, with the server's own token accounting when it reports one.

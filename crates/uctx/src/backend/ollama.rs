@@ -309,6 +309,11 @@ impl Backend for OllamaBackend {
                     out.text.push_str(text);
                 }
             }
+            if req.cancelled() {
+                // Dropping the response closes the connection; Ollama stops generating.
+                out.done_reason = Some(super::INTERRUPTED.to_string());
+                return Ok(out);
+            }
             if v.get("done").and_then(Value::as_bool) == Some(true) {
                 // Ollama counts the whole prompt here, cached or not; its evaluation time
                 // (ns) is what shows how much it re-evaluated.

@@ -387,7 +387,7 @@ impl Backend for OpenAiBackend {
             out.ttft_ms = Some(started.elapsed().as_secs_f64() * 1e3);
             return Ok(out);
         }
-        self.stream(resp, &url, started, on_text)
+        self.stream(resp, &url, started, req, on_text)
     }
 }
 
@@ -436,6 +436,7 @@ impl OpenAiBackend {
         resp: ureq::Response,
         url: &str,
         started: Instant,
+        req: &ChatRequest,
         on_text: &mut dyn FnMut(&str),
     ) -> Result<ChatResponse, BackendError> {
         let broken = |detail: String| BackendError::StreamBroken {
@@ -486,6 +487,11 @@ impl OpenAiBackend {
                     }
                     read_accounting(&v, &mut out);
                 }
+            }
+            if req.cancelled() {
+                // Dropping the response closes the connection; the server stops.
+                out.done_reason = Some(super::INTERRUPTED.to_string());
+                return Ok(out);
             }
             if at_end {
                 // Some servers close without `[DONE]`; a finish reason means the answer is whole.

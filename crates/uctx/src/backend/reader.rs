@@ -643,6 +643,10 @@ impl Backend for ReaderBackend {
             }
             on_text(piece);
             text.push_str(piece);
+            if req.cancelled() {
+                done_reason = super::INTERRUPTED;
+                break;
+            }
         }
         let prompt: u64 = req.messages.iter().map(|m| self.count(&m.content)).sum();
         {
@@ -884,6 +888,7 @@ mod tests {
             num_ctx: 4096,
             max_tokens: 100,
             temperature: None,
+            cancel: None,
         };
         let mut pieces = Vec::new();
         let r = backend

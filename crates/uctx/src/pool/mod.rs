@@ -14,8 +14,8 @@ use crate::{Error, Result};
 
 pub mod ann;
 pub mod bench;
-pub mod format;
 mod forget;
+pub mod format;
 mod lock;
 mod repair;
 mod replay;

@@ -196,6 +196,8 @@ pub struct TurnReport {
     pub truncated: bool,
     /// The server refused the first prompt as too large and a smaller one was sent.
     pub retried: bool,
+    /// The user stopped the answer; what streamed before is kept, marked.
+    pub interrupted: bool,
 }
 
 /// Running totals for `/status`.
@@ -254,7 +256,12 @@ pub struct Session {
     pinned: Vec<Slice>,
     /// What the last prompt held after its system message, as sent.
     resident: Vec<Turn>,
+    /// Set to stop the answer in flight (see [`Session::set_interrupt`]).
+    interrupt: Option<Arc<std::sync::atomic::AtomicBool>>,
 }
+
+/// How an answer stopped by the user is marked, in the pool and in later windows.
+pub const INTERRUPTED_MARK: &str = "[answer interrupted by the user]";
 
 /// Room kept free beyond the estimate, against tokenizer differences.
 fn safety_margin(window: usize) -> usize {
@@ -309,6 +316,7 @@ impl Session {
             stats: SessionStats::default(),
             pinned: Vec::new(),
             resident: Vec::new(),
+            interrupt: None,
         };
         s.load_from_pool()?;
         Ok(s)
@@ -479,7 +487,10 @@ impl Session {
             }
             None => Vec::new(),
         };
-        let (window, resp, exact, retried) = match self.send(&candidates, on_text) {
+        if let Some(flag) = &self.interrupt {
+            flag.store(false, std::sync::atomic::Ordering::Relaxed);
+        }
+        let (window, mut resp, exact, retried) = match self.send(&candidates, on_text) {
             Ok(sent) => sent,
             Err(e) => {
                 // Nothing of a turn the model did not answer is kept: a retry is the
@@ -489,6 +500,14 @@ impl Session {
                 return Err(e);
             }
         };
+        // An answer the user stopped is kept as far as it came, and says so.
+        let interrupted = resp.done_reason.as_deref() == Some(crate::backend::INTERRUPTED);
+        if interrupted {
+            if !resp.text.is_empty() {
+                resp.text.push_str("\n\n");
+            }
+            resp.text.push_str(INTERRUPTED_MARK);
+        }
         // The input and its answer are written together, in one synced batch: the pool
         // holds whole turns only.
         self.memory.write(&[
@@ -555,7 +574,15 @@ impl Session {
             ttft_ms: resp.ttft_ms,
             truncated,
             retried,
+            interrupted,
         })
+    }
+
+    /// A flag that stops the answer in flight when set (a Ctrl-C handler sets it): the
+    /// backend closes the stream, and the turn keeps its input and what streamed of
+    /// the answer, marked with [`INTERRUPTED_MARK`]. Cleared at the start of each turn.
+    pub fn set_interrupt(&mut self, flag: Arc<std::sync::atomic::AtomicBool>) {
+        self.interrupt = Some(flag);
     }
 
     /// Record a turn of the conversation without calling the model: history that
@@ -642,6 +669,7 @@ impl Session {
                 num_ctx: self.window,
                 max_tokens: self.answer_tokens,
                 temperature: self.cfg.temperature,
+                cancel: self.interrupt.clone(),
             };
             let pager = self.pager.as_ref();
             let mut stream = |t: &str| {

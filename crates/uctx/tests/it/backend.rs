@@ -19,6 +19,7 @@ fn request(text: &str) -> ChatRequest {
         num_ctx: 2048,
         max_tokens: 128,
         temperature: Some(0.0),
+        cancel: None,
     }
 }
 
@@ -474,4 +475,56 @@ fn flags_win_over_the_environment() {
     assert_eq!(opts.ollama_host.as_deref(), Some("flag:1"));
     assert_eq!(opts.openai_base_url.as_deref(), Some("http://h:1/v1"));
     assert_eq!(opts.openai_api_key, None, "blank counts as unset");
+}
+
+/// A cancelled request stops reading where it is and returns what came, marked.
+#[test]
+fn a_cancelled_stream_stops_early_on_both_apis() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    for (spec, server) in [
+        (
+            "ollama/m",
+            FakeServer::ollama(FakeConfig {
+                delay: Duration::from_millis(40),
+                reply: Some("one two three four five six seven eight nine ten".into()),
+                ..with_models(&["m"])
+            }),
+        ),
+        (
+            "openai/m",
+            FakeServer::openai(FakeConfig {
+                delay: Duration::from_millis(40),
+                reply: Some("one two three four five six seven eight nine ten".into()),
+                ..with_models(&["m"])
+            }),
+        ),
+    ] {
+        let stop = Arc::new(AtomicBool::new(false));
+        let req = ChatRequest {
+            cancel: Some(Arc::clone(&stop)),
+            ..request("Count to ten.")
+        };
+        let b = backend(spec, &server.options());
+        let mut pieces = 0;
+        let r = b
+            .chat(&req, &mut |_| {
+                pieces += 1;
+                if pieces == 3 {
+                    stop.store(true, Ordering::SeqCst);
+                }
+            })
+            .unwrap();
+        assert_eq!(
+            r.done_reason.as_deref(),
+            Some(uctx::backend::INTERRUPTED),
+            "{spec}"
+        );
+        assert!(r.text.starts_with("one"), "{spec}: {:?}", r.text);
+        assert!(
+            !r.text.contains("ten"),
+            "{spec}: read past the cancel: {:?}",
+            r.text
+        );
+    }
 }

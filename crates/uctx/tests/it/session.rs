@@ -601,3 +601,44 @@ fn a_session_searches_the_documents_and_clearing_it_keeps_them() {
     let r = alone.turn(NEED, &mut |_| {}).unwrap();
     assert!(!r.answer.contains(VALUE), "{}", r.answer);
 }
+
+#[test]
+fn an_interrupted_answer_keeps_what_streamed_marked() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use uctx::pool::Scope;
+    let (memory, _dir) = memory();
+    let mut s = Session::open(Arc::clone(&memory), reader(2048), SessionConfig::default()).unwrap();
+    s.turn(FACT, &mut |_| {}).unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    s.set_interrupt(Arc::clone(&stop));
+    let mut pieces = 0;
+    let r = s
+        .turn(NEED, &mut |_| {
+            pieces += 1;
+            if pieces == 2 {
+                stop.store(true, Ordering::SeqCst);
+            }
+        })
+        .unwrap();
+    assert!(r.interrupted);
+    assert!(
+        r.answer.ends_with(uctx::session::INTERRUPTED_MARK),
+        "{}",
+        r.answer
+    );
+    let metas = memory.pool().metas(Scope::Namespace("default"));
+    let answers: Vec<String> = metas
+        .iter()
+        .filter(|m| m.source == uctx::slice::Source::Assistant && m.turn == r.turn)
+        .map(|m| memory.pool().get(m.id).unwrap().unwrap().text)
+        .collect();
+    assert_eq!(answers.len(), 1);
+    assert!(answers[0].contains(uctx::session::INTERRUPTED_MARK));
+    assert!(metas
+        .iter()
+        .any(|m| m.source == uctx::slice::Source::User && m.turn == r.turn));
+    // The flag is cleared for the next turn, which answers whole.
+    let r = s.turn(NEED, &mut |_| {}).unwrap();
+    assert!(!r.interrupted, "{}", r.answer);
+    assert!(r.answer.contains(VALUE), "{}", r.answer);
+}
