@@ -111,7 +111,9 @@ impl Bm25 {
         });
         let n = self.live as f32;
         let avg = (self.total_len as f32 / n).max(1.0);
-        let mut scores: HashMap<u32, f32> = HashMap::new();
+        // A score per slot, and the slots touched: cheaper than a map per posting.
+        let mut scores = vec![0.0f32; self.docs.len()];
+        let mut touched: Vec<u32> = Vec::new();
         for tid in qterms {
             let plist = &self.postings[tid as usize];
             let df = plist.len() as f32;
@@ -123,15 +125,25 @@ impl Bm25 {
                 let len = self.docs[slot as usize].as_ref().map_or(0, |d| d.len) as f32;
                 let tf = tf as f32;
                 let s = idf * tf * (K1 + 1.0) / (tf + K1 * (1.0 - B + B * len / avg));
-                *scores.entry(slot).or_insert(0.0) += s;
+                let acc = &mut scores[slot as usize];
+                if *acc == 0.0 {
+                    touched.push(slot);
+                }
+                *acc += s;
             }
         }
-        let mut hits: Vec<(u64, f32)> = scores
+        let mut hits: Vec<(u64, f32)> = touched
             .into_iter()
-            .filter_map(|(slot, s)| self.docs[slot as usize].as_ref().map(|d| (d.id, s)))
+            .filter_map(|slot| {
+                let d = self.docs[slot as usize].as_ref()?;
+                Some((d.id, scores[slot as usize]))
+            })
             .collect();
+        if hits.len() > k {
+            hits.select_nth_unstable_by(k - 1, |a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+            hits.truncate(k);
+        }
         sort_ranked(&mut hits);
-        hits.truncate(k);
         hits
     }
 }
