@@ -558,6 +558,22 @@ fn broken(url: &str, detail: impl Into<String>) -> BackendError {
     }
 }
 
+/// A piece of the answer, from either API: to the session, the answer, the client.
+fn text_piece(call: &Call, out: &mut ChatResponse, on_text: &mut dyn FnMut(&str), t: &str) {
+    if !t.is_empty() {
+        on_text(t);
+        out.text.push_str(t);
+        call.send(Event::Text(t.to_string()));
+    }
+}
+
+/// A piece of the model's reasoning, from either API: to the client only.
+fn thinking_piece(call: &Call, t: &str) {
+    if !t.is_empty() {
+        call.send(Event::Thinking(t.to_string()));
+    }
+}
+
 fn read_ollama(
     resp: ureq::Response,
     url: &str,
@@ -591,16 +607,10 @@ fn read_ollama(
             out.ttft_ms = Some(started.elapsed().as_secs_f64() * 1e3);
         }
         if let Some(t) = v.pointer("/message/thinking").and_then(Value::as_str) {
-            if !t.is_empty() {
-                call.send(Event::Thinking(t.to_string()));
-            }
+            thinking_piece(call, t);
         }
         if let Some(t) = v.pointer("/message/content").and_then(Value::as_str) {
-            if !t.is_empty() {
-                on_text(t);
-                out.text.push_str(t);
-                call.send(Event::Text(t.to_string()));
-            }
+            text_piece(call, &mut out, on_text, t);
         }
         if let Some(calls) = v.pointer("/message/tool_calls").and_then(Value::as_array) {
             let parsed: Vec<ToolCall> = calls
@@ -752,17 +762,11 @@ fn openai_piece(
         }
         for key in ["reasoning_content", "reasoning"] {
             if let Some(t) = delta.get(key).and_then(Value::as_str) {
-                if !t.is_empty() {
-                    call.send(Event::Thinking(t.to_string()));
-                }
+                thinking_piece(call, t);
             }
         }
         if let Some(t) = delta.get("content").and_then(Value::as_str) {
-            if !t.is_empty() {
-                on_text(t);
-                out.text.push_str(t);
-                call.send(Event::Text(t.to_string()));
-            }
+            text_piece(call, out, on_text, t);
         }
         for piece in delta
             .get("tool_calls")

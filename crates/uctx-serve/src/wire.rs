@@ -177,14 +177,7 @@ pub fn render_message(v: &Value) -> Option<Rendered> {
             text: format!("[system] {}", content.trim()),
         },
         "assistant" => {
-            let calls: Vec<ToolCall> = v
-                .get("tool_calls")
-                .and_then(Value::as_array)
-                .into_iter()
-                .flatten()
-                .enumerate()
-                .map(|(i, c)| ToolCall::from_openai(c, i))
-                .collect();
+            let calls = tool_calls_of(v);
             Rendered {
                 kind: Kind::Assistant,
                 role: Role::Assistant,
@@ -212,6 +205,17 @@ pub fn render_message(v: &Value) -> Option<Rendered> {
     })
 }
 
+/// The tool calls a message carries, in either API's shape.
+fn tool_calls_of(v: &Value) -> Vec<ToolCall> {
+    v.get("tool_calls")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .enumerate()
+        .map(|(i, c)| ToolCall::from_openai(c, i))
+        .collect()
+}
+
 /// A client's message in the upstream's dialect (unchanged when they are the same).
 pub fn convert_message(v: &Value, from: Api, to: Api) -> Value {
     if from == to {
@@ -219,14 +223,7 @@ pub fn convert_message(v: &Value, from: Api, to: Api) -> Value {
     }
     let role = v.get("role").and_then(Value::as_str).unwrap_or("user");
     let mut out = json!({"role": role, "content": content_text(v)});
-    let calls: Vec<ToolCall> = v
-        .get("tool_calls")
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
-        .enumerate()
-        .map(|(i, c)| ToolCall::from_openai(c, i))
-        .collect();
+    let calls = tool_calls_of(v);
     if !calls.is_empty() {
         out["tool_calls"] = match to {
             Api::OpenAi => calls.iter().map(ToolCall::to_openai).collect(),
