@@ -22,6 +22,19 @@ fn run(cmd: &mut Command) -> Output {
     cmd.stdin(Stdio::null()).output().expect("run uctx")
 }
 
+/// Run with `input` on standard input (a script of turns and commands for `chat`).
+fn run_with_input(cmd: &mut Command, input: &str) -> Output {
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run uctx");
+    // A command that exits before reading all of it closes the pipe: not a failure.
+    let _ = child.stdin.take().unwrap().write_all(input.as_bytes());
+    child.wait_with_output().expect("wait for uctx")
+}
+
 fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
 }
@@ -212,25 +225,15 @@ fn garbage_in_gives_skip_notes_and_errors_never_panics() {
 fn chat_from_a_pipe_with_the_reader_model() {
     let dir = tempfile::tempdir().unwrap();
     let pool = dir.path().join("pool");
-    let mut child = uctx(&pool)
-        .args(["chat", "-m", "reader", "--ctx", "2048"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
     let transcript = dir.path().join("transcript.md");
     let script = format!(
         "The staging database host is db-7.\n/pin The release manager is grace.\nWhich staging database host do we use?\nWhich release manager signs off?\n/status\n/export {}\n/nonsense\n/quit\n",
         transcript.display()
     );
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(script.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
+    let out = run_with_input(
+        uctx(&pool).args(["chat", "-m", "reader", "--ctx", "2048"]),
+        &script,
+    );
     no_panic(&out);
     assert!(out.status.success(), "{}", text(&out.stderr));
     let stdout = text(&out.stdout);
@@ -467,21 +470,10 @@ fn no_command_writes_or_prints_the_api_key() {
         vec!["chat", "-m", "reader", "--api-key", secret],
     ];
     for args in &runs {
-        let out = uctx(&pool)
-            .args(args)
-            .env("OPENAI_API_KEY", secret)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .and_then(|mut c| {
-                c.stdin
-                    .take()
-                    .unwrap()
-                    .write_all(b"Where does the staging cluster run?\n")?;
-                c.wait_with_output()
-            })
-            .unwrap();
+        let out = run_with_input(
+            uctx(&pool).args(args).env("OPENAI_API_KEY", secret),
+            "Where does the staging cluster run?\n",
+        );
         no_panic(&out);
         for (what, bytes) in [("stdout", &out.stdout), ("stderr", &out.stderr)] {
             assert!(
@@ -533,20 +525,10 @@ fn documents_outlive_a_cleared_chat() {
     let out = run(uctx(&pool).args(["ingest", "-q"]).arg(&doc));
     assert!(out.status.success(), "{}", text(&out.stderr));
     let chat = |script: &str| {
-        let mut child = uctx(&pool)
-            .args(["chat", "-m", "reader", "--ctx", "2048"])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(script.as_bytes())
-            .unwrap();
-        let out = child.wait_with_output().unwrap();
+        let out = run_with_input(
+            uctx(&pool).args(["chat", "-m", "reader", "--ctx", "2048"]),
+            script,
+        );
         no_panic(&out);
         assert!(out.status.success(), "{}", text(&out.stderr));
         text(&out.stdout)
