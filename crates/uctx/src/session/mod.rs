@@ -134,12 +134,16 @@ pub struct Turn {
     /// Raw tokens by the encoder's tokenizer.
     pub tokens: usize,
     /// Slices paged into this message, when it is a paged-memory message of the
-    /// resident stream.
+    /// resident stream (such a message always holds at least one).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub paged: Vec<Paged>,
+}
+
+impl Turn {
     /// This message is paged memory, not a turn of the conversation.
-    #[serde(skip_serializing_if = "std::ops::Not::not")]
-    pub memory: bool,
+    pub fn is_memory(&self) -> bool {
+        !self.paged.is_empty()
+    }
 }
 
 /// A slice placed in a window.
@@ -369,7 +373,6 @@ impl Session {
                     turn: m.turn,
                     tokens: m.tokens as usize,
                     paged: Vec::new(),
-                    memory: false,
                 }),
             }
             budget = budget.saturating_sub(m.tokens as usize);
@@ -868,7 +871,7 @@ impl Session {
         let new_cap = |kept: &[Turn]| {
             let carried: usize = kept
                 .iter()
-                .filter(|t| t.memory)
+                .filter(|t| t.is_memory())
                 .map(|t| self.est_turn(t))
                 .sum();
             memory_cap.saturating_sub(carried).max(memory_cap / 4)
@@ -909,13 +912,12 @@ impl Session {
         if let Some(mem) = memory_message(&chosen) {
             let mut block = self.kept_turn(Role::User, mem, latest.turn);
             block.paged = paged.clone();
-            block.memory = true;
             next.push(block);
         }
         next.push(self.kept_turn(Role::User, latest_text, latest.turn));
         let mut messages = vec![Message::new(Role::System, system)];
         messages.extend(self.render(&next));
-        let recent_turns = kept.iter().filter(|t| !t.memory).count();
+        let recent_turns = kept.iter().filter(|t| !t.is_memory()).count();
         let mut memory = carried;
         memory.extend(paged);
         Ok(self.window_of(messages, memory, recent_turns, input_cut, next))
@@ -928,7 +930,7 @@ impl Session {
         let mut messages: Vec<Message> = Vec::with_capacity(stream.len());
         let mut pending: Option<&str> = None;
         for t in stream {
-            if t.memory && inline {
+            if t.is_memory() && inline {
                 pending = Some(&t.text);
                 continue;
             }
@@ -957,7 +959,6 @@ impl Session {
             turn,
             tokens,
             paged: Vec::new(),
-            memory: false,
         }
     }
 
