@@ -3,9 +3,11 @@
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use anyhow::{bail, Context};
 use clap::Args;
+use uctx::memory::Memory;
 use uctx_serve::{ServeConfig, UpstreamSpec};
 
 use crate::cli::Global;
@@ -222,15 +224,27 @@ pub fn bench(g: &Global, a: &BenchServeArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// `uctx mcp`: the pool's tools over stdio (the process is the pool's writer).
+/// `uctx mcp`: the pool's tools over stdio. It reads the pool as a follower and takes
+/// the writer's lock only for the length of a `remember` or `forget`, so it runs for
+/// as long as its host does beside any other command on the same pool.
 pub fn mcp(g: &Global) -> anyhow::Result<ExitCode> {
-    let memory = crate::open::memory_rw(g)?;
+    // The pool is made if there is none yet (its writer, opened and closed at once).
+    drop(crate::open::memory_rw(g)?);
+    let reader = crate::open::memory_ro(g)?;
+    let dir = crate::open::pool_dir(g)?;
+    let encoder = Arc::clone(reader.encoder());
+    let open_writer: uctx_serve::mcp::OpenWriter = Arc::new(move || {
+        let memory = Memory::open(&dir, Arc::clone(&encoder), false, false, None)?;
+        crate::repair::warn_cut(memory.pool());
+        Ok(Arc::new(memory))
+    });
+    let tools = uctx_serve::mcp::MemoryTools::follower(reader, open_writer);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .context("starting the MCP server's runtime")?;
     runtime
-        .block_on(uctx_serve::mcp::serve_stdio(memory))
+        .block_on(uctx_serve::mcp::serve_stdio(tools))
         .map_err(anyhow::Error::msg)?;
     Ok(ExitCode::SUCCESS)
 }

@@ -9,7 +9,8 @@ use std::time::Instant;
 use serde_json::Value;
 use tokio::sync::mpsc;
 use uctx::backend::{Backend, BackendError, ChatRequest, Message, Role};
-use uctx::session::{Layout, Session, SessionConfig};
+use uctx::session::{turns_spanned, Layout, Session, SessionConfig};
+use uctx::Source;
 
 use crate::convo::{message_digest, root_digest, Digest, Live, Planned};
 use crate::upstream::{Call, Event, ProxyBackend};
@@ -76,6 +77,15 @@ fn error_event(e: &uctx::Error) -> Event {
     }
 }
 
+/// The source a client message is written to the pool as.
+fn source_of(kind: Kind) -> Source {
+    match kind {
+        Kind::Assistant => Source::Assistant,
+        Kind::Tool => Source::Tool,
+        Kind::User | Kind::System => Source::User,
+    }
+}
+
 /// Answer one request; every outcome, errors included, goes out on `tx`.
 pub fn run(state: &State, job: ChatJob, tx: mpsc::Sender<Event>) {
     if let Err(e) = answer(state, job, &tx) {
@@ -136,7 +146,14 @@ fn answer(state: &State, job: ChatJob, tx: &mpsc::Sender<Event>) -> Result<(), E
             attempt += 1;
             let (plan, live) = {
                 let mut ix = lock(&state.index);
-                let plan = ix.plan(job.key.as_deref(), root, &digests);
+                let plan = ix.plan(job.key.as_deref(), root, &digests, &|n| {
+                    turns_spanned(
+                        msgs[..n]
+                            .iter()
+                            .filter(|(r, _)| !r.text.trim().is_empty())
+                            .map(|(r, _)| source_of(r.kind)),
+                    )
+                });
                 let live = Arc::clone(
                     lock(&state.live)
                         .entry(plan.conv)
@@ -182,19 +199,16 @@ fn answer(state: &State, job: ChatJob, tx: &mpsc::Sender<Event>) -> Result<(), E
         if r.text.trim().is_empty() {
             continue;
         }
-        let res = match r.kind {
-            Kind::Tool => session.record_tool(&r.text),
-            Kind::Assistant => session.record(Role::Assistant, &r.text),
-            _ => session.record(Role::User, &r.text),
-        };
-        res.map_err(|e| error_event(&e))?;
+        session
+            .record_as(source_of(r.kind), &r.text)
+            .map_err(|e| error_event(&e))?;
     }
     let recorded: Vec<Digest> = digests[plan.record_from..n - 1].to_vec();
     if !recorded.is_empty() {
         lock(&state.index).append(plan.conv, &recorded);
     }
     *lock(&backend.call) = Some(call(tx));
-    let result = session.turn(&last.text, &mut |_| {});
+    let result = session.turn_as(source_of(last.kind), &last.text, &mut |_| {});
     let finished = lock(&backend.call).take();
     let report = match result {
         Ok(r) => r,
@@ -240,6 +254,9 @@ fn open_session(
         // A conversation the server knew before its session was closed resumes from
         // the pool; a new one (or a fork) starts from what the request holds.
         resume: !plan.created,
+        // A fork's shared start is its parent's (and that one's parents'): searched
+        // through the fork, so what slid out of the window is paged back in.
+        lineage: lock(&state.index).lineage(plan.conv),
         ..SessionConfig::default()
     };
     let mut session = Session::open(
@@ -250,7 +267,7 @@ fn open_session(
     .map_err(|e| error_event(&e))?;
     if plan.created {
         for (r, _) in &msgs[..plan.adopt] {
-            session.adopt(r.role, &r.text);
+            session.adopt(source_of(r.kind), &r.text);
         }
     }
     live.session = Some(session);

@@ -72,6 +72,9 @@ pub struct Entry {
     pub root: Digest,
     pub msgs: Vec<Digest>,
     pub forked_from: Option<u64>,
+    /// For a fork, the turns of the start it shares with its parent, numbered as the
+    /// parent numbers them (its lineage is searched through that turn).
+    pub fork_turn: u64,
 }
 
 /// Every conversation of the server, by key, prefix chain and message.
@@ -114,7 +117,13 @@ impl Index {
         self.entries.get(&id).map(|e| e.msgs.len())
     }
 
-    fn create(&mut self, key: Option<&str>, root: Digest, forked_from: Option<u64>) -> u64 {
+    fn create(
+        &mut self,
+        key: Option<&str>,
+        root: Digest,
+        forked_from: Option<u64>,
+        fork_turn: u64,
+    ) -> u64 {
         let id = self.next_id;
         self.next_id += 1;
         let namespace = match key {
@@ -130,6 +139,7 @@ impl Index {
                 root,
                 msgs: Vec::new(),
                 forked_from,
+                fork_turn,
             },
         );
         if let Some(k) = key {
@@ -138,14 +148,21 @@ impl Index {
         let e = &self.entries[&id];
         self.journal.push(serde_json::json!({
             "op": "new", "id": id, "namespace": e.namespace, "key": e.key,
-            "root": hex(&root), "forked_from": forked_from,
+            "root": hex(&root), "forked_from": forked_from, "fork_turn": fork_turn,
         }));
         id
     }
 
     /// Decide where a request with these messages (system prompt apart) goes, creating
-    /// the conversation when it is new or a fork.
-    pub fn plan(&mut self, key: Option<&str>, root: Digest, req: &[Digest]) -> Planned {
+    /// the conversation when it is new or a fork; `turns(n)` is how many turns the
+    /// request's first `n` messages span (a fork's shared start).
+    pub fn plan(
+        &mut self,
+        key: Option<&str>,
+        root: Digest,
+        req: &[Digest],
+        turns: &dyn Fn(usize) -> u64,
+    ) -> Planned {
         let n = req.len();
         let extend = |conv: u64, len: usize, from: usize| Planned {
             conv,
@@ -221,7 +238,7 @@ impl Index {
             Some(_) => shared.min(n.saturating_sub(1)),
             None => 0,
         };
-        let id = self.create(key, root, parent);
+        let id = self.create(key, root, parent, turns(adopt));
         self.append(id, &req[..adopt]);
         Planned {
             conv: id,
@@ -231,6 +248,32 @@ impl Index {
             forked_from: parent,
             created: true,
         }
+    }
+
+    /// The namespaces whose turns are part of a conversation's history, each with the
+    /// last turn of it that is: its parent through the fork, the parent's parent
+    /// through the earlier of the two forks, and so on.
+    pub fn lineage(&self, id: u64) -> Vec<(String, u64)> {
+        let mut out = Vec::new();
+        let Some(mut e) = self.entries.get(&id) else {
+            return out;
+        };
+        let mut through = e.fork_turn;
+        let mut seen = std::collections::HashSet::from([id]);
+        while let Some(p) = e.forked_from {
+            let Some(parent) = self.entries.get(&p) else {
+                break;
+            };
+            if !seen.insert(p) {
+                break;
+            }
+            out.push((parent.namespace.clone(), through));
+            if parent.forked_from.is_some() {
+                through = through.min(parent.fork_turn);
+            }
+            e = parent;
+        }
+        out
     }
 
     /// The conversation now also holds `more` after its first `at` messages.
@@ -293,7 +336,7 @@ impl Index {
             let e = &self.entries[id];
             out.push(serde_json::json!({
                 "op": "new", "id": id, "namespace": e.namespace, "key": e.key,
-                "root": hex(&e.root), "forked_from": e.forked_from,
+                "root": hex(&e.root), "forked_from": e.forked_from, "fork_turn": e.fork_turn,
             }));
             if !e.msgs.is_empty() {
                 out.push(serde_json::json!({
@@ -337,6 +380,7 @@ impl Index {
                             root,
                             msgs: Vec::new(),
                             forked_from: c["forked_from"].as_u64(),
+                            fork_turn: c["fork_turn"].as_u64().unwrap_or(0),
                         },
                     );
                     ix.next_id = ix.next_id.max(id + 1);
@@ -414,6 +458,11 @@ pub type LiveMap = HashMap<u64, Arc<Mutex<Live>>>;
 mod tests {
     use super::*;
 
+    /// Turns of alternating user and assistant messages.
+    fn pairs(n: usize) -> u64 {
+        n.div_ceil(2) as u64
+    }
+
     fn d(s: &str) -> Digest {
         message_digest(&Rendered {
             kind: Kind::User,
@@ -430,24 +479,58 @@ mod tests {
     fn resent_history_extends_and_edits_fork() {
         let mut ix = Index::new();
         let root = root_digest("sys");
-        let p = ix.plan(None, root, &ds(&["u1"]));
+        let p = ix.plan(None, root, &ds(&["u1"]), &pairs);
         assert!(p.created);
         ix.append(p.conv, &ds(&["u1", "a1"]));
-        let q = ix.plan(None, root, &ds(&["u1", "a1", "u2"]));
+        let q = ix.plan(None, root, &ds(&["u1", "a1", "u2"]), &pairs);
         assert_eq!((q.conv, q.record_from, q.created), (p.conv, 2, false));
         ix.append(q.conv, &ds(&["u2", "a2"]));
         // An edit of u2 forks after a1, taking u1 and a1 over.
-        let f = ix.plan(None, root, &ds(&["u1", "a1", "u2-edited"]));
+        let f = ix.plan(None, root, &ds(&["u1", "a1", "u2-edited"]), &pairs);
         assert!(f.created);
         assert_eq!(
             (f.forked_from, f.adopt, f.record_from),
             (Some(p.conv), 2, 2)
         );
+        // The fork searches its parent through turn 1 (u1, a1), not the edited-away u2.
+        let parent_ns = ix.get(p.conv).unwrap().namespace.clone();
+        assert_eq!(ix.lineage(f.conv), vec![(parent_ns.clone(), 1)]);
+        assert!(ix.lineage(p.conv).is_empty());
+        ix.append(f.conv, &ds(&["u2-edited", "a2-edited"]));
+        // A regeneration of a2-edited forks the fork after turn 1 again: both
+        // ancestors through turn 1. One of u3 after a2-edited: the fork through
+        // turn 2, its parent through turn 1 still.
+        let g = ix.plan(
+            None,
+            root,
+            &ds(&["u1", "a1", "u2-edited", "a2-edited", "u3", "a3"]),
+            &pairs,
+        );
+        assert_eq!((g.conv, g.created), (f.conv, false));
+        ix.append(f.conv, &ds(&["u3", "a3"]));
+        let h = ix.plan(
+            None,
+            root,
+            &ds(&["u1", "a1", "u2-edited", "a2-edited", "u3-edited"]),
+            &pairs,
+        );
+        assert_eq!((h.forked_from, h.adopt), (Some(f.conv), 4));
+        let fork_ns = ix.get(f.conv).unwrap().namespace.clone();
+        assert_eq!(
+            ix.lineage(h.conv),
+            vec![(fork_ns, 2), (parent_ns.clone(), 1)]
+        );
+        // The journal keeps the lineage.
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("j.jsonl");
+        let lines: Vec<String> = ix.snapshot().iter().map(|v| v.to_string()).collect();
+        std::fs::write(&path, lines.join("\n")).unwrap();
+        assert_eq!(Index::load(&path).lineage(h.conv), ix.lineage(h.conv));
         // The original branch still extends.
-        let o = ix.plan(None, root, &ds(&["u1", "a1", "u2", "a2", "u3"]));
+        let o = ix.plan(None, root, &ds(&["u1", "a1", "u2", "a2", "u3"]), &pairs);
         assert_eq!((o.conv, o.record_from), (p.conv, 4));
         // Another system prompt is another conversation.
-        let other = ix.plan(None, root_digest("other"), &ds(&["u1", "a1", "u2"]));
+        let other = ix.plan(None, root_digest("other"), &ds(&["u1", "a1", "u2"]), &pairs);
         assert!(other.created && other.forked_from.is_none());
     }
 
@@ -455,9 +538,9 @@ mod tests {
     fn trimmed_history_aligns_on_the_tail() {
         let mut ix = Index::new();
         let root = root_digest("");
-        let p = ix.plan(None, root, &ds(&["u1"]));
+        let p = ix.plan(None, root, &ds(&["u1"]), &pairs);
         ix.append(p.conv, &ds(&["u1", "a1", "u2", "a2"]));
-        let t = ix.plan(None, root, &ds(&["u2", "a2", "u3"]));
+        let t = ix.plan(None, root, &ds(&["u2", "a2", "u3"]), &pairs);
         assert_eq!((t.conv, t.record_from, t.created), (p.conv, 2, false));
     }
 
@@ -467,9 +550,9 @@ mod tests {
         let path = dir.path().join("j.jsonl");
         let root = root_digest("sys");
         let mut ix = Index::new();
-        let p = ix.plan(Some("k"), root, &ds(&["u1"]));
+        let p = ix.plan(Some("k"), root, &ds(&["u1"]), &pairs);
         ix.append(p.conv, &ds(&["u1", "a1"]));
-        let q = ix.plan(None, root, &ds(&["x1"]));
+        let q = ix.plan(None, root, &ds(&["x1"]), &pairs);
         ix.append(q.conv, &ds(&["x1", "y1"]));
         let mut text: String = ix.take_journal().iter().map(|v| format!("{v}\n")).collect();
         text.push_str("{\"op\": \"append\", \"id\": 1, \"at\": 2, \"messa");
@@ -477,12 +560,12 @@ mod tests {
         let mut back = Index::load(&path);
         assert_eq!(back.len_of(p.conv), Some(2));
         assert_eq!(back.len_of(q.conv), Some(2));
-        let again = back.plan(Some("k"), root, &ds(&["u1", "a1", "u2"]));
+        let again = back.plan(Some("k"), root, &ds(&["u1", "a1", "u2"]), &pairs);
         assert_eq!((again.conv, again.record_from), (p.conv, 2));
-        let chained = back.plan(None, root, &ds(&["x1", "y1", "x2"]));
+        let chained = back.plan(None, root, &ds(&["x1", "y1", "x2"]), &pairs);
         assert_eq!((chained.conv, chained.record_from), (q.conv, 2));
         // New conversations after a restart get ids (and namespaces) of their own.
-        let fresh = back.plan(None, root, &ds(&["z"]));
+        let fresh = back.plan(None, root, &ds(&["z"]), &pairs);
         assert!(fresh.conv > q.conv);
     }
 
@@ -490,22 +573,22 @@ mod tests {
     fn keys_decide_before_content() {
         let mut ix = Index::new();
         let root = root_digest("");
-        let a = ix.plan(Some("a"), root, &ds(&["hi"]));
+        let a = ix.plan(Some("a"), root, &ds(&["hi"]), &pairs);
         ix.append(a.conv, &ds(&["hi", "hello"]));
-        let b = ix.plan(Some("b"), root, &ds(&["hi"]));
+        let b = ix.plan(Some("b"), root, &ds(&["hi"]), &pairs);
         assert_ne!(a.conv, b.conv);
         assert_eq!(ix.get(a.conv).unwrap().namespace, "serve/a");
-        let a2 = ix.plan(Some("a"), root, &ds(&["hi", "hello", "more"]));
+        let a2 = ix.plan(Some("a"), root, &ds(&["hi", "hello", "more"]), &pairs);
         assert_eq!((a2.conv, a2.record_from), (a.conv, 2));
         ix.append(a.conv, &ds(&["more", "ok"]));
         // A client that sends only its latest message goes on with the conversation.
-        let latest = ix.plan(Some("a"), root, &ds(&["next"]));
+        let latest = ix.plan(Some("a"), root, &ds(&["next"]), &pairs);
         assert_eq!(
             (latest.conv, latest.record_from, latest.created),
             (a.conv, 0, false)
         );
         // Regenerating an answer after a shared start forks the keyed conversation.
-        let r = ix.plan(Some("a"), root, &ds(&["hi", "hello", "more"]));
+        let r = ix.plan(Some("a"), root, &ds(&["hi", "hello", "more"]), &pairs);
         assert!(r.created);
         assert_eq!((r.forked_from, r.adopt), (Some(a.conv), 2));
     }

@@ -18,15 +18,71 @@ use uctx::Source;
 /// The namespace `remember` writes to when none is named.
 pub const DEFAULT_NAMESPACE: &str = "mcp";
 
+/// Opens the pool's writer for one write.
+pub type OpenWriter = Arc<dyn Fn() -> uctx::Result<Arc<Memory>> + Send + Sync>;
+
 /// The tools over one pool.
 #[derive(Clone)]
 pub struct MemoryTools {
-    memory: Arc<Memory>,
+    pools: Pools,
+}
+
+#[derive(Clone)]
+enum Pools {
+    /// The server's own memory (the server is the pool's writer).
+    Shared(Arc<Memory>),
+    /// A pool read through a follower, whose writer's lock is taken only for the one
+    /// write a tool makes: an agent host keeps `uctx mcp` running for hours, beside
+    /// `uctx chat`, `ingest` or `serve` on the same pool.
+    Follower {
+        reader: Arc<Memory>,
+        open_writer: OpenWriter,
+    },
 }
 
 impl MemoryTools {
+    /// The tools over memory this process writes (the server's).
     pub fn new(memory: Arc<Memory>) -> MemoryTools {
-        MemoryTools { memory }
+        MemoryTools {
+            pools: Pools::Shared(memory),
+        }
+    }
+
+    /// The tools over a pool read through `reader` (a read-only handle) and written by
+    /// opening the writer with `open_writer` for each `remember` and `forget`.
+    pub fn follower(reader: Arc<Memory>, open_writer: OpenWriter) -> MemoryTools {
+        MemoryTools {
+            pools: Pools::Follower {
+                reader,
+                open_writer,
+            },
+        }
+    }
+
+    /// The memory to read: the writer's, or the follower brought up to date.
+    fn reader(&self) -> Result<&Arc<Memory>, String> {
+        match &self.pools {
+            Pools::Shared(m) => Ok(m),
+            Pools::Follower { reader, .. } => {
+                reader.pool().refresh().map_err(|e| e.to_string())?;
+                Ok(reader)
+            }
+        }
+    }
+
+    /// The memory to write, for the length of one tool call.
+    fn writer(&self, tool: &str) -> Result<Arc<Memory>, String> {
+        match &self.pools {
+            Pools::Shared(m) => Ok(Arc::clone(m)),
+            Pools::Follower { open_writer, .. } => open_writer().map_err(|e| match e {
+                uctx::Error::Locked { holder, .. } => format!(
+                    "{tool} needs to write the pool, and {holder} is writing it now; \
+                     try again when it is done, or, while it is `uctx serve`, point \
+                     this MCP host at its /mcp endpoint instead"
+                ),
+                e => e.to_string(),
+            }),
+        }
     }
 }
 
@@ -90,10 +146,11 @@ fn arg_str<'a>(args: &'a Map<String, Value>, k: &str) -> Option<&'a str> {
 impl MemoryTools {
     /// Run one tool; a user's mistake is a tool error (with its fix), not a crash.
     pub fn call(&self, name: &str, args: &Map<String, Value>) -> Result<Value, String> {
-        let pool = self.memory.pool();
         match name {
             "remember" => {
                 let text = arg_str(args, "text").ok_or("remember needs `text`")?;
+                let memory = self.writer(name)?;
+                let pool = memory.pool();
                 let namespace = arg_str(args, "namespace").unwrap_or(DEFAULT_NAMESPACE);
                 let pin = args.get("pin").and_then(Value::as_bool).unwrap_or(false);
                 let source = if pin {
@@ -101,8 +158,7 @@ impl MemoryTools {
                 } else {
                     Source::Document
                 };
-                let ids = self
-                    .memory
+                let ids = memory
                     .write(&[Unit {
                         namespace,
                         source,
@@ -135,7 +191,7 @@ impl MemoryTools {
                     None => Scope::All,
                 };
                 let hits = self
-                    .memory
+                    .reader()?
                     .recall(query, k, scope)
                     .map_err(|e| e.to_string())?;
                 let hits: Vec<Value> = hits
@@ -153,6 +209,8 @@ impl MemoryTools {
                 arg_str(args, "namespace"),
             ) {
                 (Some(id), None) => {
+                    let memory = self.writer(name)?;
+                    let pool = memory.pool();
                     let meta = pool.meta(id);
                     let n = pool.forget(&[id]).map_err(|e| e.to_string())?;
                     if n == 0 {
@@ -161,12 +219,18 @@ impl MemoryTools {
                     Ok(json!({"forgotten": n, "slices": meta.map(|m| vec![provenance(&m, None)])}))
                 }
                 (None, Some(ns)) => {
-                    let n = pool.delete_namespace(ns).map_err(|e| e.to_string())?;
+                    let n = self
+                        .writer(name)?
+                        .pool()
+                        .delete_namespace(ns)
+                        .map_err(|e| e.to_string())?;
                     Ok(json!({"forgotten": n, "namespace": ns}))
                 }
                 _ => Err("forget needs either `id` or `namespace` (not both)".into()),
             },
             "status" => {
+                let memory = self.reader()?;
+                let pool = memory.pool();
                 let s = pool.stats();
                 Ok(json!({
                     "slices": s.slices,
@@ -236,9 +300,9 @@ impl ServerHandler for MemoryTools {
 }
 
 /// MCP over stdio, until the client closes it (`uctx mcp`).
-pub async fn serve_stdio(memory: Arc<Memory>) -> Result<(), String> {
+pub async fn serve_stdio(tools: MemoryTools) -> Result<(), String> {
     use rmcp::ServiceExt;
-    let running = MemoryTools::new(memory)
+    let running = tools
         .serve(rmcp::transport::stdio())
         .await
         .map_err(|e| e.to_string())?;

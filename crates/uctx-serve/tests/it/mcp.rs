@@ -96,3 +96,84 @@ fn mcp_over_http_initializes_and_lists_the_tools() {
     let body = resp.into_string().unwrap();
     assert!(body.contains("\"uctx\""), "{body}");
 }
+
+#[test]
+fn the_stdio_tools_hold_the_writer_only_for_a_write() {
+    use std::sync::Arc;
+    use uctx::encoder::StaticEncoder;
+    use uctx::memory::Memory;
+    let dir = tempfile::tempdir().unwrap();
+    let encoder: Arc<dyn uctx::encoder::Encoder> = Arc::new(StaticEncoder::bundled().unwrap());
+    let open = |read_only: bool| {
+        Memory::open(
+            dir.path(),
+            Arc::clone(&encoder),
+            !read_only,
+            read_only,
+            None,
+        )
+    };
+    drop(open(false).unwrap());
+    let path = dir.path().to_path_buf();
+    let enc = Arc::clone(&encoder);
+    let tools = MemoryTools::follower(
+        Arc::new(open(true).unwrap()),
+        Arc::new(move || {
+            Ok(Arc::new(Memory::open(
+                &path,
+                Arc::clone(&enc),
+                false,
+                false,
+                None,
+            )?))
+        }),
+    );
+    // Another process writes the pool (the tools hold no lock of their own): a write
+    // is refused with who holds it and what to do; reads go on.
+    let other = open(false).unwrap();
+    other
+        .write(&[uctx::memory::Unit {
+            namespace: "docs",
+            source: uctx::Source::Document,
+            text: "The release train leaves every second Thursday.",
+            turn: 0,
+            ext_id: None,
+        }])
+        .unwrap();
+    let refused = tools
+        .call(
+            "remember",
+            &args(json!({"text": "The staging port is 6543."})),
+        )
+        .unwrap_err();
+    assert!(
+        refused.contains("try again") && refused.contains("/mcp"),
+        "{refused}"
+    );
+    let hits = tools
+        .call(
+            "recall",
+            &args(json!({"query": "when does the release train leave"})),
+        )
+        .unwrap();
+    assert!(
+        hits["hits"][0]["text"]
+            .as_str()
+            .unwrap()
+            .contains("Thursday"),
+        "the follower sees the other writer's slice: {hits}"
+    );
+    // Once it is gone, the write goes through, and the lock is not kept after it.
+    drop(other);
+    let r = tools
+        .call(
+            "remember",
+            &args(json!({"text": "The staging port is 6543."})),
+        )
+        .unwrap();
+    assert_eq!(r["remembered"][0]["namespace"], "mcp");
+    let again = open(false).expect("the tools let go of the writer after the write");
+    assert_eq!(again.pool().stats().slices, 2);
+    drop(again);
+    assert_eq!(tools.call("status", &Map::new()).unwrap()["slices"], 2);
+}

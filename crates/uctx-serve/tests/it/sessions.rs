@@ -364,3 +364,97 @@ fn a_keyed_client_that_sends_only_its_latest_message_keeps_its_memory() {
     let st = status(&s.url);
     assert_eq!(st["sessions"].as_array().unwrap().len(), 1, "{st}");
 }
+
+#[test]
+fn a_fork_pages_in_the_shared_start_that_slid_out_of_its_window() {
+    let fake = FakeServer::ollama(FakeConfig {
+        models: vec![],
+        context_length: Some(2048),
+        ..FakeConfig::default()
+    });
+    let s = start(config(UpstreamSpec::Ollama(fake.url()), None));
+    let mut messages =
+        vec![json!({"role": "user", "content": "Decision: the deploy token is kestrel-42."})];
+    for i in 1..=24 {
+        let answer = chat(&s.url, &messages);
+        messages.push(json!({"role": "assistant", "content": answer}));
+        messages.push(json!({"role": "user", "content": filler(i)}));
+    }
+    // The main line goes on with a message the fork will replace.
+    let answer = chat(&s.url, &messages);
+    messages.push(json!({"role": "assistant", "content": answer}));
+    let mut replaced = messages.clone();
+    replaced.push(json!({"role": "user", "content": "The deploy token was rotated to falcon-9."}));
+    chat(&s.url, &replaced);
+    // An edit of that message forks; the fork's request holds the whole shared start,
+    // far more than the window, and asks about its first turn.
+    messages.push(json!({"role": "user", "content": "Which deploy token do we use?"}));
+    chat(&s.url, &messages);
+    let st = status(&s.url);
+    let sessions = st["sessions"].as_array().unwrap();
+    assert_eq!(sessions.len(), 2, "{st}");
+    assert_eq!(sessions[1]["forked_from"], sessions[0]["id"]);
+    let prompt = fake.prompts().pop().unwrap();
+    let text: String = prompt.iter().map(|m| m.content.as_str()).collect();
+    assert!(
+        !prompt
+            .iter()
+            .any(|m| m.content.starts_with("Decision: the deploy token")),
+        "the first turn has slid out of the window (what the test is about): {prompt:?}"
+    );
+    assert!(
+        text.contains("kestrel-42"),
+        "the parent's first turn is paged in: {prompt:?}"
+    );
+    assert!(
+        !text.contains("falcon-9"),
+        "the replaced branch is never seen: {prompt:?}"
+    );
+    // The fork stored only what it added.
+    assert_eq!(sessions[1]["slices"], 2, "{st}");
+}
+
+#[test]
+fn a_tool_result_sent_last_is_stored_as_a_tool_slice_in_its_calls_turn() {
+    let fake = FakeServer::ollama(FakeConfig {
+        models: vec![],
+        context_length: Some(4096),
+        ..FakeConfig::default()
+    });
+    let s = start(config(UpstreamSpec::Ollama(fake.url()), None));
+    let ask = json!({"role": "user", "content": "What is the weather in Oslo?"});
+    chat(&s.url, std::slice::from_ref(&ask));
+    let messages = [
+        ask,
+        json!({"role": "assistant", "content": "", "tool_calls": [
+            {"function": {"name": "weather", "arguments": {"city": "Oslo"}}}]}),
+        json!({"role": "tool", "tool_name": "weather", "content": "Sunny, 21 degrees."}),
+    ];
+    chat(&s.url, &messages);
+    let metas = s.memory.pool().metas(uctx::pool::Scope::All);
+    let texts: Vec<(uctx::Source, u64, String)> = metas
+        .iter()
+        .map(|m| {
+            let text = s.memory.pool().get(m.id).unwrap().unwrap().text;
+            (m.source, m.turn, text)
+        })
+        .collect();
+    let result = texts
+        .iter()
+        .find(|(_, _, t)| t.contains("Sunny, 21 degrees"))
+        .unwrap_or_else(|| panic!("the result is stored: {texts:?}"));
+    assert_eq!(result.0, uctx::Source::Tool, "{texts:?}");
+    let call = texts
+        .iter()
+        .find(|(src, _, t)| *src == uctx::Source::Assistant && t.contains("weather"))
+        .unwrap_or_else(|| panic!("the call is stored: {texts:?}"));
+    assert_eq!(
+        result.1, call.1,
+        "the result joins its call's turn: {texts:?}"
+    );
+    assert_eq!(
+        texts.iter().filter(|(_, _, t)| t.contains("Sunny")).count(),
+        1,
+        "{texts:?}"
+    );
+}

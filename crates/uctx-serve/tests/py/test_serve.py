@@ -502,6 +502,39 @@ class RealModel(unittest.TestCase):
             if include:
                 self.assertEqual(usage[0].choices, [])
 
+    def test_tool_calls_round_trip(self):
+        c = self.server.openai()
+        tools = [{"type": "function", "function": {
+            "name": "weather", "description": "The weather in a city",
+            "parameters": {"type": "object", "properties": {"city": {"type": "string"}},
+                           "required": ["city"]}}}]
+        ask = {"role": "user", "content": "What is the weather in Oslo? Use the weather tool."}
+        first = c.chat.completions.create(model="smollm2", messages=[ask], tools=tools,
+                                          max_tokens=48)
+        self.assertIn(first.choices[0].finish_reason, ("stop", "length", "tool_calls"))
+        # Whatever the small model chose, the client sends a call back with its result:
+        # the call and its result reach the model together, streaming and not.
+        history = [
+            ask,
+            {"role": "assistant", "content": None, "tool_calls": [
+                {"id": "call_1", "type": "function",
+                 "function": {"name": "weather", "arguments": "{\"city\": \"Oslo\"}"}}]},
+            {"role": "tool", "tool_call_id": "call_1", "content": "Sunny, 21 degrees, light wind."},
+        ]
+        r = c.chat.completions.create(model="smollm2", messages=history, tools=tools,
+                                      max_tokens=32)
+        self.assertIsNotNone(r.choices[0].finish_reason)
+        self.assertLessEqual(r.usage.prompt_tokens, 2048)
+        chunks = list(c.chat.completions.create(
+            model="smollm2", messages=history, tools=tools, max_tokens=32, stream=True))
+        self.assertTrue(any(ch.choices and ch.choices[0].finish_reason for ch in chunks))
+        # The result is in the pool as a tool slice, once.
+        out = subprocess.run(
+            [UCTX, "--pool", self.server.args[2], "--json", "recall", "Sunny 21 degrees light wind",
+             "-k", "20"], capture_output=True, text=True, check=True)
+        hits = [h for h in json.loads(out.stdout) if "Sunny, 21 degrees" in h["text"]]
+        self.assertEqual([h["source"] for h in hits], ["tool"], out.stdout)
+
     def test_ollama_client_and_a_conversation_past_the_window(self):
         c = self.server.ollama(timeout=300)
         messages = [{"role": "user", "content": "Remember this: the deploy token is kestrel-42."}]

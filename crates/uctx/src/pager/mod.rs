@@ -31,7 +31,7 @@ use crate::Result;
 pub struct PagerConfig {
     /// Namespaces searched, each its own ranking in the fusion; none searches the
     /// whole (shared) pool.
-    pub namespaces: Vec<String>,
+    pub namespaces: Vec<Searched>,
     /// Slices fetched per search.
     pub k: usize,
     /// Slices kept warm.
@@ -47,6 +47,38 @@ impl Default for PagerConfig {
             k: 8,
             capacity: 256,
             prefetch_every_chars: 240,
+        }
+    }
+}
+
+/// One namespace a pager searches, whole or through a turn.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Searched {
+    pub namespace: String,
+    /// Only slices of this turn or earlier: a conversation that forked from another
+    /// shares that one's turns up to the fork, and nothing after it.
+    pub through_turn: Option<u64>,
+}
+
+impl Searched {
+    pub fn whole(namespace: &str) -> Searched {
+        Searched {
+            namespace: namespace.to_string(),
+            through_turn: None,
+        }
+    }
+
+    /// Whether a slice of `turn` is in what this scope searches.
+    pub fn holds(&self, turn: u64) -> bool {
+        self.through_turn.is_none_or(|t| turn <= t)
+    }
+
+    /// Slices to ask the index for, so that `k` remain after the turn filter most of
+    /// the time.
+    pub fn fetch(&self, k: usize) -> usize {
+        match self.through_turn {
+            Some(_) => k * 3,
+            None => k,
         }
     }
 }
@@ -378,26 +410,31 @@ impl Worker {
 
     /// Run each query, fuse the rankings, load every hit into the cache.
     fn search_many(&mut self, queries: &[String]) -> Vec<(u64, f32)> {
-        let scopes: Vec<Scope<'_>> = if self.config.namespaces.is_empty() {
-            vec![Scope::All]
+        let scopes: Vec<(Scope<'_>, Option<&Searched>)> = if self.config.namespaces.is_empty() {
+            vec![(Scope::All, None)]
         } else {
             self.config
                 .namespaces
                 .iter()
-                .map(|ns| Scope::Namespace(ns.as_str()))
+                .map(|s| (Scope::Namespace(s.namespace.as_str()), Some(s)))
                 .collect()
         };
         // Fusion by best rank: the top hit of every query (each question of an
         // input is its own query) in every namespace outranks the second hit of
         // any; a slice found by several queries wins ties.
         let mut fused: HashMap<u64, (f32, f32)> = HashMap::new();
-        for (q, &scope) in queries
+        for (q, &(scope, searched)) in queries
             .iter()
             .flat_map(|q| scopes.iter().map(move |s| (q, s)))
         {
-            match self.memory.search(q, self.config.k, scope) {
+            let k = searched.map_or(self.config.k, |s| s.fetch(self.config.k));
+            match self.memory.search(q, k, scope) {
                 Ok(hits) => {
-                    for (rank, hit) in hits.iter().enumerate() {
+                    let kept = hits
+                        .iter()
+                        .filter(|h| searched.is_none_or(|s| s.holds(h.meta.turn)))
+                        .take(self.config.k);
+                    for (rank, hit) in kept.enumerate() {
                         let r = 1.0 / (RRF_K + rank as f32 + 1.0);
                         let e = fused.entry(hit.meta.id).or_default();
                         e.0 = e.0.max(r);

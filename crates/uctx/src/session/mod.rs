@@ -27,7 +27,7 @@ use std::sync::Arc;
 
 use crate::backend::{Backend, ChatRequest, Message, Role};
 use crate::memory::{Memory, Unit};
-use crate::pager::{Candidate, Pager, PagerConfig, PagerStats};
+use crate::pager::{Candidate, Pager, PagerConfig, PagerStats, Searched};
 use crate::pool::{Scope, WitnessEvent};
 use crate::slice::{Slice, Source};
 use crate::{Error, Result};
@@ -94,6 +94,11 @@ pub struct SessionConfig {
     /// Namespaces this session also searches (read only): documents ingested for
     /// it. Default: [`DOCS_NAMESPACE`], where `uctx ingest` writes.
     pub docs: Vec<String>,
+    /// Namespaces whose turns, up to the one given, are this conversation's own
+    /// earlier history: the conversations it forked from, each through the turn of the
+    /// fork (an edited or regenerated message). Searched and paged like its own turns;
+    /// what the parent said after the fork is never seen.
+    pub lineage: Vec<(String, u64)>,
     /// Slices fetched per search.
     pub k: usize,
     /// Reload the namespace's latest turns from the pool on open.
@@ -117,6 +122,7 @@ impl Default for SessionConfig {
             paging: true,
             shared: false,
             docs: vec![DOCS_NAMESPACE.to_string()],
+            lineage: Vec::new(),
             k: 8,
             resume: false,
             temperature: None,
@@ -442,13 +448,20 @@ impl Session {
 
     /// Search this session's memory and its documents (or the whole pool when shared).
     pub fn recall(&self, query: &str, k: usize) -> Result<Vec<crate::memory::Recalled>> {
-        let namespaces = searched(&self.cfg);
-        if namespaces.is_empty() {
+        let searched = searched(&self.cfg);
+        if searched.is_empty() {
             return self.memory.recall(query, k, Scope::All);
         }
         let mut all = Vec::new();
-        for ns in &namespaces {
-            all.extend(self.memory.recall(query, k, Scope::Namespace(ns))?);
+        for s in &searched {
+            let hits = self
+                .memory
+                .recall(query, s.fetch(k), Scope::Namespace(&s.namespace))?;
+            all.extend(
+                hits.into_iter()
+                    .filter(|r| s.holds(r.slice.meta.turn))
+                    .take(k),
+            );
         }
         all.sort_by(|a, b| {
             b.score
@@ -474,11 +487,27 @@ impl Session {
 
     /// Run one turn: page in, assemble, stream the answer, write it.
     pub fn turn(&mut self, input: &str, on_text: &mut dyn FnMut(&str)) -> Result<TurnReport> {
+        self.turn_as(Source::User, input, on_text)
+    }
+
+    /// [`Session::turn`] for an input of `source`: a tool's result (the answer to a
+    /// call the model made) joins the turn of that call and is written as a `tool`
+    /// slice; anything else opens a turn as the user's input.
+    pub fn turn_as(
+        &mut self,
+        source: Source,
+        input: &str,
+        on_text: &mut dyn FnMut(&str),
+    ) -> Result<TurnReport> {
         if input.trim().is_empty() {
             return Err(Error::invalid("the input is empty"));
         }
-        let turn = self.next_turn;
-        self.next_turn += 1;
+        let source = match source {
+            Source::Tool => Source::Tool,
+            _ => Source::User,
+        };
+        let next_before = self.next_turn;
+        let turn = self.turn_for(source);
         if let Some(p) = &self.pager {
             p.observe_input(input);
         }
@@ -499,7 +528,7 @@ impl Session {
                 // Nothing of a turn the model did not answer is kept: a retry is the
                 // same turn again, not a second copy of its input.
                 self.history.pop();
-                self.next_turn = turn;
+                self.next_turn = next_before;
                 return Err(e);
             }
         };
@@ -516,7 +545,7 @@ impl Session {
         self.memory.write(&[
             Unit {
                 namespace: &self.cfg.namespace,
-                source: Source::User,
+                source,
                 text: input,
                 turn,
                 ext_id: None,
@@ -592,27 +621,35 @@ impl Session {
     /// happened elsewhere (an imported transcript, a conversation played back). A user
     /// message opens a new turn; an assistant message joins the latest one.
     pub fn record(&mut self, role: Role, text: &str) -> Result<u64> {
-        if text.trim().is_empty() {
-            return Err(Error::invalid("the message is empty"));
-        }
-        let turn = match (role, self.history.last()) {
-            (Role::Assistant, Some(last)) if last.role == Role::User => last.turn,
-            _ => {
-                self.next_turn += 1;
-                self.next_turn - 1
-            }
-        };
         let source = match role {
             Role::Assistant => Source::Assistant,
             _ => Source::User,
         };
-        self.memory.write(&[Unit {
+        self.record_as(source, text)
+    }
+
+    /// [`Session::record`] for a message of `source` (a tool's result joins the turn
+    /// of the call that asked for it, written as a `tool` slice).
+    pub fn record_as(&mut self, source: Source, text: &str) -> Result<u64> {
+        if text.trim().is_empty() {
+            return Err(Error::invalid(match source {
+                Source::Tool => "the tool result is empty",
+                _ => "the message is empty",
+            }));
+        }
+        let next_before = self.next_turn;
+        let turn = self.turn_for(source);
+        if let Err(e) = self.memory.write(&[Unit {
             namespace: &self.cfg.namespace,
             source,
             text,
             turn,
             ext_id: None,
-        }])?;
+        }]) {
+            self.next_turn = next_before;
+            return Err(e);
+        }
+        let role = role_of(source);
         self.push_history(role, text, turn);
         let played = self.kept_turn(role, text.to_string(), turn);
         self.resident.push(played);
@@ -622,6 +659,24 @@ impl Session {
             p.sync();
         }
         Ok(turn)
+    }
+
+    /// The turn a new message of `source` belongs to (see [`joins_latest`]), opening
+    /// a new one when it starts one.
+    fn turn_for(&mut self, source: Source) -> u64 {
+        match self.history.last() {
+            Some(last) if joins_latest(source, Some(last.role)) => last.turn,
+            _ => {
+                self.next_turn += 1;
+                self.next_turn - 1
+            }
+        }
+    }
+
+    /// Whether slices of `namespace` are this conversation's own turns (its own
+    /// namespace, or one it forked from).
+    fn is_own_history(&self, namespace: &str) -> bool {
+        namespace == self.cfg.namespace || self.cfg.lineage.iter().any(|(ns, _)| ns == namespace)
     }
 
     /// Assemble the window, check it against the server's own count where the server
@@ -978,7 +1033,7 @@ impl Session {
         let mut chosen: Vec<(&Candidate, String)> = Vec::new();
         for c in candidates {
             let m = &c.slice.meta;
-            if m.namespace == self.cfg.namespace && in_window.contains(&m.turn) && m.turn > 0 {
+            if self.is_own_history(&m.namespace) && in_window.contains(&m.turn) && m.turn > 0 {
                 continue;
             }
             if m.pinned || carried.contains(&m.id) {
@@ -1073,19 +1128,62 @@ impl Session {
     }
 }
 
-/// The namespaces a session searches: its own and its documents'; none (the whole
-/// pool) when it is shared.
-fn searched(cfg: &SessionConfig) -> Vec<String> {
+/// The namespaces a session searches: its own, its lineage's (through each fork's
+/// turn) and its documents'; none (the whole pool) when it is shared.
+fn searched(cfg: &SessionConfig) -> Vec<Searched> {
     if cfg.shared {
         return Vec::new();
     }
-    let mut out = vec![cfg.namespace.clone()];
+    let mut out = vec![Searched::whole(&cfg.namespace)];
+    for (ns, turn) in &cfg.lineage {
+        if !ns.is_empty() && out.iter().all(|s| &s.namespace != ns) {
+            out.push(Searched {
+                namespace: ns.clone(),
+                through_turn: Some(*turn),
+            });
+        }
+    }
     for d in &cfg.docs {
-        if !d.is_empty() && !out.contains(d) {
-            out.push(d.clone());
+        if !d.is_empty() && out.iter().all(|s| &s.namespace != d) {
+            out.push(Searched::whole(d));
         }
     }
     out
+}
+
+/// Whether a message of `source` joins the latest turn (whose last message had the
+/// role `last`) rather than opening one: an answer joins the user message before it;
+/// a tool's result joins the turn of the call that asked for it; anything else opens
+/// a turn.
+fn joins_latest(source: Source, last: Option<Role>) -> bool {
+    match source {
+        Source::Assistant => last == Some(Role::User),
+        Source::Tool => last.is_some(),
+        _ => false,
+    }
+}
+
+/// The role a message of `source` has in the window (a tool's result is shown as a
+/// user message: the backends' message list has no tool role).
+fn role_of(source: Source) -> Role {
+    match source {
+        Source::Assistant => Role::Assistant,
+        _ => Role::User,
+    }
+}
+
+/// How many turns messages of these sources span, numbered as a new session numbers
+/// them: the turn of a fork, for [`SessionConfig::lineage`].
+pub fn turns_spanned(sources: impl IntoIterator<Item = Source>) -> u64 {
+    let mut turns = 0;
+    let mut last = None;
+    for source in sources {
+        if !joins_latest(source, last) {
+            turns += 1;
+        }
+        last = Some(role_of(source));
+    }
+    turns
 }
 
 /// The first line of the paged-memory message.

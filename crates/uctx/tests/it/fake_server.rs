@@ -16,7 +16,7 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use serde_json::{json, Value};
-use uctx::backend::{reader, BackendOptions, Message};
+use uctx::backend::{reader, BackendOptions, Message, Role};
 
 /// How a fake server behaves.
 #[derive(Clone, Debug)]
@@ -270,8 +270,24 @@ fn has_model(cfg: &FakeConfig, model: &str) -> bool {
     cfg.models.is_empty() || cfg.models.iter().any(|m| m == model || *m == latest)
 }
 
+/// The request's messages; a tool's result (a role the engine's messages do not have)
+/// is read as a user message, and a missing content as empty, as both servers take them.
 fn messages(body: &Value) -> Option<Vec<Message>> {
-    serde_json::from_value(body.get("messages")?.clone()).ok()
+    body.get("messages")?
+        .as_array()?
+        .iter()
+        .map(|m| {
+            let role = match m.get("role")?.as_str()? {
+                "tool" => Role::User,
+                r => serde_json::from_value(json!(r)).ok()?,
+            };
+            let content = match m.get("content") {
+                None | Some(Value::Null) => String::new(),
+                Some(c) => c.as_str()?.to_string(),
+            };
+            Some(Message::new(role, content))
+        })
+        .collect()
 }
 
 /// The prompt's size by this server's tokenizer.
