@@ -153,6 +153,43 @@ fn probe_rows(p: &Probe) -> Vec<(&'static str, String)> {
             format!("{:.3} ({} queries)", p.recall_at_10, p.recall_queries),
         ),
         (
+            "lexical segments / tail / bytes",
+            format!(
+                "{} / {} / {}",
+                p.lexical.segments,
+                p.lexical.tail_docs,
+                mb(p.lexical.bytes)
+            ),
+        ),
+        (
+            "BM25 top-10, all (p50 / p99)",
+            format!(
+                "{:.2} / {:.2} ms",
+                p.lexical_search_all.p50_ms, p.lexical_search_all.p99_ms
+            ),
+        ),
+        (
+            "BM25 top-10, one namespace",
+            format!(
+                "{:.2} / {:.2} ms",
+                p.lexical_search_namespace.p50_ms, p.lexical_search_namespace.p99_ms
+            ),
+        ),
+        (
+            "hybrid top-10, all (p50 / p99)",
+            format!(
+                "{:.2} / {:.2} ms",
+                p.hybrid_search_all.p50_ms, p.hybrid_search_all.p99_ms
+            ),
+        ),
+        (
+            "hybrid top-10, one namespace",
+            format!(
+                "{:.2} / {:.2} ms",
+                p.hybrid_search_namespace.p50_ms, p.hybrid_search_namespace.p99_ms
+            ),
+        ),
+        (
             "memory after open (private / file)",
             format!(
                 "{} / {}",
@@ -208,6 +245,17 @@ pub fn table(r: &ScaleReport) -> String {
             format!("{:.2}M", r.ingest_tokens_per_sec / 1e6),
         ),
         ("index", r.index.clone()),
+        (
+            "lexical bytes per token",
+            format!(
+                "{:.3}",
+                r.probe.lexical.bytes as f64 / r.tokens.max(1) as f64
+            ),
+        ),
+        (
+            "lexical index rebuilt from the log",
+            format!("{:.1} s", r.lexical_rebuild_seconds),
+        ),
         ("measured in", r.probed_in.clone()),
     ];
     rows.extend(probe_rows(&r.probe));

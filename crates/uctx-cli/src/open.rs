@@ -40,6 +40,7 @@ pub fn memory_rw(g: &Global) -> anyhow::Result<Arc<Memory>> {
     let dir = pool_dir(g)?;
     let memory = Memory::open(&dir, encoder(g)?, true, false, None)?;
     crate::repair::warn_cut(memory.pool());
+    crate::repair::note_rebuilt(memory.pool());
     Ok(Arc::new(memory))
 }
 
@@ -180,6 +181,7 @@ pub fn init(g: &Global, a: &InitArgs) -> anyhow::Result<ExitCode> {
     }
     let memory = Memory::open(&dir, encoder(g)?, true, false, Some(budget))?;
     crate::repair::warn_cut(memory.pool());
+    crate::repair::note_rebuilt(memory.pool());
     memory.pool().set_budget(budget)?;
     let stats = memory.pool().stats();
     if g.json {
@@ -357,6 +359,7 @@ pub fn recall(g: &Global, a: &RecallArgs) -> anyhow::Result<ExitCode> {
         None => Scope::All,
     };
     let hits = memory.recall(&a.query, a.k, scope)?;
+    crate::repair::note_unsealed(memory.pool());
     let out: Vec<RecallHit> = hits
         .into_iter()
         .map(|r| RecallHit {

@@ -61,6 +61,32 @@ pub fn warn_cut(pool: &Pool) {
     }
 }
 
+/// Say what a writer's open rebuilt of the lexical index from the log.
+pub fn note_rebuilt(pool: &Pool) {
+    if let Some(r) = pool.lexical_rebuilt() {
+        let dropped = match r.dropped {
+            0 => String::new(),
+            n => format!("; dropped {n} damaged, stale or superseded segment file(s)"),
+        };
+        eprintln!(
+            "note: built the lexical index of {} slices from the log of {} (it was missing, damaged, or from an older uctx){dropped}",
+            r.slices,
+            pool.dir().display()
+        );
+    }
+}
+
+/// Say when a reader searched many slices lexically that no segment holds.
+pub fn note_unsealed(pool: &Pool) {
+    let n = pool.lexical_unsealed();
+    if n > 2 * uctx::pool::lex::SEAL_DOCS as u64 {
+        eprintln!(
+            "note: {n} slices of {} are in no lexical segment (an older pool, or a lost segment) and were indexed from the log for this search; the next command that writes to the pool (ingest, chat, serve) builds the segments",
+            pool.dir().display()
+        );
+    }
+}
+
 /// `status`'s lines on damage, a torn tail, and damaged logs a repair kept.
 pub fn print_status(pool: &Pool) {
     for d in pool.damage() {

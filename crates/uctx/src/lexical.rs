@@ -1,5 +1,5 @@
-//! Lexical retrieval: an in-memory BM25 index, and [`fuse`], which merges its ranking with
-//! the dense one.
+//! Lexical retrieval: the terms BM25 scores (the pool's lexical index, [`crate::pool::lex`],
+//! keeps their postings), and [`fuse`], which merges its ranking with the dense one.
 //!
 //! Terms are lowercased runs of letters and digits (any script); each CJK ideograph, kana or
 //! hangul syllable is a term of its own, since those scripts do not put spaces between words.
@@ -7,147 +7,15 @@
 
 use std::collections::HashMap;
 
+/// The version of the rules below (terms, folding): a lexical segment written under other
+/// rules is rebuilt. Bump it with any change to [`for_each_term`] or [`stem`].
+pub const ANALYSIS: u32 = 1;
 /// BM25's term-frequency saturation.
 pub const K1: f32 = 1.2;
 /// BM25's length normalization.
 pub const B: f32 = 0.75;
 /// The rank offset of reciprocal rank fusion, [`Norm::Rank`] (the value of Cormack et al.).
 pub const RRF_K: f32 = 60.0;
-
-/// An in-memory BM25 index over documents named by caller ids.
-#[derive(Debug, Default, Clone)]
-pub struct Bm25 {
-    terms: HashMap<String, u32>,
-    /// Per term: (document slot, term frequency), in insertion order.
-    postings: Vec<Vec<(u32, u32)>>,
-    /// Per slot: the caller's id, the document length in terms, its distinct terms;
-    /// `None` once removed.
-    docs: Vec<Option<Doc>>,
-    slots: HashMap<u64, u32>,
-    total_len: u64,
-    live: u32,
-}
-
-#[derive(Debug, Clone)]
-struct Doc {
-    id: u64,
-    len: u32,
-    terms: Vec<u32>,
-}
-
-impl Bm25 {
-    /// An empty index.
-    pub fn new() -> Bm25 {
-        Bm25::default()
-    }
-
-    /// Number of documents in the index.
-    pub fn len(&self) -> usize {
-        self.live as usize
-    }
-
-    /// Whether the index holds no document.
-    pub fn is_empty(&self) -> bool {
-        self.live == 0
-    }
-
-    /// Index `text` under `id`, replacing what `id` held before.
-    pub fn add(&mut self, id: u64, text: &str) {
-        self.remove(id);
-        let mut counts: HashMap<u32, u32> = HashMap::new();
-        let mut len = 0u32;
-        for_each_term(text, |t| {
-            let t = stem(t);
-            let next = self.terms.len() as u32;
-            let tid = match self.terms.get(t) {
-                Some(&tid) => tid,
-                None => {
-                    self.terms.insert(t.to_string(), next);
-                    self.postings.push(Vec::new());
-                    next
-                }
-            };
-            *counts.entry(tid).or_insert(0) += 1;
-            len += 1;
-        });
-        let slot = self.docs.len() as u32;
-        let mut terms: Vec<u32> = counts.keys().copied().collect();
-        terms.sort_unstable();
-        for &tid in &terms {
-            self.postings[tid as usize].push((slot, counts[&tid]));
-        }
-        self.docs.push(Some(Doc { id, len, terms }));
-        self.slots.insert(id, slot);
-        self.total_len += u64::from(len);
-        self.live += 1;
-    }
-
-    /// Remove the document `id`; unknown ids are ignored.
-    pub fn remove(&mut self, id: u64) {
-        let Some(slot) = self.slots.remove(&id) else {
-            return;
-        };
-        if let Some(doc) = self.docs[slot as usize].take() {
-            for tid in doc.terms {
-                self.postings[tid as usize].retain(|&(s, _)| s != slot);
-            }
-            self.total_len -= u64::from(doc.len);
-            self.live -= 1;
-        }
-    }
-
-    /// The `k` best documents for `query`, best first, as (id, BM25 score). Documents sharing
-    /// no term with the query are not returned; ties go to the smaller id.
-    pub fn search(&self, query: &str, k: usize) -> Vec<(u64, f32)> {
-        if k == 0 || self.live == 0 {
-            return Vec::new();
-        }
-        let mut qterms: Vec<u32> = Vec::new();
-        for_each_term(query, |t| {
-            if let Some(&tid) = self.terms.get(stem(t)) {
-                if !qterms.contains(&tid) {
-                    qterms.push(tid);
-                }
-            }
-        });
-        let n = self.live as f32;
-        let avg = (self.total_len as f32 / n).max(1.0);
-        // A score per slot, and the slots touched: cheaper than a map per posting.
-        let mut scores = vec![0.0f32; self.docs.len()];
-        let mut touched: Vec<u32> = Vec::new();
-        for tid in qterms {
-            let plist = &self.postings[tid as usize];
-            let df = plist.len() as f32;
-            if df == 0.0 {
-                continue;
-            }
-            let idf = (1.0 + (n - df + 0.5) / (df + 0.5)).ln();
-            for &(slot, tf) in plist {
-                let len = self.docs[slot as usize].as_ref().map_or(0, |d| d.len) as f32;
-                let tf = tf as f32;
-                let s = idf * tf * (K1 + 1.0) / (tf + K1 * (1.0 - B + B * len / avg));
-                let acc = &mut scores[slot as usize];
-                if *acc == 0.0 {
-                    touched.push(slot);
-                }
-                *acc += s;
-            }
-        }
-        let mut hits: Vec<(u64, f32)> = touched
-            .into_iter()
-            .filter_map(|slot| {
-                let d = self.docs[slot as usize].as_ref()?;
-                Some((d.id, scores[slot as usize]))
-            })
-            .collect();
-        if hits.len() > k {
-            hits.select_nth_unstable_by(k - 1, |a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
-            hits.truncate(k);
-        }
-        sort_ranked(&mut hits);
-        hits
-    }
-}
 
 /// How a list's scores are put on a common scale before [`fuse`] weighs them.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -216,7 +84,7 @@ fn sort_ranked(hits: &mut [(u64, f32)]) {
 /// A term with an English plural's final `s` dropped (`cats` → `cat`, `houses` → `house`;
 /// not after `s`, `u` or `i`: `class`, `campus`, `this`), so that a plural finds its singular.
 /// Both the documents and the query are folded alike.
-fn stem(t: &str) -> &str {
+pub fn stem(t: &str) -> &str {
     match t.as_bytes() {
         [.., x, b's'] if t.len() > 3 && !matches!(x, b's' | b'u' | b'i') => &t[..t.len() - 1],
         _ => t,
@@ -282,55 +150,12 @@ mod tests {
     }
 
     #[test]
-    fn ranks_the_matching_document_first() {
-        let mut ix = Bm25::new();
-        ix.add(1, "the port of the api server is 8080");
-        ix.add(2, "we decided to call the project falcon");
-        ix.add(3, "lunch was pasta again");
-        let hits = ix.search("which port does the API use?", 3);
-        assert_eq!(hits[0].0, 1);
-        assert!(hits.iter().all(|h| h.0 != 3), "no shared term, no hit");
-        assert_eq!(ix.search("FALCON", 1)[0].0, 2);
-    }
-
-    #[test]
-    fn a_plural_finds_its_singular() {
+    fn a_plural_folds_to_its_singular() {
         assert_eq!(stem("cats"), "cat");
         assert_eq!(stem("houses"), "house");
         for kept in ["class", "campus", "this", "gas", "cat"] {
             assert_eq!(stem(kept), kept);
         }
-        let mut ix = Bm25::new();
-        ix.add(1, "the cat sat on the mat");
-        ix.add(2, "dogs bark");
-        assert_eq!(ix.search("Cats", 1)[0].0, 1);
-        assert_eq!(ix.search("dog", 1)[0].0, 2);
-    }
-
-    #[test]
-    fn remove_and_replace() {
-        let mut ix = Bm25::new();
-        ix.add(1, "alpha beta");
-        ix.add(2, "beta gamma");
-        ix.remove(1);
-        assert_eq!(ix.len(), 1);
-        assert!(ix.search("alpha", 5).is_empty());
-        ix.add(2, "delta");
-        assert!(ix.search("gamma", 5).is_empty());
-        assert_eq!(ix.search("delta", 5)[0].0, 2);
-        ix.remove(42);
-        assert_eq!(ix.len(), 1);
-    }
-
-    #[test]
-    fn rarer_terms_weigh_more() {
-        let mut ix = Bm25::new();
-        for i in 0..10 {
-            ix.add(i, "common words here");
-        }
-        ix.add(100, "common zebra");
-        ix.add(101, "common common common");
-        assert_eq!(ix.search("common zebra", 1)[0].0, 100);
     }
 
     #[test]

@@ -7,18 +7,17 @@
 //! ranking over the same slices, merged by [`lexical::fuse`] (each list's scores
 //! normalised, then weighted). A dense static model alone loses to BM25 on
 //! conversation and documents (exact names, numbers, identifiers); fused they
-//! do better than either. The BM25 indexes are in memory,
-//! one per namespace, built from the pool on the first search that needs them
-//! and kept current by [`Memory::write`]; like every index they are derived
-//! from the pool. Above [`LEXICAL_MAX_SLICES`] slices in scope, search is dense only.
+//! do better than either. The BM25 postings are the pool's lexical index
+//! ([`crate::pool::lex`]): on disk, derived from the log like the vector index,
+//! searched in every scope at every pool size.
 
 use std::collections::HashMap;
 use std::path::Path;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
 
 use crate::chunk;
 use crate::encoder::Encoder;
-use crate::lexical::{self, Bm25, Fusion};
+use crate::lexical::{self, Fusion};
 use crate::pool::{Hit, Pool, PoolOptions, Scope};
 use crate::slice::{NewSlice, Slice, Source};
 use crate::{Error, Result};
@@ -51,9 +50,6 @@ pub struct Recalled {
     pub slice: Slice,
 }
 
-/// Slices in scope above which search skips the in-memory BM25 index.
-pub const LEXICAL_MAX_SLICES: u64 = 50_000;
-
 /// Candidates each ranking contributes before fusion, per result wanted.
 const FUSION_DEPTH: usize = 3;
 
@@ -62,9 +58,9 @@ const FUSION_DEPTH: usize = 3;
 pub enum Ranking {
     /// The pool's vectors only.
     Dense,
-    /// BM25 only (empty when the scope is above [`LEXICAL_MAX_SLICES`]).
+    /// BM25 only.
     Lexical,
-    /// Both, fused; dense only when the scope is above [`LEXICAL_MAX_SLICES`].
+    /// Both, fused.
     Fused(Fusion),
 }
 
@@ -78,8 +74,6 @@ pub struct Memory {
     pool: Arc<Pool>,
     encoder: Arc<dyn Encoder>,
     slice_tokens: usize,
-    /// BM25 per namespace, for the namespaces searched so far.
-    lexical: Mutex<HashMap<String, Bm25>>,
 }
 
 impl Memory {
@@ -109,7 +103,6 @@ impl Memory {
             pool,
             encoder,
             slice_tokens: chunk::SLICE_TOKENS,
-            lexical: Mutex::new(HashMap::new()),
         }
     }
 
@@ -159,18 +152,7 @@ impl Memory {
         let texts: Vec<&str> = slices.iter().map(|s| s.text.as_str()).collect();
         let vectors = self.encoder.encode_batch(&texts);
         let batch: Vec<(NewSlice, Vec<f32>)> = slices.into_iter().zip(vectors).collect();
-        let ids = self.pool.append(&batch)?;
-        let mut lex = self.lexical();
-        for ((slice, _), id) in batch.iter().zip(&ids) {
-            if let Some(index) = lex.get_mut(&slice.namespace) {
-                index.add(*id, &slice.text);
-            }
-        }
-        Ok(ids)
-    }
-
-    fn lexical(&self) -> MutexGuard<'_, HashMap<String, Bm25>> {
-        self.lexical.lock().unwrap_or_else(|e| e.into_inner())
+        self.pool.append(&batch)
     }
 
     /// The ids and scores of the `k` slices nearest to `query`: dense and BM25
@@ -197,14 +179,11 @@ impl Memory {
                 self.pool.search(&self.encoder.encode(query), k, scope)?,
                 None,
             ),
-            Ranking::Lexical => (
-                Vec::new(),
-                Some(self.lexical_search(query, k, scope)?.unwrap_or_default()),
-            ),
+            Ranking::Lexical => (Vec::new(), Some(self.pool.lexical_search(query, k, scope)?)),
             Ranking::Fused(_) => (
                 self.pool
                     .search(&self.encoder.encode(query), depth, scope)?,
-                self.lexical_search(query, depth, scope)?,
+                Some(self.pool.lexical_search(query, depth, scope)?),
             ),
         };
         let Some(lex) = lex else {
@@ -221,7 +200,7 @@ impl Memory {
         };
         let mut out = Vec::with_capacity(k);
         for (id, score) in ranked {
-            // A BM25 hit may have been deleted or evicted since it was indexed.
+            // A slice deleted between the two searches.
             let Some(meta) = metas.remove(&id).or_else(|| self.pool.meta(id)) else {
                 continue;
             };
@@ -236,56 +215,6 @@ impl Memory {
             }
         }
         Ok(out)
-    }
-
-    /// BM25 over the namespaces in scope, loading their indexes on first use;
-    /// `None` when the scope is too large for in-memory indexes.
-    fn lexical_search(
-        &self,
-        query: &str,
-        k: usize,
-        scope: Scope<'_>,
-    ) -> Result<Option<Vec<(u64, f32)>>> {
-        let namespaces: Vec<(String, u64)> = match scope {
-            Scope::Namespace(ns) => self
-                .pool
-                .namespaces()
-                .into_iter()
-                .filter(|(n, _)| n == ns)
-                .collect(),
-            Scope::All => self.pool.namespaces(),
-        };
-        if namespaces.iter().map(|(_, n)| n).sum::<u64>() > LEXICAL_MAX_SLICES {
-            return Ok(None);
-        }
-        let mut lex = self.lexical();
-        for (ns, _) in &namespaces {
-            if !lex.contains_key(ns) {
-                let mut index = Bm25::new();
-                for m in self.pool.metas(Scope::Namespace(ns)) {
-                    if let Some(slice) = self.pool.get(m.id)? {
-                        index.add(m.id, &slice.text);
-                    }
-                }
-                lex.insert(ns.clone(), index);
-            }
-        }
-        let lists: Vec<Vec<(u64, f32)>> = namespaces
-            .iter()
-            .filter_map(|(ns, _)| lex.get(ns))
-            .map(|index| index.search(query, k))
-            .collect();
-        Ok(Some(match lists.len() {
-            0 => Vec::new(),
-            1 => lists.into_iter().next().unwrap_or_default(),
-            // BM25 scores of different namespaces share a scale closely enough to merge.
-            _ => {
-                let mut all: Vec<(u64, f32)> = lists.into_iter().flatten().collect();
-                all.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
-                all.truncate(k);
-                all
-            }
-        }))
     }
 
     /// Like [`Memory::search`], with each slice's text.

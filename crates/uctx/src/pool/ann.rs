@@ -33,8 +33,6 @@ use crate::encoder::{dot, normalize};
 /// Segment files are named `seg-GEN.ivf`.
 pub const SEGMENT_PREFIX: &str = "seg-";
 pub const SEGMENT_SUFFIX: &str = ".ivf";
-/// A segment being written.
-const SEGMENT_TMP: &str = ".tmp";
 const MAGIC: [u8; 8] = *b"UCTXIVF1";
 const VERSION: u32 = 1;
 const HEADER: usize = 64;
@@ -603,57 +601,18 @@ impl Ann {
         writer: bool,
         intern: &mut dyn FnMut(&str) -> u32,
     ) -> io::Result<(Ann, Vec<String>)> {
+        let opened = super::segfile::open(
+            dir,
+            writer,
+            SEGMENT_PREFIX,
+            SEGMENT_SUFFIX,
+            |name, map| Segment::parse(name, map, dim, intern),
+            |s: &Segment| (s.first_id, s.last_id, s.gen),
+        )?;
         let mut ann = Ann::new(dim);
-        let mut rejected = Vec::new();
-        let mut found = Vec::new();
-        let mut names = dir.list()?;
-        names.sort();
-        let mut files = Vec::new();
-        for name in names {
-            if writer && name.starts_with(SEGMENT_PREFIX) && name.ends_with(SEGMENT_TMP) {
-                dir.remove(&name)?;
-            }
-            if !is_segment_file(&name) {
-                continue;
-            }
-            files.push(name.clone());
-            let map = dir.map(&name)?;
-            match Segment::parse(&name, map, dim, intern) {
-                Ok(s) => found.push(s),
-                // Damaged, or from another format or dimension.
-                Err(_) => rejected.push(name),
-            }
-        }
-        for s in &found {
-            ann.next_gen = ann.next_gen.max(s.gen + 1);
-        }
-        // Wider ranges first, then newer: a merge or rewrite supersedes
-        // the files it was made from.
-        found.sort_by(|a, b| {
-            (b.last_id - b.first_id)
-                .cmp(&(a.last_id - a.first_id))
-                .then(b.gen.cmp(&a.gen))
-        });
-        for s in found {
-            let overlaps = ann
-                .segments
-                .iter()
-                .any(|t| s.first_id <= t.last_id && t.first_id <= s.last_id);
-            if overlaps {
-                // Superseded by a merge or rewrite of it.
-                rejected.push(s.name.clone());
-            } else {
-                ann.segments.push(s);
-            }
-        }
-        ann.segments.sort_by_key(|s| s.first_id);
-        if writer {
-            for name in &rejected {
-                dir.remove(name)?;
-            }
-            files.retain(|f| !rejected.contains(f));
-        }
-        Ok((ann, files))
+        ann.next_gen = opened.max_gen + 1;
+        ann.segments = opened.kept;
+        Ok((ann, opened.files))
     }
 
     /// Whether a segment holds (or held) slice `id`.
@@ -963,14 +922,7 @@ impl Prepared {
             &self.rows, dim, lists, self.gen, self.level, self.range, ns_name,
         );
         let name = format!("{SEGMENT_PREFIX}{:08}{SEGMENT_SUFFIX}", self.gen);
-        let tmp = format!("{name}{SEGMENT_TMP}");
-        dir.remove(&tmp)?;
-        let f = dir.open(&tmp, true)?;
-        f.write_at(0, &bytes)?;
-        f.sync()?;
-        drop(f);
-        dir.rename(&tmp, &name)?;
-        let map = dir.map(&name)?;
+        let map = super::segfile::write(dir, &name, &bytes)?;
         // The file names the namespaces it was written with.
         let mut intern = |n: &str| names.iter().find(|x| x.0 == n).map_or(u32::MAX, |x| x.1);
         let seg = Segment::parse(&name, map, dim, &mut intern).map_err(|why| {

@@ -9,7 +9,7 @@ use std::time::Instant;
 
 use serde::Serialize;
 
-use super::{IndexStats, Pool, PoolOptions, Scope};
+use super::{IndexStats, LexicalStats, Pool, PoolOptions, Scope};
 use crate::encoder::Encoder;
 use crate::slice::{NewSlice, Source};
 use crate::{chunk, Error, Result};
@@ -67,6 +67,9 @@ pub struct ScaleReport {
     pub tokens_per_slice: f64,
     pub tokens_per_gb: f64,
     pub index: String,
+    /// Seconds a writer took to build the whole lexical index again from
+    /// the log (its files removed), as an older pool's first open does.
+    pub lexical_rebuild_seconds: f64,
     /// Whether open, search and memory were measured in a process of their
     /// own (as a separate reader would see them) or in the one that built.
     pub probed_in: String,
@@ -86,6 +89,13 @@ pub struct Probe {
     /// Search against [`Pool::search_exact`] on the first queries.
     pub recall_at_10: f64,
     pub recall_queries: usize,
+    /// The lexical index, and top-10 BM25 and hybrid (what `Memory::search`
+    /// does: dense and BM25, fused) over every namespace and over one.
+    pub lexical: LexicalStats,
+    pub lexical_search_all: Latency,
+    pub lexical_search_namespace: Latency,
+    pub hybrid_search_all: Latency,
+    pub hybrid_search_namespace: Latency,
     pub memory_after_open: Memory,
     pub memory_searching: Memory,
 }
@@ -298,6 +308,22 @@ pub fn build_scale(encoder: Arc<dyn Encoder>, opts: &ScaleOptions<'_>) -> Result
     report.ingest_tokens_per_sec = st.tokens as f64 / report.ingest_seconds.max(1e-9);
     drop(pool);
 
+    // The lexical index again from the log alone, as an older pool's first
+    // open builds it.
+    for e in std::fs::read_dir(&opts.pool_dir)
+        .map_err(|e| Error::io("cannot list the pool", e))?
+        .flatten()
+    {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if super::lex::is_segment_file(&name) {
+            std::fs::remove_file(e.path())
+                .map_err(|e| Error::io(format!("cannot remove {name}"), e))?;
+        }
+    }
+    let t = Instant::now();
+    drop(Pool::open(&opts.pool_dir, pool_opts)?);
+    report.lexical_rebuild_seconds = t.elapsed().as_secs_f64();
+
     // Everything in the directory counts, the lock file included.
     report.bytes_on_disk = std::fs::read_dir(&opts.pool_dir)
         .map_err(|e| Error::io("cannot list the pool", e))?
@@ -342,10 +368,13 @@ pub fn probe_pool(
 
     // Queries: the opening words of slices spread over the pool.
     let mut qs = Vec::with_capacity(queries);
+    let mut texts = Vec::with_capacity(queries);
     for id in pool.sample(queries) {
         if let Some(s) = pool.get(id)? {
             let words: Vec<&str> = s.text.split_whitespace().take(12).collect();
-            qs.push((encoder.encode(&words.join(" ")), s.meta.namespace));
+            let text = words.join(" ");
+            qs.push((encoder.encode(&text), s.meta.namespace.clone()));
+            texts.push((text, s.meta.namespace));
         }
     }
     let mut all_ms = Vec::with_capacity(qs.len());
@@ -379,6 +408,27 @@ pub fn probe_pool(
     report.rows_scanned_per_search = scanned as f64 / all_ms.len().max(1) as f64;
     report.search_all = latency(all_ms);
     report.search_namespace = latency(ns_ms);
+
+    // BM25 alone, then the hybrid search sessions use (encoding included).
+    let pool = Arc::new(pool);
+    let memory = crate::memory::Memory::new(pool.clone(), encoder);
+    let mut times: [Vec<f64>; 4] = Default::default();
+    for (text, ns) in &texts {
+        for (i, scope) in [Scope::All, Scope::Namespace(ns)].into_iter().enumerate() {
+            let t = Instant::now();
+            pool.lexical_search(text, 10, scope)?;
+            times[i].push(t.elapsed().as_secs_f64() * 1e3);
+            let t = Instant::now();
+            memory.search(text, 10, scope)?;
+            times[2 + i].push(t.elapsed().as_secs_f64() * 1e3);
+        }
+    }
+    let [la, ln, ha, hn] = times;
+    report.lexical = pool.lexical_stats();
+    report.lexical_search_all = latency(la);
+    report.lexical_search_namespace = latency(ln);
+    report.hybrid_search_all = latency(ha);
+    report.hybrid_search_namespace = latency(hn);
     Ok(report)
 }
 

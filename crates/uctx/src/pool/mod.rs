@@ -16,9 +16,11 @@ pub mod ann;
 pub mod bench;
 mod forget;
 pub mod format;
+pub mod lex;
 mod lock;
 mod repair;
 mod replay;
+mod segfile;
 mod state;
 pub mod storage;
 pub mod vector;
@@ -28,6 +30,7 @@ use lock::WriterLock;
 use state::State;
 use storage::{Dir, FileDir, Storage};
 
+pub use lex::{LexicalStats, Rebuilt};
 pub use lock::{set_purpose, LOCK_FILE};
 pub use repair::{Repaired, DAMAGED_PREFIX};
 pub use replay::{Damage, TornTail};
@@ -487,6 +490,7 @@ impl Pool {
             w.compressor = None;
             return Err(e);
         }
+        self.lex_appended(batch, first);
         self.maintain(&mut w);
         Ok((first..first + batch.len() as u64).collect())
     }
@@ -919,6 +923,10 @@ impl Pool {
         if result.is_ok() {
             result = self.maintain_index(w);
         }
+        let lexical = self.maintain_lexical(w);
+        if result.is_ok() {
+            result = lexical;
+        }
         let mut m = self
             .maintenance_error
             .lock()
@@ -1189,7 +1197,7 @@ fn segment_files(dir: &dyn Dir, path: &Path) -> Result<Vec<String>> {
         .list()
         .map_err(|e| Error::io(format!("cannot list the pool at {}", path.display()), e))?
         .into_iter()
-        .filter(|n| ann::is_segment_file(n))
+        .filter(|n| ann::is_segment_file(n) || lex::is_segment_file(n))
         .collect();
     names.sort();
     Ok(names)
@@ -1253,6 +1261,15 @@ fn load(
     let mut ann = std::mem::replace(&mut state.ann, ann::Ann::new(dim));
     ann.settle(&|id| state.contains(id));
     state.ann = ann;
+    lex::open_into(&mut state, dir, writer).map_err(|e| {
+        Error::io(
+            format!(
+                "cannot read the lexical index of the pool at {}",
+                path.display()
+            ),
+            e,
+        )
+    })?;
     state.shrink();
     let cut = state.tail.filter(|_| writer);
     if let Some(tail) = cut {

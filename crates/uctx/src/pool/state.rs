@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use super::ann::{Ann, Row};
 use super::format::{self, Rec, SliceRec, RECORD_HEADER};
+use super::lex::Lex;
 use super::replay::{Damage, TornTail, Walk};
 use super::storage::Storage;
 use crate::slice::{SliceMeta, Source};
@@ -139,6 +140,22 @@ impl Table {
             .map(|j| blk.first + j)
     }
 
+    /// Index of the first entry with an id of at least `id`.
+    fn lower_bound(&self, id: u64) -> usize {
+        let b = self.blocks.partition_point(|b| b.id <= id);
+        if b == 0 {
+            return 0;
+        }
+        let blk = self.blocks[b - 1];
+        let end = self.blocks.get(b).map_or(self.len(), |n| n.first);
+        let delta = id - blk.id;
+        if delta > u32::MAX as u64 {
+            return end;
+        }
+        let run = &self.id[blk.first..end];
+        blk.first + run.partition_point(|&x| x < delta as u32)
+    }
+
     fn last_id(&self) -> Option<u64> {
         (self.len() > 0).then(|| self.get(self.len() - 1).id)
     }
@@ -191,6 +208,8 @@ pub struct State {
     ns_index: HashMap<String, u32>,
     ns_live: Vec<u64>,
     pub ann: Ann,
+    /// The lexical index (BM25 postings).
+    pub lex: Lex,
     /// Index segment files present when the index was last opened.
     pub segment_files: Vec<String>,
     /// Bytes of live slice records.
@@ -226,6 +245,7 @@ impl State {
             ns_index: HashMap::new(),
             ns_live: Vec::new(),
             ann: Ann::new(dim),
+            lex: Lex::new(),
             segment_files: Vec::new(),
             live_bytes: 0,
             tokens: 0,
@@ -252,9 +272,9 @@ impl State {
         self.walked_to = len;
     }
 
-    /// Bytes of the log and the index's segment files.
+    /// Bytes of the log and the indexes' segment files.
     pub fn bytes_on_disk(&self) -> u64 {
-        self.end + self.ann.file_bytes()
+        self.end + self.ann.file_bytes() + self.lex.file_bytes()
     }
 
     /// Namespaces a pool can hold (numbers are kept in 16 bits).
@@ -429,6 +449,7 @@ impl State {
         self.live_bytes -= e.bytes as u64;
         self.tokens -= e.tokens as u64;
         self.ann.remove(id);
+        self.lex.remove(id, e.ns);
     }
 
     /// Drop deleted entries once they are half the table.
@@ -506,9 +527,24 @@ impl State {
             .map_or((0, id), |t| (t.uses, t.last_used_seq))
     }
 
-    /// Bytes a slice's row takes in an index segment: codes, id, scale.
+    /// Bytes a slice takes in the index segments: its row of codes, id
+    /// and scale, and its share of the lexical segments.
     pub fn index_row_bytes(&self) -> u64 {
-        self.dim as u64 + 12
+        self.dim as u64 + 12 + self.lex.bytes_per_doc()
+    }
+
+    /// The number of namespace `name`, if a slice was ever written to it.
+    pub fn ns_number(&self, name: &str) -> Option<u32> {
+        self.ns_index.get(name).copied()
+    }
+
+    /// Live slices with ids in `[from, to]`, in id order.
+    pub fn live_range(&self, from: u64, to: u64) -> impl Iterator<Item = Entry> + '_ {
+        let t = &self.entries;
+        (t.lower_bound(from)..t.len())
+            .map(|i| t.get(i))
+            .take_while(move |e| e.id <= to)
+            .filter(|e| !e.dead())
     }
 
     /// What the witness weighs for every live slice; each slice's bytes

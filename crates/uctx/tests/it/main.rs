@@ -4,6 +4,7 @@ mod backend;
 mod crash;
 mod encoder;
 mod fake_server;
+mod lexical;
 mod pool;
 mod real_server;
 mod reembed;
