@@ -525,15 +525,20 @@ class RealModel(unittest.TestCase):
                                       max_tokens=32)
         self.assertIsNotNone(r.choices[0].finish_reason)
         self.assertLessEqual(r.usage.prompt_tokens, 2048)
+        # Streaming, in a conversation of its own (the same history again would be a
+        # regeneration, which forks).
+        bergen = json.loads(json.dumps(history).replace("Oslo", "Bergen").replace(
+            "Sunny, 21 degrees, light wind.", "Rain, 12 degrees, strong wind."))
         chunks = list(c.chat.completions.create(
-            model="smollm2", messages=history, tools=tools, max_tokens=32, stream=True))
+            model="smollm2", messages=bergen, tools=tools, max_tokens=32, stream=True))
         self.assertTrue(any(ch.choices and ch.choices[0].finish_reason for ch in chunks))
-        # The result is in the pool as a tool slice, once.
-        out = subprocess.run(
-            [UCTX, "--pool", self.server.args[2], "--json", "recall", "Sunny 21 degrees light wind",
-             "-k", "20"], capture_output=True, text=True, check=True)
-        hits = [h for h in json.loads(out.stdout) if "Sunny, 21 degrees" in h["text"]]
-        self.assertEqual([h["source"] for h in hits], ["tool"], out.stdout)
+        # Each result is in the pool as a tool slice, once.
+        for result in ("Sunny, 21 degrees", "Rain, 12 degrees"):
+            out = subprocess.run(
+                [UCTX, "--pool", self.server.args[2], "--json", "recall", result + " wind",
+                 "-k", "20"], capture_output=True, text=True, check=True)
+            hits = [h for h in json.loads(out.stdout) if result in h["text"]]
+            self.assertEqual([h["source"] for h in hits], ["tool"], out.stdout)
 
     def test_ollama_client_and_a_conversation_past_the_window(self):
         c = self.server.ollama(timeout=300)
