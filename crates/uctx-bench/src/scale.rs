@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use anyhow::{bail, Context};
 use uctx::encoder::Encoder;
-use uctx::pool::bench::{build_scale, Probe, ScaleOptions, ScaleReport};
+use uctx::pool::bench::{build_scale, Latency, Probe, ScaleOptions, ScaleReport};
 
 /// The Debian package the default corpus comes from.
 pub const CORPUS_PACKAGE: &str = "linux-source-6.1";
@@ -116,6 +116,11 @@ pub fn run_bench(
     )?)
 }
 
+/// A latency as the table shows it: p50 / p99.
+fn ms(l: &Latency) -> String {
+    format!("{:.2} / {:.2} ms", l.p50_ms, l.p99_ms)
+}
+
 fn mb(b: u64) -> String {
     format!("{:.1} MB", b as f64 / 1e6)
 }
@@ -133,17 +138,8 @@ fn probe_rows(p: &Probe) -> Vec<(&'static str, String)> {
             ),
         ),
         ("time to open", format!("{:.2} s", p.open_seconds)),
-        (
-            "top-10 search, all (p50 / p99)",
-            format!("{:.2} / {:.2} ms", p.search_all.p50_ms, p.search_all.p99_ms),
-        ),
-        (
-            "top-10 search, one namespace",
-            format!(
-                "{:.2} / {:.2} ms",
-                p.search_namespace.p50_ms, p.search_namespace.p99_ms
-            ),
-        ),
+        ("top-10 search, all (p50 / p99)", ms(&p.search_all)),
+        ("top-10 search, one namespace", ms(&p.search_namespace)),
         (
             "rows scored per search (all)",
             format!("{:.0}", p.rows_scanned_per_search),
@@ -161,33 +157,15 @@ fn probe_rows(p: &Probe) -> Vec<(&'static str, String)> {
                 mb(p.lexical.bytes)
             ),
         ),
-        (
-            "BM25 top-10, all (p50 / p99)",
-            format!(
-                "{:.2} / {:.2} ms",
-                p.lexical_search_all.p50_ms, p.lexical_search_all.p99_ms
-            ),
-        ),
+        ("BM25 top-10, all (p50 / p99)", ms(&p.lexical_search_all)),
         (
             "BM25 top-10, one namespace",
-            format!(
-                "{:.2} / {:.2} ms",
-                p.lexical_search_namespace.p50_ms, p.lexical_search_namespace.p99_ms
-            ),
+            ms(&p.lexical_search_namespace),
         ),
-        (
-            "hybrid top-10, all (p50 / p99)",
-            format!(
-                "{:.2} / {:.2} ms",
-                p.hybrid_search_all.p50_ms, p.hybrid_search_all.p99_ms
-            ),
-        ),
+        ("hybrid top-10, all (p50 / p99)", ms(&p.hybrid_search_all)),
         (
             "hybrid top-10, one namespace",
-            format!(
-                "{:.2} / {:.2} ms",
-                p.hybrid_search_namespace.p50_ms, p.hybrid_search_namespace.p99_ms
-            ),
+            ms(&p.hybrid_search_namespace),
         ),
         (
             "memory after open (private / file)",

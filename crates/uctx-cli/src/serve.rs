@@ -228,10 +228,12 @@ pub fn bench(g: &Global, a: &BenchServeArgs) -> anyhow::Result<ExitCode> {
 /// the writer's lock only for the length of a `remember` or `forget`, so it runs for
 /// as long as its host does beside any other command on the same pool.
 pub fn mcp(g: &Global) -> anyhow::Result<ExitCode> {
-    // The pool is made if there is none yet (its writer, opened and closed at once).
-    drop(crate::open::memory_rw(g)?);
-    let reader = crate::open::memory_ro(g)?;
     let dir = crate::open::pool_dir(g)?;
+    if !dir.exists() {
+        // There is no pool yet: its writer makes one, opened and closed at once.
+        drop(crate::open::memory_rw(g)?);
+    }
+    let reader = crate::open::memory_ro(g)?;
     let encoder = Arc::clone(reader.encoder());
     let open_writer: uctx_serve::mcp::OpenWriter = Arc::new(move || {
         let memory = Memory::open(&dir, Arc::clone(&encoder), false, false, None)?;

@@ -26,6 +26,7 @@ use std::collections::{BinaryHeap, HashSet};
 use std::io;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use super::le::{pad8, u32_at, u64_at};
 use super::storage::{Dir, Mapped};
 use super::vector::{dequantize, dots_i8, quantize};
 use crate::encoder::{dot, normalize};
@@ -158,26 +159,12 @@ pub struct Segment {
     pub dead: usize,
 }
 
-fn u32_at(b: &[u8], o: usize) -> u32 {
-    u32::from_le_bytes([b[o], b[o + 1], b[o + 2], b[o + 3]])
-}
-
-fn u64_at(b: &[u8], o: usize) -> u64 {
-    let mut x = [0u8; 8];
-    x.copy_from_slice(&b[o..o + 8]);
-    u64::from_le_bytes(x)
-}
-
 fn f32_at(b: &[u8], o: usize) -> f32 {
     f32::from_bits(u32_at(b, o))
 }
 
 fn as_i8(b: &[u8]) -> &[i8] {
     bytemuck::cast_slice(b)
-}
-
-fn pad8(n: usize) -> usize {
-    n.div_ceil(8) * 8
 }
 
 /// Whether `name` is an installed segment file (not one being written).

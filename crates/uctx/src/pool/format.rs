@@ -1,5 +1,7 @@
 //! Bytes on disk: the log header and its records (see `docs/format.md`).
 
+use super::le::{get_u32, u32_at, u64_at};
+
 /// First bytes of every pool log.
 pub const MAGIC: [u8; 8] = *b"UCTXPOOL";
 /// The format this code writes and reads.
@@ -269,7 +271,7 @@ pub fn plausible(b: &[u8], dim: usize) -> bool {
     }
     let (len, _, ty) = frame(b);
     let p = &b[RECORD_HEADER..];
-    let count = || u32_at_checked(p, 0).map(|n| n as usize);
+    let count = || get_u32(p, 0).map(|n| n as usize);
     match ty {
         T_SLICE => {
             p.len() >= SLICE_FIXED - 4
@@ -296,7 +298,7 @@ pub fn decode(ty: u8, p: &[u8], dim: usize) -> Option<Rec> {
     Some(match ty {
         T_SLICE => Rec::Slice(decode_slice(p, dim)?),
         T_WITNESS => {
-            let n = u32_at_checked(p, 0)? as usize;
+            let n = get_u32(p, 0)? as usize;
             if p.len() != 4 + n * 17 {
                 return None;
             }
@@ -319,7 +321,7 @@ pub fn decode(ty: u8, p: &[u8], dim: usize) -> Option<Rec> {
             }
         }
         T_EVICT => {
-            let n = u32_at_checked(p, 0)? as usize;
+            let n = get_u32(p, 0)? as usize;
             if p.len() != 4 + n * 8 {
                 return None;
             }
@@ -388,20 +390,6 @@ pub fn decode_slice(p: &[u8], dim: usize) -> Option<SliceRec> {
 
 fn u16_at(b: &[u8], o: usize) -> u16 {
     u16::from_le_bytes([b[o], b[o + 1]])
-}
-
-fn u32_at(b: &[u8], o: usize) -> u32 {
-    u32::from_le_bytes([b[o], b[o + 1], b[o + 2], b[o + 3]])
-}
-
-fn u32_at_checked(b: &[u8], o: usize) -> Option<u32> {
-    (b.len() >= o + 4).then(|| u32_at(b, o))
-}
-
-fn u64_at(b: &[u8], o: usize) -> u64 {
-    let mut x = [0u8; 8];
-    x.copy_from_slice(&b[o..o + 8]);
-    u64::from_le_bytes(x)
 }
 
 #[cfg(test)]

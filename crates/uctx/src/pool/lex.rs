@@ -39,6 +39,7 @@ use std::collections::HashMap;
 use std::io;
 use std::sync::Arc;
 
+use super::le::{get_u32, get_u64, pad8};
 use super::state::State;
 use super::storage::{Dir, Mapped};
 use super::{Pool, Scope, Writer};
@@ -107,18 +108,6 @@ pub struct Rebuilt {
 }
 
 // ---- bytes ----------------------------------------------------------------
-
-fn u32_at(b: &[u8], o: usize) -> Option<u32> {
-    Some(u32::from_le_bytes(b.get(o..o + 4)?.try_into().ok()?))
-}
-
-fn u64_at(b: &[u8], o: usize) -> Option<u64> {
-    Some(u64::from_le_bytes(b.get(o..o + 8)?.try_into().ok()?))
-}
-
-fn pad8(n: usize) -> usize {
-    n.div_ceil(8) * 8
-}
 
 fn put_varint(out: &mut Vec<u8>, mut x: u64) {
     while x >= 0x80 {
@@ -373,8 +362,8 @@ impl SegFile {
             return Err("not a lexical segment".into());
         }
         let body = b.len() - 4;
-        let field = |o| u32_at(b, o).unwrap_or(0);
-        let wide = |o| u64_at(b, o).unwrap_or(0);
+        let field = |o| get_u32(b, o).unwrap_or(0);
+        let wide = |o| get_u64(b, o).unwrap_or(0);
         if crc32fast::hash(&b[..body]) != field(body) {
             return Err("fails its checksum".into());
         }
@@ -393,7 +382,7 @@ impl SegFile {
         let mut ns_global = Vec::with_capacity(ns_count);
         let mut ns_start = vec![0usize];
         for _ in 0..ns_count {
-            let n = u64_at(b, at).ok_or("truncated namespace table")? as usize;
+            let n = get_u64(b, at).ok_or("truncated namespace table")? as usize;
             let len = b.get(at + 8..at + 10).ok_or("truncated namespace table")?;
             let len = u16::from_le_bytes([len[0], len[1]]) as usize;
             at += 10;
@@ -449,15 +438,15 @@ impl SegFile {
     }
 
     pub fn id(&self, ord: usize) -> u64 {
-        u64_at(self.bytes(), self.at_ids + 8 * ord).unwrap_or(0)
+        get_u64(self.bytes(), self.at_ids + 8 * ord).unwrap_or(0)
     }
 
     fn len(&self, ord: usize) -> u32 {
-        u32_at(self.bytes(), self.at_lens + 4 * ord).unwrap_or(0)
+        get_u32(self.bytes(), self.at_lens + 4 * ord).unwrap_or(0)
     }
 
     fn block_at(&self, i: usize) -> usize {
-        u64_at(self.bytes(), self.at_blocks + 8 * i).unwrap_or(0) as usize
+        get_u64(self.bytes(), self.at_blocks + 8 * i).unwrap_or(0) as usize
     }
 
     fn dict(&self) -> &[u8] {
@@ -543,7 +532,7 @@ impl SegFile {
         // Start at the last block whose first document is at most `lo`.
         let (mut block, mut pos, mut prev) = (0usize, data, 0usize);
         if nb > 0 {
-            let first = |j: usize| u32_at(p, 8 * j).unwrap_or(0) as usize;
+            let first = |j: usize| get_u32(p, 8 * j).unwrap_or(0) as usize;
             let (mut a, mut b) = (0usize, nb);
             while a < b {
                 let m = (a + b) / 2;
@@ -554,15 +543,15 @@ impl SegFile {
                 }
             }
             block = a.saturating_sub(1);
-            pos = data + u32_at(p, 8 * block + 4).unwrap_or(0) as usize;
+            pos = data + get_u32(p, 8 * block + 4).unwrap_or(0) as usize;
             prev = first(block);
         }
         let mut n = block * BLOCK;
         while n < df {
             if nb > 0 && n.is_multiple_of(BLOCK) {
                 let j = n / BLOCK;
-                prev = u32_at(p, 8 * j).unwrap_or(0) as usize;
-                pos = data + u32_at(p, 8 * j + 4).unwrap_or(0) as usize;
+                prev = get_u32(p, 8 * j).unwrap_or(0) as usize;
+                pos = data + get_u32(p, 8 * j + 4).unwrap_or(0) as usize;
             }
             let Some(x) = varint(p, &mut pos) else {
                 return;

@@ -16,6 +16,7 @@ pub mod ann;
 pub mod bench;
 mod forget;
 pub mod format;
+mod le;
 pub mod lex;
 mod lock;
 mod repair;
