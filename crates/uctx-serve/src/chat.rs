@@ -9,7 +9,7 @@ use std::time::Instant;
 use serde_json::Value;
 use tokio::sync::mpsc;
 use uctx::backend::{Backend, BackendError, ChatRequest, Message, Role};
-use uctx::session::{turns_spanned, Layout, Session, SessionConfig};
+use uctx::session::{Layout, Session, SessionConfig};
 use uctx::Source;
 
 use crate::convo::{message_digest, root_digest, Digest, Live, Planned};
@@ -146,14 +146,7 @@ fn answer(state: &State, job: ChatJob, tx: &mpsc::Sender<Event>) -> Result<(), E
             attempt += 1;
             let (plan, live) = {
                 let mut ix = lock(&state.index);
-                let plan = ix.plan(job.key.as_deref(), root, &digests, &|n| {
-                    turns_spanned(
-                        msgs[..n]
-                            .iter()
-                            .filter(|(r, _)| !r.text.trim().is_empty())
-                            .map(|(r, _)| source_of(r.kind)),
-                    )
-                });
+                let plan = ix.plan(job.key.as_deref(), root, &digests);
                 let live = Arc::clone(
                     lock(&state.live)
                         .entry(plan.conv)
@@ -193,22 +186,31 @@ fn answer(state: &State, job: ChatJob, tx: &mpsc::Sender<Event>) -> Result<(), E
     if session.system_prompt() != system {
         session.set_system_prompt(&system);
     }
-    // Play what the conversation does not hold yet into the pool, then answer the last.
+    // Play what the conversation does not hold yet into the pool, then answer the last
+    // (a regeneration's input is its parent's: only the answer is new).
     let n = msgs.len();
-    for (r, _) in &msgs[plan.record_from..n - 1] {
+    let adopted_input = plan.record_from >= n;
+    let played = plan.record_from.min(n - 1)..n - 1;
+    let mut played_ids = Vec::with_capacity(played.len());
+    for (r, _) in &msgs[played.clone()] {
         if r.text.trim().is_empty() {
+            played_ids.push(0);
             continue;
         }
-        session
+        let rec = session
             .record_as(source_of(r.kind), &r.text)
             .map_err(|e| error_event(&e))?;
+        played_ids.push(rec.ids.last().copied().unwrap_or(0));
     }
-    let recorded: Vec<Digest> = digests[plan.record_from..n - 1].to_vec();
-    if !recorded.is_empty() {
-        lock(&state.index).append(plan.conv, &recorded);
+    if !played.is_empty() {
+        lock(&state.index).append(plan.conv, &digests[played], &played_ids);
     }
     *lock(&backend.call) = Some(call(tx));
-    let result = session.turn_as(source_of(last.kind), &last.text, &mut |_| {});
+    let result = if adopted_input {
+        session.turn_on_adopted(source_of(last.kind), &last.text, &mut |_| {})
+    } else {
+        session.turn_as(source_of(last.kind), &last.text, &mut |_| {})
+    };
     let finished = lock(&backend.call).take();
     let report = match result {
         Ok(r) => r,
@@ -222,7 +224,17 @@ fn answer(state: &State, job: ChatJob, tx: &mpsc::Sender<Event>) -> Result<(), E
         role: Role::Assistant,
         text: report.answer.clone(),
     };
-    lock(&state.index).append(plan.conv, &[digests[n - 1], message_digest(&answer)]);
+    let answer_id = report.answer_ids.last().copied().unwrap_or(0);
+    if adopted_input {
+        lock(&state.index).append(plan.conv, &[message_digest(&answer)], &[answer_id]);
+    } else {
+        let input_id = report.input_ids.last().copied().unwrap_or(0);
+        lock(&state.index).append(
+            plan.conv,
+            &[digests[n - 1], message_digest(&answer)],
+            &[input_id, answer_id],
+        );
+    }
     let finish = finished.and_then(|c| c.finish).unwrap_or_default();
     let _ = tx.blocking_send(Event::Done(finish));
     drop(held);
@@ -266,7 +278,8 @@ fn open_session(
     )
     .map_err(|e| error_event(&e))?;
     if plan.created {
-        for (r, _) in &msgs[..plan.adopt] {
+        // The input of a regeneration comes with the turn that answers it.
+        for (r, _) in &msgs[..plan.adopt.min(msgs.len() - 1)] {
             session.adopt(source_of(r.kind), &r.text);
         }
     }

@@ -58,7 +58,9 @@ pub struct Planned {
     /// The request's first message that the conversation does not hold.
     pub record_from: usize,
     /// A new conversation (fork or first request) that takes over the request's first
-    /// `adopt` messages without storing them (they are stored in the parent).
+    /// `adopt` messages without storing them (they are stored in the parent). A
+    /// regeneration adopts the whole request, its input included: only the answer is
+    /// new.
     pub adopt: usize,
     pub forked_from: Option<u64>,
     pub created: bool,
@@ -71,10 +73,13 @@ pub struct Entry {
     pub key: Option<String>,
     pub root: Digest,
     pub msgs: Vec<Digest>,
+    /// For each message, the highest pool id of this conversation's own namespace
+    /// through it (0 while there is none: adopted messages are stored elsewhere).
+    pub ids: Vec<u64>,
     pub forked_from: Option<u64>,
-    /// For a fork, the turns of the start it shares with its parent, numbered as the
-    /// parent numbers them (its lineage is searched through that turn).
-    pub fork_turn: u64,
+    /// For a fork, how many of its first messages it shares with its parent (the
+    /// parent's history through them is the fork's too).
+    pub fork_at: usize,
 }
 
 /// Every conversation of the server, by key, prefix chain and message.
@@ -122,7 +127,7 @@ impl Index {
         key: Option<&str>,
         root: Digest,
         forked_from: Option<u64>,
-        fork_turn: u64,
+        fork_at: usize,
     ) -> u64 {
         let id = self.next_id;
         self.next_id += 1;
@@ -138,8 +143,9 @@ impl Index {
                 key: key.map(str::to_string),
                 root,
                 msgs: Vec::new(),
+                ids: Vec::new(),
                 forked_from,
-                fork_turn,
+                fork_at,
             },
         );
         if let Some(k) = key {
@@ -148,21 +154,14 @@ impl Index {
         let e = &self.entries[&id];
         self.journal.push(serde_json::json!({
             "op": "new", "id": id, "namespace": e.namespace, "key": e.key,
-            "root": hex(&root), "forked_from": forked_from, "fork_turn": fork_turn,
+            "root": hex(&root), "forked_from": forked_from, "fork_at": fork_at,
         }));
         id
     }
 
     /// Decide where a request with these messages (system prompt apart) goes, creating
-    /// the conversation when it is new or a fork; `turns(n)` is how many turns the
-    /// request's first `n` messages span (a fork's shared start).
-    pub fn plan(
-        &mut self,
-        key: Option<&str>,
-        root: Digest,
-        req: &[Digest],
-        turns: &dyn Fn(usize) -> u64,
-    ) -> Planned {
+    /// the conversation when it is new or a fork.
+    pub fn plan(&mut self, key: Option<&str>, root: Digest, req: &[Digest]) -> Planned {
         let n = req.len();
         let extend = |conv: u64, len: usize, from: usize| Planned {
             conv,
@@ -232,14 +231,14 @@ impl Index {
                 }
             }
         };
-        // A new conversation; a fork takes over the shared start, less the last
-        // message, which is this request's input.
+        // A new conversation; a fork takes over the shared start: all but the input
+        // after an edit, the whole request (the input too) for a regeneration.
         let adopt = match parent {
-            Some(_) => shared.min(n.saturating_sub(1)),
+            Some(_) => shared.min(n),
             None => 0,
         };
-        let id = self.create(key, root, parent, turns(adopt));
-        self.append(id, &req[..adopt]);
+        let id = self.create(key, root, parent, adopt);
+        self.append(id, &req[..adopt], &[]);
         Planned {
             conv: id,
             expected_len: adopt,
@@ -250,34 +249,45 @@ impl Index {
         }
     }
 
-    /// The namespaces whose turns are part of a conversation's history, each with the
-    /// last turn of it that is: its parent through the fork, the parent's parent
-    /// through the earlier of the two forks, and so on.
+    /// The namespaces whose slices are part of a conversation's history, each with the
+    /// last pool id of it that is: its parent through the last message they share,
+    /// the parent's parent through the fewer messages of the two forks, and so on.
     pub fn lineage(&self, id: u64) -> Vec<(String, u64)> {
         let mut out = Vec::new();
         let Some(mut e) = self.entries.get(&id) else {
             return out;
         };
-        let mut through = e.fork_turn;
+        let mut shared = e.fork_at;
         let mut seen = std::collections::HashSet::from([id]);
         while let Some(p) = e.forked_from {
             let Some(parent) = self.entries.get(&p) else {
                 break;
             };
-            if !seen.insert(p) {
+            if !seen.insert(p) || shared == 0 {
                 break;
             }
-            out.push((parent.namespace.clone(), through));
-            if parent.forked_from.is_some() {
-                through = through.min(parent.fork_turn);
+            let through = parent.ids.get(shared - 1).copied().unwrap_or(0);
+            if through > 0 {
+                out.push((parent.namespace.clone(), through));
             }
+            shared = shared.min(parent.fork_at);
             e = parent;
         }
         out
     }
 
-    /// The conversation now also holds `more` after its first `at` messages.
-    pub fn append(&mut self, id: u64, more: &[Digest]) {
+    /// The highest pool id of the conversation's own namespace so far (0: none).
+    pub fn last_id(&self, id: u64) -> u64 {
+        self.entries
+            .get(&id)
+            .and_then(|e| e.ids.last().copied())
+            .unwrap_or(0)
+    }
+
+    /// The conversation now also holds `more` after its first `at` messages; `ids`
+    /// gives, for each, the highest pool id of its own namespace through it (empty:
+    /// no new slice, as for adopted messages).
+    pub fn append(&mut self, id: u64, more: &[Digest], ids: &[u64]) {
         let Some(e) = self.entries.get_mut(&id) else {
             return;
         };
@@ -286,11 +296,14 @@ impl Index {
         }
         let at = e.msgs.len();
         e.msgs.extend_from_slice(more);
+        extend_ids(&mut e.ids, more.len(), |i| ids.get(i).copied());
+        let added = e.ids[at..].to_vec();
         let (root, msgs) = (e.root, e.msgs.clone());
         self.index_messages(id, root, &msgs, at);
         self.journal.push(serde_json::json!({
             "op": "append", "id": id, "at": at,
             "messages": more.iter().map(hex).collect::<Vec<_>>(),
+            "ids": added,
         }));
     }
 
@@ -308,6 +321,16 @@ impl Index {
                 self.positions.entry(*d).or_default().push((id, i));
             }
         }
+    }
+}
+
+/// Add `n` positions to a conversation's running highest ids, the `i`th new message
+/// having written up to `id(i)` (none: nothing new).
+fn extend_ids(ids: &mut Vec<u64>, n: usize, id: impl Fn(usize) -> Option<u64>) {
+    let mut last = ids.last().copied().unwrap_or(0);
+    for i in 0..n {
+        last = last.max(id(i).unwrap_or(0));
+        ids.push(last);
     }
 }
 
@@ -336,12 +359,13 @@ impl Index {
             let e = &self.entries[id];
             out.push(serde_json::json!({
                 "op": "new", "id": id, "namespace": e.namespace, "key": e.key,
-                "root": hex(&e.root), "forked_from": e.forked_from, "fork_turn": e.fork_turn,
+                "root": hex(&e.root), "forked_from": e.forked_from, "fork_at": e.fork_at,
             }));
             if !e.msgs.is_empty() {
                 out.push(serde_json::json!({
                     "op": "append", "id": id, "at": 0,
                     "messages": e.msgs.iter().map(hex).collect::<Vec<_>>(),
+                    "ids": e.ids,
                 }));
             }
         }
@@ -379,8 +403,9 @@ impl Index {
                             key,
                             root,
                             msgs: Vec::new(),
+                            ids: Vec::new(),
                             forked_from: c["forked_from"].as_u64(),
-                            fork_turn: c["fork_turn"].as_u64().unwrap_or(0),
+                            fork_at: c["fork_at"].as_u64().unwrap_or(0) as usize,
                         },
                     );
                     ix.next_id = ix.next_id.max(id + 1);
@@ -397,6 +422,10 @@ impl Index {
                         .map(|m| m.as_str().and_then(unhex))
                         .collect();
                     if let (Some(more), true) = (more, at == e.msgs.len()) {
+                        let ids = c["ids"].as_array();
+                        extend_ids(&mut e.ids, more.len(), |i| {
+                            ids.and_then(|v| v.get(i)).and_then(|x| x.as_u64())
+                        });
                         e.msgs.extend(more);
                     }
                 }
@@ -458,9 +487,9 @@ pub type LiveMap = HashMap<u64, Arc<Mutex<Live>>>;
 mod tests {
     use super::*;
 
-    /// Turns of alternating user and assistant messages.
-    fn pairs(n: usize) -> u64 {
-        n.div_ceil(2) as u64
+    /// Pool ids for `n` messages stored one slice each, after `after`.
+    fn ids(after: u64, n: usize) -> Vec<u64> {
+        (after + 1..=after + n as u64).collect()
     }
 
     fn d(s: &str) -> Digest {
@@ -479,58 +508,74 @@ mod tests {
     fn resent_history_extends_and_edits_fork() {
         let mut ix = Index::new();
         let root = root_digest("sys");
-        let p = ix.plan(None, root, &ds(&["u1"]), &pairs);
+        // The parent stores u1 a1 u2 a2 as slices 1 to 4.
+        let p = ix.plan(None, root, &ds(&["u1"]));
         assert!(p.created);
-        ix.append(p.conv, &ds(&["u1", "a1"]));
-        let q = ix.plan(None, root, &ds(&["u1", "a1", "u2"]), &pairs);
+        ix.append(p.conv, &ds(&["u1", "a1"]), &ids(0, 2));
+        let q = ix.plan(None, root, &ds(&["u1", "a1", "u2"]));
         assert_eq!((q.conv, q.record_from, q.created), (p.conv, 2, false));
-        ix.append(q.conv, &ds(&["u2", "a2"]));
+        ix.append(q.conv, &ds(&["u2", "a2"]), &ids(2, 2));
         // An edit of u2 forks after a1, taking u1 and a1 over.
-        let f = ix.plan(None, root, &ds(&["u1", "a1", "u2-edited"]), &pairs);
+        let f = ix.plan(None, root, &ds(&["u1", "a1", "u2-edited"]));
         assert!(f.created);
         assert_eq!(
             (f.forked_from, f.adopt, f.record_from),
             (Some(p.conv), 2, 2)
         );
-        // The fork searches its parent through turn 1 (u1, a1), not the edited-away u2.
+        // The fork searches its parent through a1 (slice 2), not the edited-away u2.
         let parent_ns = ix.get(p.conv).unwrap().namespace.clone();
-        assert_eq!(ix.lineage(f.conv), vec![(parent_ns.clone(), 1)]);
+        assert_eq!(ix.lineage(f.conv), vec![(parent_ns.clone(), 2)]);
         assert!(ix.lineage(p.conv).is_empty());
-        ix.append(f.conv, &ds(&["u2-edited", "a2-edited"]));
-        // A regeneration of a2-edited forks the fork after turn 1 again: both
-        // ancestors through turn 1. One of u3 after a2-edited: the fork through
-        // turn 2, its parent through turn 1 still.
+        ix.append(f.conv, &ds(&["u2-edited", "a2-edited"]), &ids(4, 2));
         let g = ix.plan(
             None,
             root,
-            &ds(&["u1", "a1", "u2-edited", "a2-edited", "u3", "a3"]),
-            &pairs,
+            &ds(&["u1", "a1", "u2-edited", "a2-edited", "u3"]),
         );
         assert_eq!((g.conv, g.created), (f.conv, false));
-        ix.append(f.conv, &ds(&["u3", "a3"]));
+        ix.append(f.conv, &ds(&["u3", "a3"]), &ids(6, 2));
+        // An edit of u3 forks the fork after a2-edited: the fork through slice 6, its
+        // parent through a1 still.
         let h = ix.plan(
             None,
             root,
             &ds(&["u1", "a1", "u2-edited", "a2-edited", "u3-edited"]),
-            &pairs,
         );
         assert_eq!((h.forked_from, h.adopt), (Some(f.conv), 4));
         let fork_ns = ix.get(f.conv).unwrap().namespace.clone();
         assert_eq!(
             ix.lineage(h.conv),
-            vec![(fork_ns, 2), (parent_ns.clone(), 1)]
+            vec![(fork_ns.clone(), 6), (parent_ns.clone(), 2)]
+        );
+        // A regeneration (u3 sent again) adopts the whole request, its input too: the
+        // fork's history runs through u3 (slice 7), not the answer a3 it replaces.
+        let r = ix.plan(
+            None,
+            root,
+            &ds(&["u1", "a1", "u2-edited", "a2-edited", "u3"]),
+        );
+        assert!(r.created);
+        assert_eq!(
+            (r.forked_from, r.adopt, r.record_from),
+            (Some(f.conv), 5, 5)
+        );
+        assert_eq!(
+            ix.lineage(r.conv),
+            vec![(fork_ns, 7), (parent_ns.clone(), 2)]
         );
         // The journal keeps the lineage.
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("j.jsonl");
         let lines: Vec<String> = ix.snapshot().iter().map(|v| v.to_string()).collect();
         std::fs::write(&path, lines.join("\n")).unwrap();
-        assert_eq!(Index::load(&path).lineage(h.conv), ix.lineage(h.conv));
+        let back = Index::load(&path);
+        assert_eq!(back.lineage(h.conv), ix.lineage(h.conv));
+        assert_eq!(back.lineage(r.conv), ix.lineage(r.conv));
         // The original branch still extends.
-        let o = ix.plan(None, root, &ds(&["u1", "a1", "u2", "a2", "u3"]), &pairs);
+        let o = ix.plan(None, root, &ds(&["u1", "a1", "u2", "a2", "u3"]));
         assert_eq!((o.conv, o.record_from), (p.conv, 4));
         // Another system prompt is another conversation.
-        let other = ix.plan(None, root_digest("other"), &ds(&["u1", "a1", "u2"]), &pairs);
+        let other = ix.plan(None, root_digest("other"), &ds(&["u1", "a1", "u2"]));
         assert!(other.created && other.forked_from.is_none());
     }
 
@@ -538,9 +583,9 @@ mod tests {
     fn trimmed_history_aligns_on_the_tail() {
         let mut ix = Index::new();
         let root = root_digest("");
-        let p = ix.plan(None, root, &ds(&["u1"]), &pairs);
-        ix.append(p.conv, &ds(&["u1", "a1", "u2", "a2"]));
-        let t = ix.plan(None, root, &ds(&["u2", "a2", "u3"]), &pairs);
+        let p = ix.plan(None, root, &ds(&["u1"]));
+        ix.append(p.conv, &ds(&["u1", "a1", "u2", "a2"]), &ids(0, 4));
+        let t = ix.plan(None, root, &ds(&["u2", "a2", "u3"]));
         assert_eq!((t.conv, t.record_from, t.created), (p.conv, 2, false));
     }
 
@@ -550,22 +595,22 @@ mod tests {
         let path = dir.path().join("j.jsonl");
         let root = root_digest("sys");
         let mut ix = Index::new();
-        let p = ix.plan(Some("k"), root, &ds(&["u1"]), &pairs);
-        ix.append(p.conv, &ds(&["u1", "a1"]));
-        let q = ix.plan(None, root, &ds(&["x1"]), &pairs);
-        ix.append(q.conv, &ds(&["x1", "y1"]));
+        let p = ix.plan(Some("k"), root, &ds(&["u1"]));
+        ix.append(p.conv, &ds(&["u1", "a1"]), &ids(0, 2));
+        let q = ix.plan(None, root, &ds(&["x1"]));
+        ix.append(q.conv, &ds(&["x1", "y1"]), &ids(2, 2));
         let mut text: String = ix.take_journal().iter().map(|v| format!("{v}\n")).collect();
         text.push_str("{\"op\": \"append\", \"id\": 1, \"at\": 2, \"messa");
         std::fs::write(&path, text).unwrap();
         let mut back = Index::load(&path);
         assert_eq!(back.len_of(p.conv), Some(2));
         assert_eq!(back.len_of(q.conv), Some(2));
-        let again = back.plan(Some("k"), root, &ds(&["u1", "a1", "u2"]), &pairs);
+        let again = back.plan(Some("k"), root, &ds(&["u1", "a1", "u2"]));
         assert_eq!((again.conv, again.record_from), (p.conv, 2));
-        let chained = back.plan(None, root, &ds(&["x1", "y1", "x2"]), &pairs);
+        let chained = back.plan(None, root, &ds(&["x1", "y1", "x2"]));
         assert_eq!((chained.conv, chained.record_from), (q.conv, 2));
         // New conversations after a restart get ids (and namespaces) of their own.
-        let fresh = back.plan(None, root, &ds(&["z"]), &pairs);
+        let fresh = back.plan(None, root, &ds(&["z"]));
         assert!(fresh.conv > q.conv);
     }
 
@@ -573,23 +618,24 @@ mod tests {
     fn keys_decide_before_content() {
         let mut ix = Index::new();
         let root = root_digest("");
-        let a = ix.plan(Some("a"), root, &ds(&["hi"]), &pairs);
-        ix.append(a.conv, &ds(&["hi", "hello"]));
-        let b = ix.plan(Some("b"), root, &ds(&["hi"]), &pairs);
+        let a = ix.plan(Some("a"), root, &ds(&["hi"]));
+        ix.append(a.conv, &ds(&["hi", "hello"]), &ids(0, 2));
+        let b = ix.plan(Some("b"), root, &ds(&["hi"]));
         assert_ne!(a.conv, b.conv);
         assert_eq!(ix.get(a.conv).unwrap().namespace, "serve/a");
-        let a2 = ix.plan(Some("a"), root, &ds(&["hi", "hello", "more"]), &pairs);
+        let a2 = ix.plan(Some("a"), root, &ds(&["hi", "hello", "more"]));
         assert_eq!((a2.conv, a2.record_from), (a.conv, 2));
-        ix.append(a.conv, &ds(&["more", "ok"]));
+        ix.append(a.conv, &ds(&["more", "ok"]), &ids(2, 2));
         // A client that sends only its latest message goes on with the conversation.
-        let latest = ix.plan(Some("a"), root, &ds(&["next"]), &pairs);
+        let latest = ix.plan(Some("a"), root, &ds(&["next"]));
         assert_eq!(
             (latest.conv, latest.record_from, latest.created),
             (a.conv, 0, false)
         );
         // Regenerating an answer after a shared start forks the keyed conversation.
-        let r = ix.plan(Some("a"), root, &ds(&["hi", "hello", "more"]), &pairs);
+        let r = ix.plan(Some("a"), root, &ds(&["hi", "hello", "more"]));
         assert!(r.created);
-        assert_eq!((r.forked_from, r.adopt), (Some(a.conv), 2));
+        assert_eq!((r.forked_from, r.adopt), (Some(a.conv), 3));
+        assert_eq!(ix.lineage(r.conv), vec![("serve/a".to_string(), 3)]);
     }
 }

@@ -131,9 +131,16 @@ impl Memory {
     /// Cut units into slices, encode them, and append them durably. Returns the
     /// new ids, in order; a unit with no text yields no slice.
     pub fn write(&self, units: &[Unit<'_>]) -> Result<Vec<u64>> {
+        Ok(self.write_each(units)?.into_iter().flatten().collect())
+    }
+
+    /// [`Memory::write`], with the ids of each unit's slices apart (one synced batch).
+    pub fn write_each(&self, units: &[Unit<'_>]) -> Result<Vec<Vec<u64>>> {
         let count = |s: &str| self.encoder.count_tokens(s);
         let mut slices = Vec::new();
+        let mut per_unit = Vec::with_capacity(units.len());
         for unit in units {
+            let before = slices.len();
             for text in chunk::split(unit.text, self.slice_tokens, &count) {
                 slices.push(NewSlice {
                     namespace: unit.namespace.to_string(),
@@ -145,14 +152,19 @@ impl Memory {
                     salience: default_salience(unit.source),
                 });
             }
+            per_unit.push(slices.len() - before);
         }
         if slices.is_empty() {
-            return Ok(Vec::new());
+            return Ok(vec![Vec::new(); units.len()]);
         }
         let texts: Vec<&str> = slices.iter().map(|s| s.text.as_str()).collect();
         let vectors = self.encoder.encode_batch(&texts);
         let batch: Vec<(NewSlice, Vec<f32>)> = slices.into_iter().zip(vectors).collect();
-        self.pool.append(&batch)
+        let mut ids = self.pool.append(&batch)?.into_iter();
+        Ok(per_unit
+            .into_iter()
+            .map(|n| ids.by_ref().take(n).collect())
+            .collect())
     }
 
     /// The ids and scores of the `k` slices nearest to `query`: dense and BM25

@@ -339,6 +339,10 @@ fn a_client_that_disconnects_mid_stream_leaves_a_consistent_pool() {
         2,
         "a retry is a regeneration: {st}"
     );
+    assert_eq!(
+        st["pool"]["slices"], 3,
+        "its input is not written again: {st}"
+    );
 }
 
 #[test]
@@ -412,6 +416,54 @@ fn a_fork_pages_in_the_shared_start_that_slid_out_of_its_window() {
     );
     // The fork stored only what it added.
     assert_eq!(sessions[1]["slices"], 2, "{st}");
+}
+
+#[test]
+fn a_regeneration_writes_only_its_answer_and_its_input_stays_in_memory() {
+    let fake = FakeServer::ollama(FakeConfig {
+        models: vec![],
+        context_length: Some(2048),
+        ..FakeConfig::default()
+    });
+    let s = start(config(UpstreamSpec::Ollama(fake.url()), None));
+    let mut messages = vec![json!({"role": "user", "content": "Good morning."})];
+    let answer = chat(&s.url, &messages);
+    messages.push(json!({"role": "assistant", "content": answer}));
+    messages.push(json!({"role": "user", "content": "Decision: the deploy token is kestrel-42."}));
+    chat(&s.url, &messages);
+    // The same request again: a regeneration. Its input is the parent's; only the
+    // new answer is written.
+    let again = chat(&s.url, &messages);
+    let st = status(&s.url);
+    let sessions = st["sessions"].as_array().unwrap();
+    assert_eq!(sessions.len(), 2, "{st}");
+    assert_eq!(sessions[1]["forked_from"], sessions[0]["id"]);
+    assert_eq!(sessions[1]["slices"], 1, "{st}");
+    assert_eq!(st["pool"]["slices"], 5, "{st}");
+    // The fork goes on until the regenerated turn's input has left its window; asked
+    // about it, the fork pages it in from the parent.
+    messages.push(json!({"role": "assistant", "content": again}));
+    for i in 1..=24 {
+        messages.push(json!({"role": "user", "content": filler(i)}));
+        let answer = chat(&s.url, &messages);
+        messages.push(json!({"role": "assistant", "content": answer}));
+    }
+    messages.push(json!({"role": "user", "content": "Which deploy token do we use?"}));
+    chat(&s.url, &messages);
+    let st = status(&s.url);
+    assert_eq!(st["sessions"].as_array().unwrap().len(), 2, "{st}");
+    let prompt = fake.prompts().pop().unwrap();
+    let text: String = prompt.iter().map(|m| m.content.as_str()).collect();
+    assert!(
+        !prompt
+            .iter()
+            .any(|m| m.content.starts_with("Decision: the deploy token")),
+        "the regenerated turn has slid out of the window (what the test is about): {prompt:?}"
+    );
+    assert!(
+        text.contains("kestrel-42"),
+        "the regenerated turn's input is paged in: {prompt:?}"
+    );
 }
 
 #[test]

@@ -51,32 +51,33 @@ impl Default for PagerConfig {
     }
 }
 
-/// One namespace a pager searches, whole or through a turn.
+/// One namespace a pager searches, whole or up to a slice.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Searched {
     pub namespace: String,
-    /// Only slices of this turn or earlier: a conversation that forked from another
-    /// shares that one's turns up to the fork, and nothing after it.
-    pub through_turn: Option<u64>,
+    /// Only slices of this id or lower: a conversation that forked from another
+    /// shares that one's history up to the fork (the last message they share, which
+    /// may be in the middle of a turn), and nothing after it.
+    pub through_id: Option<u64>,
 }
 
 impl Searched {
     pub fn whole(namespace: &str) -> Searched {
         Searched {
             namespace: namespace.to_string(),
-            through_turn: None,
+            through_id: None,
         }
     }
 
-    /// Whether a slice of `turn` is in what this scope searches.
-    pub fn holds(&self, turn: u64) -> bool {
-        self.through_turn.is_none_or(|t| turn <= t)
+    /// Whether the slice `id` is in what this scope searches.
+    pub fn holds(&self, id: u64) -> bool {
+        self.through_id.is_none_or(|t| id <= t)
     }
 
-    /// Slices to ask the index for, so that `k` remain after the turn filter most of
-    /// the time.
+    /// Slices to ask the index for, so that `k` remain after the bound most of the
+    /// time.
     pub fn fetch(&self, k: usize) -> usize {
-        match self.through_turn {
+        match self.through_id {
             Some(_) => k * 3,
             None => k,
         }
@@ -432,7 +433,7 @@ impl Worker {
                 Ok(hits) => {
                     let kept = hits
                         .iter()
-                        .filter(|h| searched.is_none_or(|s| s.holds(h.meta.turn)))
+                        .filter(|h| searched.is_none_or(|s| s.holds(h.meta.id)))
                         .take(self.config.k);
                     for (rank, hit) in kept.enumerate() {
                         let r = 1.0 / (RRF_K + rank as f32 + 1.0);

@@ -94,10 +94,11 @@ pub struct SessionConfig {
     /// Namespaces this session also searches (read only): documents ingested for
     /// it. Default: [`DOCS_NAMESPACE`], where `uctx ingest` writes.
     pub docs: Vec<String>,
-    /// Namespaces whose turns, up to the one given, are this conversation's own
-    /// earlier history: the conversations it forked from, each through the turn of the
-    /// fork (an edited or regenerated message). Searched and paged like its own turns;
-    /// what the parent said after the fork is never seen.
+    /// Namespaces whose slices, up to the id given, are this conversation's own
+    /// earlier history: the conversations it forked from, each through the last slice
+    /// of the history they share (an edited or regenerated message departs there).
+    /// Searched and paged like its own turns; what the parent said after the fork is
+    /// never seen.
     pub lineage: Vec<(String, u64)>,
     /// Slices fetched per search.
     pub k: usize,
@@ -183,11 +184,22 @@ pub struct Window {
     resident: Vec<Turn>,
 }
 
+/// A message recorded without calling the model: its turn and its slices' pool ids.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Recorded {
+    pub turn: u64,
+    pub ids: Vec<u64>,
+}
+
 /// What one turn did.
 #[derive(Clone, Debug)]
 pub struct TurnReport {
     pub turn: u64,
     pub answer: String,
+    /// The pool ids of the input's slices (none when the input was adopted) and of
+    /// the answer's, in order.
+    pub input_ids: Vec<u64>,
+    pub answer_ids: Vec<u64>,
     pub window: Window,
     pub prompt_tokens_reported: Option<u64>,
     pub completion_tokens: Option<u64>,
@@ -499,6 +511,28 @@ impl Session {
         input: &str,
         on_text: &mut dyn FnMut(&str),
     ) -> Result<TurnReport> {
+        self.run_turn(source, input, true, on_text)
+    }
+
+    /// [`Session::turn_as`] for an input the pool already holds in a namespace of
+    /// [`SessionConfig::lineage`] (a regenerated answer: the request is the parent's
+    /// history through its input). Only the answer is written.
+    pub fn turn_on_adopted(
+        &mut self,
+        source: Source,
+        input: &str,
+        on_text: &mut dyn FnMut(&str),
+    ) -> Result<TurnReport> {
+        self.run_turn(source, input, false, on_text)
+    }
+
+    fn run_turn(
+        &mut self,
+        source: Source,
+        input: &str,
+        write_input: bool,
+        on_text: &mut dyn FnMut(&str),
+    ) -> Result<TurnReport> {
         if input.trim().is_empty() {
             return Err(Error::invalid("the input is empty"));
         }
@@ -542,22 +576,28 @@ impl Session {
         }
         // The input and its answer are written together, in one synced batch: the pool
         // holds whole turns only.
-        self.memory.write(&[
-            Unit {
-                namespace: &self.cfg.namespace,
-                source,
-                text: input,
-                turn,
-                ext_id: None,
-            },
-            Unit {
-                namespace: &self.cfg.namespace,
-                source: Source::Assistant,
-                text: &resp.text,
-                turn,
-                ext_id: None,
-            },
-        ])?;
+        let mut units = vec![Unit {
+            namespace: &self.cfg.namespace,
+            source: Source::Assistant,
+            text: &resp.text,
+            turn,
+            ext_id: None,
+        }];
+        if write_input {
+            units.insert(
+                0,
+                Unit {
+                    namespace: &self.cfg.namespace,
+                    source,
+                    text: input,
+                    turn,
+                    ext_id: None,
+                },
+            );
+        }
+        let mut ids = self.memory.write_each(&units)?;
+        let answer_ids = ids.pop().unwrap_or_default();
+        let input_ids = ids.pop().unwrap_or_default();
         self.resident = window.resident.clone();
         if !resp.text.is_empty() {
             let answer = self.kept_turn(Role::Assistant, resp.text.clone(), turn);
@@ -597,6 +637,8 @@ impl Session {
             turn,
             cached_tokens: resp.cache_hits(),
             answer: resp.text,
+            input_ids,
+            answer_ids,
             window,
             prompt_tokens_reported: resp.prompt_tokens,
             completion_tokens: resp.completion_tokens,
@@ -625,12 +667,12 @@ impl Session {
             Role::Assistant => Source::Assistant,
             _ => Source::User,
         };
-        self.record_as(source, text)
+        Ok(self.record_as(source, text)?.turn)
     }
 
     /// [`Session::record`] for a message of `source` (a tool's result joins the turn
     /// of the call that asked for it, written as a `tool` slice).
-    pub fn record_as(&mut self, source: Source, text: &str) -> Result<u64> {
+    pub fn record_as(&mut self, source: Source, text: &str) -> Result<Recorded> {
         if text.trim().is_empty() {
             return Err(Error::invalid(match source {
                 Source::Tool => "the tool result is empty",
@@ -639,16 +681,19 @@ impl Session {
         }
         let next_before = self.next_turn;
         let turn = self.turn_for(source);
-        if let Err(e) = self.memory.write(&[Unit {
+        let ids = match self.memory.write(&[Unit {
             namespace: &self.cfg.namespace,
             source,
             text,
             turn,
             ext_id: None,
         }]) {
-            self.next_turn = next_before;
-            return Err(e);
-        }
+            Ok(ids) => ids,
+            Err(e) => {
+                self.next_turn = next_before;
+                return Err(e);
+            }
+        };
         let role = role_of(source);
         self.push_history(role, text, turn);
         let played = self.kept_turn(role, text.to_string(), turn);
@@ -658,7 +703,7 @@ impl Session {
             p.observe_input(text);
             p.sync();
         }
-        Ok(turn)
+        Ok(Recorded { turn, ids })
     }
 
     /// The turn a new message of `source` belongs to (see [`joins_latest`]), opening
@@ -1128,18 +1173,18 @@ impl Session {
     }
 }
 
-/// The namespaces a session searches: its own, its lineage's (through each fork's
-/// turn) and its documents'; none (the whole pool) when it is shared.
+/// The namespaces a session searches: its own, its lineage's (each through the
+/// last slice it shares) and its documents'; none (the whole pool) when it is shared.
 fn searched(cfg: &SessionConfig) -> Vec<Searched> {
     if cfg.shared {
         return Vec::new();
     }
     let mut out = vec![Searched::whole(&cfg.namespace)];
-    for (ns, turn) in &cfg.lineage {
+    for (ns, id) in &cfg.lineage {
         if !ns.is_empty() && out.iter().all(|s| &s.namespace != ns) {
             out.push(Searched {
                 namespace: ns.clone(),
-                through_turn: Some(*turn),
+                through_id: Some(*id),
             });
         }
     }
@@ -1170,20 +1215,6 @@ fn role_of(source: Source) -> Role {
         Source::Assistant => Role::Assistant,
         _ => Role::User,
     }
-}
-
-/// How many turns messages of these sources span, numbered as a new session numbers
-/// them: the turn of a fork, for [`SessionConfig::lineage`].
-pub fn turns_spanned(sources: impl IntoIterator<Item = Source>) -> u64 {
-    let mut turns = 0;
-    let mut last = None;
-    for source in sources {
-        if !joins_latest(source, last) {
-            turns += 1;
-        }
-        last = Some(role_of(source));
-    }
-    turns
 }
 
 /// The first line of the paged-memory message.
