@@ -45,6 +45,10 @@ pub struct ServeArgs {
     /// The context length advertised to clients in /api/show: how much history a client may send.
     #[arg(long, default_value_t = 131_072, value_name = "TOKENS")]
     pub advertise_ctx: usize,
+    /// Namespaces of documents every conversation also searches (repeat for more; an
+    /// empty name for none).
+    #[arg(long, value_name = "NS", default_value = uctx::session::DOCS_NAMESPACE)]
+    pub docs: Vec<String>,
 }
 
 fn listen_addr(s: &str) -> anyhow::Result<SocketAddr> {
@@ -89,6 +93,7 @@ pub fn serve(g: &Global, a: &ServeArgs) -> anyhow::Result<ExitCode> {
         max_body_bytes: a.max_body_mb.max(1) << 20,
         max_sessions: a.max_sessions.max(1),
         advertised_context: a.advertise_ctx,
+        docs: a.docs.clone(),
     };
     // Refuse an unsafe address before touching the pool.
     uctx_serve::check_listen(&cfg)?;
@@ -187,6 +192,10 @@ pub struct BenchServeArgs {
     /// conversations are written into it) [default: a new pool in a temporary directory].
     #[arg(long, value_name = "DIR")]
     pub dir: Option<PathBuf>,
+    /// Namespaces of documents the conversations search beside their own (e.g. a
+    /// namespace of a pool built by `uctx bench scale`, to search all of it each turn).
+    #[arg(long, value_name = "NS", default_value = uctx::session::DOCS_NAMESPACE)]
+    pub docs: Vec<String>,
 }
 
 pub fn bench(g: &Global, a: &BenchServeArgs) -> anyhow::Result<ExitCode> {
@@ -210,6 +219,7 @@ pub fn bench(g: &Global, a: &BenchServeArgs) -> anyhow::Result<ExitCode> {
         clients: a.clients.max(1),
         duration: std::time::Duration::from_secs_f64(a.seconds.max(0.1)),
         window: a.window,
+        docs: a.docs.clone(),
     };
     let report = uctx_serve::bench::run(memory, &cfg).map_err(anyhow::Error::msg);
     if temporary {

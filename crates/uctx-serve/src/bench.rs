@@ -32,6 +32,8 @@ pub struct BenchConfig {
     pub duration: Duration,
     /// The window the proxy serves.
     pub window: usize,
+    /// Namespaces of documents the proxy's conversations search beside their own.
+    pub docs: Vec<String>,
 }
 
 impl Default for BenchConfig {
@@ -42,6 +44,7 @@ impl Default for BenchConfig {
             clients: 16,
             duration: Duration::from_secs(10),
             window: 4096,
+            docs: vec![uctx::session::DOCS_NAMESPACE.to_string()],
         }
     }
 }
@@ -51,6 +54,10 @@ impl Default for BenchConfig {
 pub struct BenchReport {
     pub pool_slices_before: u64,
     pub pool_bytes_before: u64,
+    /// The documents namespaces each turn searches beside its own, and the slices
+    /// they held before.
+    pub docs: Vec<String>,
+    pub docs_slices: u64,
     pub requests: usize,
     pub direct_ttfb_ms_p50: f64,
     pub direct_ttfb_ms_p99: f64,
@@ -153,6 +160,13 @@ pub fn run(memory: Arc<Memory>, cfg: &BenchConfig) -> Result<BenchReport, String
         .build()
         .map_err(|e| e.to_string())?;
     let before = memory.pool().stats();
+    let docs_slices = memory
+        .pool()
+        .namespaces()
+        .iter()
+        .filter(|(ns, _)| cfg.docs.contains(ns))
+        .map(|(_, n)| n)
+        .sum();
     let stub = axum::Router::new().route("/v1/chat/completions", axum::routing::post(stub_chat));
     let stub_addr = spawn(&rt, stub).map_err(|e| e.to_string())?;
     let proxy = spawn_proxy(
@@ -162,6 +176,7 @@ pub fn run(memory: Arc<Memory>, cfg: &BenchConfig) -> Result<BenchReport, String
             listen: "127.0.0.1:0".parse().expect("an address"),
             upstream: UpstreamSpec::OpenAi(format!("http://{stub_addr}/v1")),
             ctx: Some(cfg.window),
+            docs: cfg.docs.clone(),
             ..ServeConfig::default()
         },
     )?;
@@ -203,6 +218,7 @@ pub fn run(memory: Arc<Memory>, cfg: &BenchConfig) -> Result<BenchReport, String
             upstream: UpstreamSpec::Reader,
             ctx: Some(cfg.window),
             max_sessions: cfg.clients.max(1) * 2,
+            docs: cfg.docs.clone(),
             ..ServeConfig::default()
         },
     );
@@ -262,6 +278,8 @@ pub fn run(memory: Arc<Memory>, cfg: &BenchConfig) -> Result<BenchReport, String
     Ok(BenchReport {
         pool_slices_before: before.slices,
         pool_bytes_before: before.bytes_on_disk,
+        docs: cfg.docs.clone(),
+        docs_slices,
         requests: cfg.requests,
         direct_ttfb_ms_p50: percentile(&direct, 0.5),
         direct_ttfb_ms_p99: percentile(&direct, 0.99),
@@ -280,10 +298,12 @@ pub fn run(memory: Arc<Memory>, cfg: &BenchConfig) -> Result<BenchReport, String
 /// The report as the table the README shows.
 pub fn table(r: &BenchReport) -> String {
     let mut out = format!(
-        "serve: {} paired requests (direct, then through uctx serve) against a stub upstream; pool of {} slices, {:.3} GB before\n\n",
+        "serve: {} paired requests (direct, then through uctx serve) against a stub upstream; pool of {} slices, {:.3} GB before; each turn searches its own namespace and {} ({} slices)\n\n",
         r.requests,
         r.pool_slices_before,
-        r.pool_bytes_before as f64 / 1e9
+        r.pool_bytes_before as f64 / 1e9,
+        if r.docs.is_empty() { "no documents".to_string() } else { r.docs.join(", ") },
+        r.docs_slices
     );
     out.push_str("| measure                              |      p50 |      p99 |\n");
     out.push_str("|--------------------------------------|---------:|---------:|\n");

@@ -269,6 +269,7 @@ fn open_session(
         // A fork's shared start is its parent's (and that one's parents'): searched
         // through the fork, so what slid out of the window is paged back in.
         lineage: lock(&state.index).lineage(plan.conv),
+        docs: state.cfg.docs.clone(),
         ..SessionConfig::default()
     };
     let mut session = Session::open(

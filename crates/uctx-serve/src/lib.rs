@@ -62,6 +62,8 @@ pub struct ServeConfig {
     /// The context length advertised to clients in `/api/show` (what a client may send:
     /// uctx pages what does not fit).
     pub advertised_context: usize,
+    /// Namespaces of documents every conversation also searches (read only).
+    pub docs: Vec<String>,
 }
 
 impl Default for ServeConfig {
@@ -76,6 +78,7 @@ impl Default for ServeConfig {
             max_body_bytes: 32 << 20,
             max_sessions: 64,
             advertised_context: 131_072,
+            docs: vec![uctx::session::DOCS_NAMESPACE.to_string()],
         }
     }
 }

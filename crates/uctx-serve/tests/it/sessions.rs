@@ -2,7 +2,7 @@
 //! keys, interleaved clients, housekeeping.
 
 use serde_json::{json, Value};
-use uctx_serve::UpstreamSpec;
+use uctx_serve::{ServeConfig, UpstreamSpec};
 
 use crate::fake_server::{FakeConfig, FakeServer};
 use crate::{config, get, ollama_text, post, post_json, start};
@@ -509,4 +509,33 @@ fn a_tool_result_sent_last_is_stored_as_a_tool_slice_in_its_calls_turn() {
         1,
         "{texts:?}"
     );
+}
+
+#[test]
+fn conversations_search_the_documents_namespaces_the_server_names() {
+    let fake = FakeServer::ollama(FakeConfig {
+        models: vec![],
+        context_length: Some(2048),
+        ..FakeConfig::default()
+    });
+    let ask = [json!({"role": "user", "content": "Which port does the billing gateway use?"})];
+    for (docs, seen) in [(vec!["kb".to_string()], true), (vec![], false)] {
+        let s = start(ServeConfig {
+            docs,
+            ..config(UpstreamSpec::Ollama(fake.url()), None)
+        });
+        s.memory
+            .write(&[uctx::memory::Unit {
+                namespace: "kb",
+                source: uctx::Source::Document,
+                text: "Runbook: the billing gateway listens on port 7443.",
+                turn: 0,
+                ext_id: None,
+            }])
+            .unwrap();
+        chat(&s.url, &ask);
+        let prompt = fake.prompts().pop().unwrap();
+        let text: String = prompt.iter().map(|m| m.content.as_str()).collect();
+        assert_eq!(text.contains("port 7443"), seen, "{prompt:?}");
+    }
 }
