@@ -44,6 +44,7 @@ pub fn ensure_corpus(cache: &Path) -> anyhow::Result<PathBuf> {
     let status = Command::new("apt-get")
         .args(["download", CORPUS_PACKAGE])
         .current_dir(cache)
+        .stdout(std::io::stderr())
         .status()
         .with_context(|| format!("running apt-get (is this a Debian system?) — {fix}"))?;
     if !status.success() {
@@ -84,8 +85,13 @@ pub fn ensure_corpus(cache: &Path) -> anyhow::Result<PathBuf> {
     Ok(dir)
 }
 
+/// Run a helper program; what it prints goes to standard error, so that standard output
+/// holds only the bench's table or JSON.
 fn run(cmd: &mut Command) -> anyhow::Result<()> {
-    let status = cmd.status().with_context(|| format!("running {cmd:?}"))?;
+    let status = cmd
+        .stdout(std::io::stderr())
+        .status()
+        .with_context(|| format!("running {cmd:?}"))?;
     if !status.success() {
         bail!("{cmd:?} failed with {status}");
     }
