@@ -59,7 +59,7 @@ fn fit(para: &str, max_tokens: usize, count: &dyn Fn(&str) -> usize) -> Vec<Stri
     // Too big: cut at sentence ends, then whitespace, then characters, and
     // pack the parts greedily back up to the limit.
     let mut parts = Vec::new();
-    for sentence in cut_at(para, is_sentence_end) {
+    for sentence in sentences(para) {
         if sentence.len() <= byte_cap && count(sentence) <= max_tokens {
             parts.push(sentence);
             continue;
@@ -77,13 +77,33 @@ fn fit(para: &str, max_tokens: usize, count: &dyn Fn(&str) -> usize) -> Vec<Stri
 
 /// The sentences (and lines) of `text`, trimmed, non-empty, in order.
 pub fn sentences(text: &str) -> Vec<&str> {
-    cut_at(text, is_sentence_end)
+    sentence_spans(text)
+        .into_iter()
+        .map(|(s, _)| s.trim())
+        .filter(|s| !s.is_empty())
+        .collect()
 }
 
-fn is_sentence_end(s: &str, i: usize) -> bool {
-    let b = s.as_bytes();
-    matches!(b[i], b'.' | b'!' | b'?' | b'\n')
-        && b.get(i + 1).is_none_or(|c| c.is_ascii_whitespace())
+/// The one sentence splitter: each sentence of `text` as it stands (its ending
+/// character included), with that character — `\n` for a line's end and for the end
+/// of the text. `.`, `!` and `?` end a sentence only before whitespace or the end, so
+/// `v2.3.1` and `example.com` stay whole; a line end always ends one.
+pub fn sentence_spans(text: &str) -> Vec<(&str, char)> {
+    let mut out = Vec::new();
+    let mut start = 0;
+    let mut chars = text.char_indices().peekable();
+    while let Some((i, c)) = chars.next() {
+        let before_space = chars.peek().is_none_or(|&(_, n)| n.is_whitespace());
+        if c == '\n' || (matches!(c, '.' | '!' | '?') && before_space) {
+            let end = i + c.len_utf8();
+            out.push((&text[start..end], c));
+            start = end;
+        }
+    }
+    if start < text.len() {
+        out.push((&text[start..], '\n'));
+    }
+    out
 }
 
 /// Runs of whole words of at most `max_bytes` each (a longer single word is a run of its own).
@@ -108,27 +128,6 @@ fn word_runs(s: &str, max_bytes: usize) -> Vec<&str> {
     }
     if let Some(st) = start {
         out.push(&s[st..end]);
-    }
-    out
-}
-
-/// Split after every byte position where `at` holds, keeping separators with the left part.
-fn cut_at(s: &str, at: impl Fn(&str, usize) -> bool) -> Vec<&str> {
-    let mut out = Vec::new();
-    let mut start = 0;
-    for i in 0..s.len() {
-        // Every predicate used here tests for an ASCII byte, which is always a char boundary.
-        if at(s, i) {
-            let piece = s[start..=i].trim();
-            if !piece.is_empty() {
-                out.push(piece);
-            }
-            start = i + 1;
-        }
-    }
-    let rest = s[start..].trim();
-    if !rest.is_empty() {
-        out.push(rest);
     }
     out
 }

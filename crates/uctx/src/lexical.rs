@@ -17,6 +17,34 @@ pub const B: f32 = 0.75;
 /// The rank offset of reciprocal rank fusion, [`Norm::Rank`] (the value of Cormack et al.).
 pub const RRF_K: f32 = 60.0;
 
+/// Function words — articles, pronouns, auxiliaries, prepositions, conjunctions, wh-words,
+/// quantifiers, their contractions — that say nothing of what a text is about: the one list
+/// for whatever matches content words (excerpts, the reader, the benches' checks). Sorted.
+/// BM25 keeps them: its idf already weighs them down.
+pub const STOPWORDS: &[&str] = &[
+    "a", "about", "after", "again", "all", "also", "am", "an", "and", "any", "are", "as", "at",
+    "be", "been", "before", "being", "but", "by", "can", "could", "did", "do", "does", "doesn't",
+    "don't", "done", "each", "every", "for", "from", "had", "has", "have", "he", "her", "here",
+    "his", "how", "i", "if", "in", "into", "is", "it", "it's", "its", "just", "let's", "many",
+    "may", "me", "might", "mine", "more", "most", "much", "must", "my", "no", "not", "now", "of",
+    "on", "one", "ones", "onto", "or", "our", "ours", "shall", "she", "should", "so", "some",
+    "than", "that", "the", "their", "them", "then", "there", "these", "they", "this", "those",
+    "to", "us", "was", "we", "we'll", "we're", "were", "what", "what's", "when", "where", "which",
+    "which's", "who", "who's", "whom", "whose", "why", "will", "with", "would", "you", "your",
+    "yours",
+];
+
+/// Whether `word` (lowercased) is one of [`STOPWORDS`].
+pub fn is_stopword(word: &str) -> bool {
+    STOPWORDS.binary_search(&word).is_ok()
+}
+
+/// Reciprocal rank: what place `rank` (0 for the first) of a list is worth when rankings
+/// are merged by place rather than score, `1 / (RRF_K + rank + 1)`.
+pub fn rrf(rank: usize) -> f32 {
+    1.0 / (RRF_K + rank as f32 + 1.0)
+}
+
 /// How a list's scores are put on a common scale before [`fuse`] weighs them.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Norm {
@@ -65,7 +93,7 @@ pub fn fuse(dense: &[(u64, f32)], lexical: &[(u64, f32)], f: Fusion, k: usize) -
                 Norm::MinMax => 1.0,
                 Norm::Max if max > 0.0 => s / max,
                 Norm::Max => 0.0,
-                Norm::Rank => 1.0 / (RRF_K + rank as f32 + 1.0),
+                Norm::Rank => rrf(rank),
             };
             *fused.entry(id).or_insert(0.0) += weight * norm;
         }
@@ -132,6 +160,13 @@ pub fn for_each_term(text: &str, mut f: impl FnMut(&str)) {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn the_stopword_list_is_sorted_and_found() {
+        assert!(STOPWORDS.windows(2).all(|w| w[0] < w[1]));
+        assert!(is_stopword("the") && is_stopword("doesn't") && !is_stopword("port"));
+    }
+
     use super::*;
 
     fn terms(text: &str) -> Vec<String> {

@@ -1,18 +1,6 @@
 use super::script::{contains_value, distractor_sentence, DECISION_STAGES, TUNING_FACTS};
 use super::*;
 
-/// Words that carry no content: what a question may share with a fact.
-const STOPWORDS: &[&str] = &[
-    "a", "an", "the", "what", "which", "who", "whom", "whose", "where", "when", "why", "how", "is",
-    "are", "was", "were", "be", "been", "being", "am", "do", "does", "did", "should", "would",
-    "could", "can", "will", "shall", "must", "may", "might", "have", "has", "had", "i", "we",
-    "you", "he", "she", "it", "they", "me", "us", "our", "ours", "your", "their", "its", "them",
-    "this", "that", "these", "those", "of", "to", "in", "on", "at", "for", "with", "by", "from",
-    "as", "into", "about", "and", "or", "but", "so", "if", "then", "than", "now", "there", "here",
-    "also", "just", "any", "all", "some", "every", "each", "one", "ones", "before", "after",
-    "again", "not", "no", "more", "most", "many", "much",
-];
-
 /// A word cut to its stem: lowercase, a common suffix dropped.
 fn stem(w: &str) -> String {
     for suffix in ["ing", "ed", "es", "s", "er", "ly", "ion"] {
@@ -29,7 +17,7 @@ fn stem(w: &str) -> String {
 fn content(text: &str) -> Vec<String> {
     text.to_lowercase()
         .split(|c: char| !c.is_ascii_alphanumeric())
-        .filter(|w| !w.is_empty() && !STOPWORDS.contains(w))
+        .filter(|w| !w.is_empty() && !uctx::lexical::is_stopword(w))
         .map(stem)
         .collect()
 }

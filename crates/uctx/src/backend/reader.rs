@@ -44,88 +44,9 @@ const MAX_SUBJECT_WORDS: usize = 4;
 /// Values keep at most this many words.
 const MAX_VALUE_WORDS: usize = 12;
 
-/// Words that carry no meaning for matching: articles, wh-words, auxiliaries, pronouns,
-/// prepositions, fillers.
-const STOPWORDS: &[&str] = &[
-    "a",
-    "an",
-    "the",
-    "what",
-    "which",
-    "who",
-    "whom",
-    "whose",
-    "where",
-    "when",
-    "why",
-    "how",
-    "is",
-    "are",
-    "was",
-    "were",
-    "be",
-    "been",
-    "being",
-    "am",
-    "do",
-    "does",
-    "did",
-    "done",
-    "should",
-    "would",
-    "could",
-    "can",
-    "will",
-    "shall",
-    "must",
-    "may",
-    "might",
-    "have",
-    "has",
-    "had",
-    "i",
-    "we",
-    "you",
-    "he",
-    "she",
-    "it",
-    "they",
-    "me",
-    "us",
-    "our",
-    "ours",
-    "your",
-    "yours",
-    "my",
-    "mine",
-    "their",
-    "its",
-    "his",
-    "her",
-    "them",
-    "this",
-    "that",
-    "these",
-    "those",
-    "of",
-    "to",
-    "in",
-    "on",
-    "at",
-    "for",
-    "with",
-    "by",
-    "from",
-    "as",
-    "into",
-    "about",
-    "and",
-    "or",
-    "but",
-    "so",
-    "if",
-    "then",
-    "than",
+/// Words a question asks with, beyond [`crate::lexical::STOPWORDS`]: they say what is
+/// asked for, not what about.
+const ASKING: &[&str] = &[
     "use",
     "uses",
     "used",
@@ -133,16 +54,6 @@ const STOPWORDS: &[&str] = &[
     "please",
     "tell",
     "remind",
-    "again",
-    "now",
-    "there",
-    "here",
-    "also",
-    "just",
-    "any",
-    "some",
-    "all",
-    "again",
     "decided",
     "agreed",
     "chose",
@@ -152,15 +63,6 @@ const STOPWORDS: &[&str] = &[
     "gonna",
     "let",
     "lets",
-    "let's",
-    "we'll",
-    "we're",
-    "it's",
-    "what's",
-    "which's",
-    "who's",
-    "don't",
-    "doesn't",
     "know",
     "remember",
     "recall",
@@ -351,7 +253,7 @@ pub fn assertions(messages: &[Message]) -> Vec<Assertion> {
     let mut out = Vec::new();
     let mut seq = 0u64;
     for (i, m) in messages.iter().enumerate() {
-        for part in without_labels(&m.content) {
+        for part in crate::session::without_memory_labels(&m.content) {
             let mut previous: Option<&str> = None;
             for (sentence, end) in sentences(part) {
                 // A line's end leaves the next sentence with none before it.
@@ -379,37 +281,13 @@ pub fn assertions(messages: &[Message]) -> Vec<Assertion> {
     out
 }
 
-/// A message's text in pieces, with uctx's memory labels (`[memory 12 · turn 3 · user]`)
-/// cut out: they are not part of what was said, and the reader does not read them.
-fn without_labels(content: &str) -> Vec<&str> {
-    let mut parts = content.split("[memory ");
-    let mut out: Vec<&str> = parts.next().into_iter().collect();
-    for part in parts {
-        match part.find(']') {
-            Some(close) => out.push(&part[close + 1..]),
-            None => out.push(part),
-        }
-    }
-    out
-}
-
-/// Sentences with the character that ended each (`\n` for a line end or the text's end).
-/// `.`, `!`, `?` and `;` end a sentence only before whitespace, so `v2.3.1` stays whole.
+/// Sentences without the character that ended each, with that character (`\n` for a
+/// line end or the text's end): [`crate::chunk::sentence_spans`]'s.
 fn sentences(text: &str) -> Vec<(&str, char)> {
-    let mut out = Vec::new();
-    let mut start = 0;
-    let mut chars = text.char_indices().peekable();
-    while let Some((i, c)) = chars.next() {
-        let before_space = chars.peek().is_none_or(|&(_, n)| n.is_whitespace());
-        if c == '\n' || (matches!(c, '.' | '!' | '?' | ';') && before_space) {
-            out.push((&text[start..i], c));
-            start = i + c.len_utf8();
-        }
-    }
-    if start < text.len() {
-        out.push((&text[start..], '\n'));
-    }
-    out
+    crate::chunk::sentence_spans(text)
+        .into_iter()
+        .map(|(s, end)| (s.strip_suffix(end).unwrap_or(s), end))
+        .collect()
 }
 
 /// A sentence cut into clauses (as words) at `,` `;` `(` `)` and at the words
@@ -517,7 +395,7 @@ fn clean(word: &str) -> String {
 }
 
 fn is_stopword(w: &str) -> bool {
-    STOPWORDS.contains(&w)
+    crate::lexical::is_stopword(w) || ASKING.contains(&w)
 }
 
 /// A word as matched: no possessive `'s`, plural `s` dropped (`ports` = `port`).

@@ -21,6 +21,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::Instant;
 
+use crate::lexical::rrf;
 use crate::memory::Memory;
 use crate::pool::Scope;
 use crate::slice::Slice;
@@ -253,7 +254,7 @@ impl Pager {
         let ranked: HashSet<u64> = st.input_ranking.iter().map(|(id, _)| *id).collect();
         let mut fused: HashMap<u64, f32> = HashMap::new();
         for (rank, (id, _)) in st.input_ranking.iter().enumerate() {
-            *fused.entry(*id).or_default() += 2.0 / (RRF_K + rank as f32 + 1.0);
+            *fused.entry(*id).or_default() += 2.0 * rrf(rank);
         }
         let mut prefetch: Vec<(&u64, &Entry)> = st
             .cache
@@ -266,7 +267,7 @@ impl Pager {
                 .then(a.0.cmp(b.0))
         });
         for (rank, (id, _)) in prefetch.iter().enumerate() {
-            *fused.entry(**id).or_default() += 1.0 / (RRF_K + rank as f32 + 1.0);
+            *fused.entry(**id).or_default() += rrf(rank);
         }
         let mut out: Vec<Candidate> = fused
             .into_iter()
@@ -317,8 +318,6 @@ impl Drop for Pager {
         }
     }
 }
-
-const RRF_K: f32 = 60.0;
 
 fn lock(state: &Mutex<State>) -> MutexGuard<'_, State> {
     state.lock().unwrap_or_else(|e| e.into_inner())
@@ -404,7 +403,7 @@ impl Worker {
         st.stats.prefetch_ms += started.elapsed().as_secs_f64() * 1e3;
         for (rank, (id, _)) in ranking.iter().enumerate() {
             if let Some(e) = st.cache.get_mut(id) {
-                e.prefetch_score = e.prefetch_score.max(1.0 / (RRF_K + rank as f32 + 1.0));
+                e.prefetch_score = e.prefetch_score.max(rrf(rank));
             }
         }
     }
@@ -436,7 +435,7 @@ impl Worker {
                         .filter(|h| searched.is_none_or(|s| s.holds(h.meta.id)))
                         .take(self.config.k);
                     for (rank, hit) in kept.enumerate() {
-                        let r = 1.0 / (RRF_K + rank as f32 + 1.0);
+                        let r = rrf(rank);
                         let e = fused.entry(hit.meta.id).or_default();
                         e.0 = e.0.max(r);
                         e.1 += r;
@@ -515,17 +514,13 @@ impl Worker {
 /// The queries an input is searched with: the whole text, and each question in it.
 pub fn queries_for(input: &str) -> Vec<String> {
     let mut out = vec![input.to_string()];
-    let mut sentence = String::new();
-    for c in input.chars() {
-        sentence.push(c);
-        if matches!(c, '?' | '.' | '!' | '\n') {
-            let s = sentence.trim();
-            if s.ends_with('?') && s.len() < input.trim().len() {
-                out.push(s.to_string());
-            }
-            sentence.clear();
-        }
-    }
+    let whole = input.trim().len();
+    out.extend(
+        crate::chunk::sentences(input)
+            .into_iter()
+            .filter(|s| s.ends_with('?') && s.len() < whole)
+            .map(str::to_string),
+    );
     out.truncate(9);
     out
 }

@@ -1264,6 +1264,9 @@ fn memory_message(chosen: &[(&Candidate, String)]) -> Option<String> {
     })
 }
 
+/// How a paged-in slice's label opens: `[memory 123 · turn 14 · user] `.
+pub const MEMORY_LABEL: &str = "[memory ";
+
 /// A paged-in slice as the model sees it: `[memory 123 · turn 14 · user] text`,
 /// where `text` is the slice's text or an excerpt of it.
 pub fn memory_block(slice: &Slice, text: &str) -> String {
@@ -1273,7 +1276,24 @@ pub fn memory_block(slice: &Slice, text: &str) -> String {
         (None, 0) => m.namespace.clone(),
         (None, t) => format!("turn {t}"),
     };
-    format!("[memory {} · {} · {}] {}", m.id, place, m.source, text)
+    format!(
+        "{MEMORY_LABEL}{} · {} · {}] {}",
+        m.id, place, m.source, text
+    )
+}
+
+/// A message's text in pieces, with the labels of [`memory_block`] cut out: they
+/// are not part of what was said.
+pub fn without_memory_labels(content: &str) -> Vec<&str> {
+    let mut parts = content.split(MEMORY_LABEL);
+    let mut out: Vec<&str> = parts.next().into_iter().collect();
+    for part in parts {
+        match part.find(']') {
+            Some(close) => out.push(&part[close + 1..]),
+            None => out.push(part),
+        }
+    }
+    out
 }
 
 /// What an excerpt is cut for: the input's content words and its own sentences.
@@ -1282,19 +1302,11 @@ struct Focus {
     sentences: HashSet<String>,
 }
 
-/// Words too common to say what a sentence is about.
-const STOPWORDS: [&str; 40] = [
-    "the", "and", "for", "are", "was", "were", "with", "that", "this", "what", "which", "who",
-    "whom", "when", "where", "why", "how", "should", "would", "could", "does", "did", "have",
-    "has", "had", "you", "your", "our", "its", "their", "from", "into", "onto", "about", "each",
-    "before", "after", "then", "than", "there",
-];
-
 impl Focus {
     fn new(input: &str) -> Focus {
         let mut terms = HashSet::new();
         crate::lexical::for_each_term(input, |t| {
-            if t.chars().count() >= 3 && !STOPWORDS.contains(&t) {
+            if t.chars().count() >= 3 && !crate::lexical::is_stopword(t) {
                 terms.insert(t.to_string());
             }
         });

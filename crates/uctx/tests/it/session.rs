@@ -212,7 +212,7 @@ fn ollama_fact_from_turn_one_reaches_the_prompt_that_needs_it() {
         "the fact was paged into the prompt"
     );
     assert!(
-        prompt_text(&last).contains("[memory "),
+        prompt_text(&last).contains(uctx::session::MEMORY_LABEL),
         "paged slices carry provenance"
     );
     assert!(answer.contains(VALUE), "answer: {answer}");
@@ -419,16 +419,19 @@ fn layout_session(layout: uctx::session::Layout) -> (Session, tempfile::TempDir)
 
 #[test]
 fn the_stable_layout_keeps_a_prefix_the_server_cache_reuses() {
-    use uctx::session::{Layout, MEMORY_HEADER};
+    use uctx::session::{Layout, MEMORY_HEADER, MEMORY_LABEL};
     let (mut s, _dir) = layout_session(Layout::Stable);
     let prompts = forty_turns(&mut s);
     let system = &prompts[0][0];
     let mut drops = 0;
     for (i, p) in prompts.iter().enumerate() {
         assert_eq!(&p[0], system, "turn {i}: the system message changed");
-        assert!(!p[0].content.contains("[memory "));
+        assert!(!p[0].content.contains(MEMORY_LABEL));
         let n = p.len();
-        if let Some(m) = p[1..n - 1].iter().find(|m| m.content.contains("[memory ")) {
+        if let Some(m) = p[1..n - 1]
+            .iter()
+            .find(|m| m.content.contains(MEMORY_LABEL))
+        {
             assert!(
                 m.content.starts_with(MEMORY_HEADER),
                 "memory has its own message"
@@ -440,7 +443,7 @@ fn the_stable_layout_keeps_a_prefix_the_server_cache_reuses() {
         // No slice is in the window twice.
         let mut ids = std::collections::HashSet::new();
         for m in p.iter().filter(|m| m.content.starts_with(MEMORY_HEADER)) {
-            for line in m.content.lines().filter(|l| l.starts_with("[memory ")) {
+            for line in m.content.lines().filter(|l| l.starts_with(MEMORY_LABEL)) {
                 let id = line.split(' ').nth(1).unwrap();
                 assert!(ids.insert(id.to_string()), "turn {i}: memory {id} twice");
             }
