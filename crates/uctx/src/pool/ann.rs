@@ -26,6 +26,7 @@ use std::collections::{BinaryHeap, HashSet};
 use std::io;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use super::checkpoint::{Put, Take};
 use super::le::{pad8, u32_at, u64_at};
 use super::storage::{Dir, Mapped};
 use super::vector::{dequantize, dots_i8, quantize};
@@ -177,12 +178,14 @@ impl Segment {
         (*self.map).as_ref()
     }
 
-    /// Parse and verify a mapped segment; `intern` maps namespace names to
-    /// the pool's numbers.
+    /// Parse a mapped segment, checking its header and directories (and,
+    /// with `verify`, its checksum: every byte); `intern` maps namespace
+    /// names to the pool's numbers.
     fn parse(
         name: &str,
         map: Mapped,
         dim: usize,
+        verify: bool,
         intern: &mut dyn FnMut(&str) -> u32,
     ) -> Result<Segment, String> {
         let b = (*map).as_ref();
@@ -190,7 +193,7 @@ impl Segment {
             return Err("not an index segment".into());
         }
         let body = b.len() - 4;
-        if crc32fast::hash(&b[..body]) != u32_at(b, body) {
+        if verify && !super::segfile::checksum_ok(b) {
             return Err("fails its checksum".into());
         }
         if u32_at(b, 8) != VERSION {
@@ -593,13 +596,145 @@ impl Ann {
             writer,
             SEGMENT_PREFIX,
             SEGMENT_SUFFIX,
-            |name, map| Segment::parse(name, map, dim, intern),
+            |name, map| Segment::parse(name, map, dim, false, intern),
             |s: &Segment| (s.first_id, s.last_id, s.gen),
         )?;
         let mut ann = Ann::new(dim);
         ann.next_gen = opened.max_gen + 1;
         ann.segments = opened.kept;
         Ok((ann, opened.files))
+    }
+
+    /// Write the index's state beyond its files to a checkpoint: each
+    /// segment (name, id range, rows) with its tombstones, and the tail's
+    /// live rows.
+    pub fn save(&self, p: &mut Put) {
+        let mut dead: Vec<Vec<u64>> = vec![Vec::new(); self.segments.len()];
+        for &id in &self.dead {
+            let i = self.segments.partition_point(|s| s.last_id < id);
+            if let Some(d) = dead.get_mut(i) {
+                d.push(id);
+            }
+        }
+        p.u64(self.segments.len() as u64);
+        for (s, mut d) in self.segments.iter().zip(dead) {
+            d.sort_unstable();
+            p.bytes(s.name.as_bytes());
+            p.u64(s.first_id);
+            p.u64(s.last_id);
+            p.u64(s.rows as u64);
+            p.u64s(&d);
+        }
+        let rows = self.tail.live_rows(self.dim, |_| true);
+        p.u64s(&rows.ids);
+        p.u32s(&rows.ns);
+        p.u32s(&rows.scales.iter().map(|x| x.to_bits()).collect::<Vec<_>>());
+        p.bytes(bytemuck::cast_slice(&rows.q));
+    }
+
+    /// Take back what [`Ann::save`] wrote, into an index just opened from
+    /// the directory: every segment it names must be there, the same file
+    /// (else `Err`: replay the log instead). Tail rows a segment now covers
+    /// are left out. Returns the names of the segments it named.
+    pub fn restore(&mut self, t: &mut Take<'_>) -> Result<HashSet<String>, String> {
+        let short = || "its vector index part is short".to_string();
+        let n = t.u64().ok_or_else(short)?;
+        let mut known = HashSet::new();
+        for _ in 0..n {
+            let name = t.bytes().ok_or_else(short)?;
+            let name = String::from_utf8_lossy(name).into_owned();
+            let (first, last, rows) = (
+                t.u64().ok_or_else(short)?,
+                t.u64().ok_or_else(short)?,
+                t.u64().ok_or_else(short)?,
+            );
+            let dead = t.u64s().ok_or_else(short)?;
+            let Some(s) = self.segments.iter_mut().find(|s| {
+                s.name == name && s.first_id == first && s.last_id == last && s.rows as u64 == rows
+            }) else {
+                return Err(format!("the index segment {name} it names is not there"));
+            };
+            s.dead = dead.len();
+            self.dead.extend(dead);
+            known.insert(name);
+        }
+        let (ids, ns, scales) = (
+            t.u64s().ok_or_else(short)?,
+            t.u32s().ok_or_else(short)?,
+            t.u32s().ok_or_else(short)?,
+        );
+        let q: &[i8] = bytemuck::cast_slice(t.bytes().ok_or_else(short)?);
+        if ns.len() != ids.len()
+            || scales.len() != ids.len()
+            || q.len() != ids.len() * self.dim
+            || ids.windows(2).any(|w| w[0] >= w[1])
+        {
+            return Err("its vector index tail does not fit together".into());
+        }
+        for (i, &id) in ids.iter().enumerate() {
+            if !self.covers(id) {
+                self.tail.push(Row {
+                    id,
+                    ns: ns[i],
+                    q: &q[i * self.dim..(i + 1) * self.dim],
+                    scale: f32::from_bits(scales[i]),
+                });
+            }
+        }
+        Ok(known)
+    }
+
+    /// [`Ann::settle`] for the segments not in `known` only (written after
+    /// the checkpoint); ids already tombstoned are not counted again.
+    pub fn settle_others(&mut self, known: &HashSet<String>, live: &dyn Fn(u64) -> bool) {
+        for s in self
+            .segments
+            .iter_mut()
+            .filter(|s| !known.contains(&s.name))
+        {
+            let mut dead = Vec::new();
+            s.for_each_row(|_, id, _| {
+                if !live(id) && !self.dead.contains(&id) {
+                    dead.push(id);
+                }
+            });
+            s.dead += dead.len();
+            self.dead.extend(dead);
+        }
+    }
+
+    /// The index's state as text, namespaces by name (for tests).
+    pub fn digest(&self, ns_name: &dyn Fn(u32) -> String) -> String {
+        let segs: Vec<_> = self
+            .segments
+            .iter()
+            .map(|s| (&s.name, s.first_id, s.last_id, s.rows, s.dead))
+            .collect();
+        // The rows of segments that are deleted (the set may hold more ids,
+        // deleted inside a segment's range but never in it: they change nothing).
+        let mut dead = Vec::new();
+        for s in &self.segments {
+            s.for_each_row(|_, id, _| {
+                if self.dead.contains(&id) {
+                    dead.push(id);
+                }
+            });
+        }
+        dead.sort_unstable();
+        let t = &self.tail;
+        let tail: Vec<_> = (0..t.rows.len())
+            .filter(|&i| !t.gone[i])
+            .map(|i| {
+                let q = &t.rows.q[i * self.dim..(i + 1) * self.dim];
+                (
+                    t.rows.ids[i],
+                    ns_name(t.rows.ns[i]),
+                    t.rows.scales[i].to_bits(),
+                    crc32fast::hash(bytemuck::cast_slice(q)),
+                )
+            })
+            .collect();
+        format!("ann segments {segs:?} dead {dead:?} tail {tail:?}")
     }
 
     /// Whether a segment holds (or held) slice `id`.
@@ -912,7 +1047,7 @@ impl Prepared {
         let map = super::segfile::write(dir, &name, &bytes)?;
         // The file names the namespaces it was written with.
         let mut intern = |n: &str| names.iter().find(|x| x.0 == n).map_or(u32::MAX, |x| x.1);
-        let seg = Segment::parse(&name, map, dim, &mut intern).map_err(|why| {
+        let seg = Segment::parse(&name, map, dim, true, &mut intern).map_err(|why| {
             io::Error::new(
                 io::ErrorKind::InvalidData,
                 format!("the index segment just written reads back wrong: {why}"),

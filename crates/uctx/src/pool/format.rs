@@ -4,8 +4,14 @@ use super::le::{get_u32, u32_at, u64_at};
 
 /// First bytes of every pool log.
 pub const MAGIC: [u8; 8] = *b"UCTXPOOL";
-/// The format this code writes and reads.
-pub const VERSION: u32 = 2;
+/// The format this code writes. Version 3 is the log of version 2 with
+/// the checkpoint beside it (`pool.ckpt`) and index segments whose
+/// checksums are checked when written and by `uctx doctor --verify`, not on
+/// open; a version-2 log reads as it is (its first writer writes a
+/// checkpoint, its next compaction a version-3 header).
+pub const VERSION: u32 = 3;
+/// The oldest format this code reads.
+pub const OLDEST_READ: u32 = 2;
 /// Bytes before each record's payload: len u32, crc u32, type u8.
 pub const RECORD_HEADER: usize = 9;
 /// Largest payload a record may carry (a guard against reading a torn length).
@@ -73,7 +79,7 @@ impl Header {
             return Err(HeaderError::BadMagic);
         }
         let version = u32_at(first16, 8);
-        if version != VERSION {
+        if !(OLDEST_READ..=VERSION).contains(&version) {
             return Err(HeaderError::Version(version));
         }
         let len = u32_at(first16, 12) as usize;

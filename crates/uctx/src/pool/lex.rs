@@ -39,6 +39,7 @@ use std::collections::HashMap;
 use std::io;
 use std::sync::Arc;
 
+use super::checkpoint::{Put, Take};
 use super::le::{get_u32, get_u64, pad8};
 use super::state::State;
 use super::storage::{Dir, Mapped};
@@ -350,11 +351,13 @@ impl SegFile {
         self.bytes().len() as u64
     }
 
-    /// Parse and verify a mapped segment; `intern` maps namespace names to
-    /// the pool's numbers.
+    /// Parse a mapped segment, checking its header and directories (and,
+    /// with `verify`, its checksum: every byte); `intern` maps namespace
+    /// names to the pool's numbers.
     fn parse(
         name: &str,
         map: Mapped,
+        verify: bool,
         intern: &mut dyn FnMut(&str) -> u32,
     ) -> std::result::Result<SegFile, String> {
         let b = (*map).as_ref();
@@ -364,7 +367,7 @@ impl SegFile {
         let body = b.len() - 4;
         let field = |o| get_u32(b, o).unwrap_or(0);
         let wide = |o| get_u64(b, o).unwrap_or(0);
-        if crc32fast::hash(&b[..body]) != field(body) {
+        if verify && !super::segfile::checksum_ok(b) {
             return Err("fails its checksum".into());
         }
         if field(8) != VERSION {
@@ -909,7 +912,7 @@ impl Lex {
             writer,
             LEX_PREFIX,
             LEX_SUFFIX,
-            |name, map| SegFile::parse(name, map, intern),
+            |name, map| SegFile::parse(name, map, false, intern),
             |s: &SegFile| (s.first_id, s.last_id, s.gen),
         )?;
         let mut lex = Lex::new();
@@ -936,6 +939,105 @@ impl Lex {
                 }
             }
         }
+    }
+
+    /// Write each segment (name, id range, documents) with its deleted
+    /// documents to a checkpoint. The tail is not saved: it is filled from
+    /// the log, as on any open.
+    pub fn save(&self, p: &mut Put) {
+        p.u64(self.segs.len() as u64);
+        for s in &self.segs {
+            p.bytes(s.file.name.as_bytes());
+            p.u64(s.file.first_id);
+            p.u64(s.file.last_id);
+            p.u64(s.file.docs as u64);
+            p.u64s(if s.dead_docs > 0 { &s.dead } else { &[] });
+        }
+    }
+
+    /// Take back the deletions [`Lex::save`] wrote for the segments that are
+    /// still there, the same files; returns their names. A segment it names
+    /// that is gone is a hole, rebuilt from the log as on any open.
+    pub fn restore(&mut self, t: &mut Take<'_>) -> Option<std::collections::HashSet<String>> {
+        let n = t.u64()?;
+        let mut known = std::collections::HashSet::new();
+        for _ in 0..n {
+            let name = String::from_utf8_lossy(t.bytes()?).into_owned();
+            let (first, last, docs) = (t.u64()?, t.u64()?, t.u64()?);
+            let words = t.u64s()?;
+            let Some(s) = self.segs.iter_mut().find(|s| {
+                s.file.name == name
+                    && s.file.first_id == first
+                    && s.file.last_id == last
+                    && s.file.docs as u64 == docs
+            }) else {
+                continue;
+            };
+            if !words.is_empty() && words.len() != s.dead.len() {
+                return None;
+            }
+            for (w, &bits) in words.iter().enumerate() {
+                for b in 0..64 {
+                    let ord = w * 64 + b;
+                    if bits & (1 << b) != 0 && ord < s.file.docs {
+                        s.kill(ord);
+                    }
+                }
+            }
+            known.insert(name);
+        }
+        Some(known)
+    }
+
+    /// [`Lex::settle`] for the segments not in `known` only.
+    pub fn settle_others(
+        &mut self,
+        known: &std::collections::HashSet<String>,
+        live_in: &dyn Fn(u64, u64) -> usize,
+        live: &dyn Fn(u64) -> bool,
+    ) {
+        for s in self
+            .segs
+            .iter_mut()
+            .filter(|s| !known.contains(&s.file.name))
+        {
+            let f = s.file.clone();
+            if live_in(f.first_id, f.last_id) >= f.docs - s.dead_docs {
+                continue;
+            }
+            for ord in 0..f.docs {
+                if !live(f.id(ord)) {
+                    s.kill(ord);
+                }
+            }
+        }
+    }
+
+    /// The index's state beyond its tail as text (for tests): each
+    /// segment with its deletions.
+    pub fn digest(&self) -> String {
+        let segs: Vec<_> = self
+            .segs
+            .iter()
+            .map(|s| {
+                let dead: Vec<usize> = (0..s.file.docs).filter(|&o| s.is_dead(o)).collect();
+                (
+                    &s.file.name,
+                    s.file.first_id,
+                    s.file.last_id,
+                    dead,
+                    s.dead_len,
+                )
+            })
+            .collect();
+        let tail: Vec<u64> = self
+            .tail
+            .docs
+            .iter()
+            .filter(|d| !d.gone)
+            .map(|d| d.id)
+            .collect();
+        format!("lex segments {segs:?} tail {tail:?}")
     }
 
     /// The segment whose range holds `id`.
@@ -1486,7 +1588,7 @@ impl Prepared {
         let name = format!("{LEX_PREFIX}{gen:08}{LEX_SUFFIX}");
         let map = super::segfile::write(dir, &name, &bytes)?;
         let mut intern = |n: &str| names.iter().find(|x| x.0 == n).map_or(u32::MAX, |x| x.1);
-        let seg = SegFile::parse(&name, map, &mut intern).map_err(|why| {
+        let seg = SegFile::parse(&name, map, true, &mut intern).map_err(|why| {
             io::Error::new(
                 io::ErrorKind::InvalidData,
                 format!("the lexical segment just written reads back wrong: {why}"),
@@ -1503,15 +1605,13 @@ impl Prepared {
 // ---- the pool's side ------------------------------------------------------
 
 /// Map the lexical segments of `dir` into `state`, after its replay: what the
-/// log no longer holds is deleted, and the files join `state.segment_files`.
+/// log no longer holds is deleted.
 pub(super) fn open_into(state: &mut State, dir: &dyn Dir, writer: bool) -> io::Result<()> {
-    let (mut lex, files) = Lex::open(dir, writer, &mut |n| state.intern(n))?;
+    let (mut lex, _) = Lex::open(dir, writer, &mut |n| state.intern(n))?;
     lex.settle(&|a, b| state.live_range(a, b).count(), &|id| {
         state.contains(id)
     });
     state.lex = lex;
-    state.segment_files.extend(files);
-    state.segment_files.sort();
     Ok(())
 }
 

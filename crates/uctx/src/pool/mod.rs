@@ -14,6 +14,7 @@ use crate::{Error, Result};
 
 pub mod ann;
 pub mod bench;
+pub mod checkpoint;
 mod forget;
 pub mod format;
 mod le;
@@ -31,9 +32,10 @@ use lock::WriterLock;
 use state::State;
 use storage::{Dir, FileDir, Storage};
 
+pub use checkpoint::{Opened as CheckpointUse, CHECKPOINT_FILE};
 pub use lex::{LexicalStats, Rebuilt};
 pub use lock::{set_purpose, LOCK_FILE};
-pub use repair::{Repaired, DAMAGED_PREFIX};
+pub use repair::{Repaired, Verified, DAMAGED_PREFIX};
 pub use replay::{Damage, TornTail};
 
 /// The log of record, inside the pool directory.
@@ -163,6 +165,8 @@ pub struct Pool {
     state: RwLock<State>,
     /// The torn tail this handle's open cut (a writer's).
     cut: Option<TornTail>,
+    /// How the latest load used the checkpoint.
+    checkpoint_use: Mutex<checkpoint::Opened>,
     maintenance_error: Mutex<Option<String>>,
     _lock: Option<WriterLock>,
 }
@@ -240,6 +244,8 @@ impl Pool {
                 .map_err(|e| io("cannot remove a stale new log", e))?;
             dir.remove(repair::REPAIR_FILE)
                 .map_err(|e| io("cannot remove an unfinished repair", e))?;
+            dir.remove(checkpoint::CHECKPOINT_TMP)
+                .map_err(|e| io("cannot remove an unfinished checkpoint", e))?;
         }
         if !dir.exists(LOG_FILE) {
             if !opts.create || opts.read_only {
@@ -275,7 +281,12 @@ impl Pool {
         let log = dir
             .open(LOG_FILE, false)
             .map_err(|e| io("cannot open the log", e))?;
-        let (state, header, cut) = load(&*dir, log, path, !opts.read_only)?;
+        let Loaded {
+            state,
+            header,
+            cut,
+            checkpoint: checkpoint_use,
+        } = load(&*dir, log, path, !opts.read_only, true)?;
         if header.fingerprint != opts.encoder_fingerprint {
             return Err(Error::EncoderMismatch {
                 pool: header.fingerprint,
@@ -302,6 +313,7 @@ impl Pool {
             }),
             state: RwLock::new(state),
             cut,
+            checkpoint_use: Mutex::new(checkpoint_use),
             maintenance_error: Mutex::new(None),
             _lock: lock,
         };
@@ -315,6 +327,16 @@ impl Pool {
             // files were lost): seal what the tail holds beyond a segment.
             let mut w = pool.lock_writer()?;
             pool.maintain(&mut w);
+            // A full replay (no checkpoint, a stale or damaged one, a pool of
+            // an older format) is paid once: the next open loads this one.
+            if pool.checkpoint_use().replayed_whole() {
+                if let Err(e) = pool.write_checkpoint(&mut w) {
+                    *pool
+                        .maintenance_error
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner()) = Some(e.to_string());
+                }
+            }
         }
         Ok(pool)
     }
@@ -857,11 +879,14 @@ impl Pool {
                 e,
             )
         })?;
-        let segments = segment_files(&*self.dir, &self.path)?;
+        // A new checkpoint is a new file: the writer changed the index, or
+        // the log grew well past the last one. One look at its identity, not
+        // a listing of the directory.
+        let checkpoint = self.dir.identity(checkpoint::CHECKPOINT_FILE).ok();
         let (same, log, end, walked_to) = {
             let s = self.read();
             (
-                s.identity == ident && s.segment_files == segments,
+                s.identity == ident && s.checkpoint_identity == checkpoint,
                 s.log.clone(),
                 s.end,
                 s.walked_to,
@@ -879,8 +904,12 @@ impl Pool {
                     e,
                 )
             })?;
-            let (state, _, _) = load(&*self.dir, log, &self.path, false)?;
-            *self.write_state() = state;
+            let loaded = load(&*self.dir, log, &self.path, false, true)?;
+            *self.write_state() = loaded.state;
+            *self
+                .checkpoint_use
+                .lock()
+                .unwrap_or_else(|p| p.into_inner()) = loaded.checkpoint;
             return Ok(true);
         }
         if len <= end {
@@ -921,12 +950,22 @@ impl Pool {
     /// write they follow is already durable.
     fn maintain(&self, w: &mut Writer) {
         let mut result = self.govern(w);
+        let mut index_changed = false;
         if result.is_ok() {
-            result = self.maintain_index(w);
+            result = self.maintain_index(w, &mut index_changed);
         }
         let lexical = self.maintain_lexical(w);
         if result.is_ok() {
             result = lexical;
+        }
+        // After the vector index changed (a seal every 65,536 slices, a
+        // merge, a rewrite), or once the log has grown well past the last
+        // checkpoint.
+        if index_changed || self.checkpoint_due() {
+            let written = self.write_checkpoint(w);
+            if result.is_ok() {
+                result = written;
+            }
         }
         let mut m = self
             .maintenance_error
@@ -939,7 +978,7 @@ impl Pool {
     /// segments without deleted rows (always when mostly deleted; any with
     /// deletions when the pool is over its budget). Runs under the writer
     /// lock but not the state lock: searches go on meanwhile.
-    fn maintain_index(&self, w: &mut Writer) -> Result<()> {
+    fn maintain_index(&self, w: &mut Writer, changed: &mut bool) -> Result<()> {
         loop {
             let (prepared, names) = {
                 let s = self.read();
@@ -965,6 +1004,7 @@ impl Pool {
                 }
             };
             w.index_retry_at = 0;
+            *changed = true;
             let gone = self.write_state().ann.install(built);
             for name in gone {
                 self.dir
@@ -988,7 +1028,7 @@ impl Pool {
                 s.bytes_on_disk(),
                 s.budget,
                 s.live_bytes,
-                s.header_len + 64 + dict,
+                s.header_len + 64 + dict + s.checkpoint_bytes,
                 s.len() as u64 * s.index_row_bytes(),
             )
         };
@@ -1077,11 +1117,15 @@ impl Pool {
             created_ms: now_ms(),
             fingerprint: fp,
         };
+        let created_ms = header.created_ms;
         let mut buf = header.encode();
         let header_len = buf.len() as u64;
         format::encode(&Rec::Budget(budget), &mut buf);
+        // The last record written, which the checkpoint names.
+        let mut last_record = buf.len() as u64;
         format::encode(&Rec::NextId(next_id), &mut buf);
         if let Some((id, raw)) = &dict {
+            last_record = buf.len() as u64;
             format::encode(
                 &Rec::Dict {
                     id: *id,
@@ -1125,6 +1169,7 @@ impl Pool {
             let at = written + buf.len() as u64;
             let n = format::encode(&Rec::Slice(s), &mut buf);
             offsets.push((at, n as u32));
+            last_record = at;
             if buf.len() >= READ_CHUNK {
                 new.write_at(written, &buf)
                     .map_err(|e| io("write the new log", e))?;
@@ -1149,9 +1194,146 @@ impl Pool {
         s.identity = new.identity();
         s.log = new;
         s.generation = generation + 1;
+        s.created_ms = created_ms;
         s.header_len = header_len;
         s.end = written;
+        s.last_record = last_record;
+        s.walked_to = written;
+        s.checkpoint_end = 0;
+        drop(s);
+        // The old checkpoint belongs to the old log: write the new one now,
+        // or the next open replays the whole log.
+        self.write_checkpoint(w)
+    }
+
+    /// Write the checkpoint of the state as it is now, replacing the last
+    /// one (a writer's; see [`checkpoint`]). Nothing to do when the log has
+    /// not moved since the last one.
+    pub fn checkpoint(&self) -> Result<()> {
+        let mut w = self.lock_writer()?;
+        self.write_checkpoint(&mut w)
+    }
+
+    fn write_checkpoint(&self, _w: &mut Writer) -> Result<()> {
+        let (bytes, generation, end) = {
+            let s = self.read();
+            if s.checkpoint_end == s.end {
+                return Ok(());
+            }
+            let n = (s.end - s.last_record) as usize;
+            let mut rec = vec![0u8; n];
+            s.log
+                .read_at(s.last_record, &mut rec)
+                .map_err(|e| self.write_error("read the log for a checkpoint", e))?;
+            if n > 0 && !format::check(&rec) {
+                return Err(self.corrupt(format!(
+                    "the record at offset {} fails its checksum; run `uctx repair --pool {}`",
+                    s.last_record,
+                    self.path.display()
+                )));
+            }
+            let mark = checkpoint::Mark {
+                generation: s.generation,
+                created_ms: s.created_ms,
+                header_len: s.header_len,
+                end: s.end,
+                last_at: s.last_record,
+                last_len: n as u32,
+                last_crc: if n > 0 { checkpoint::crc_of(&rec) } else { 0 },
+            };
+            let mut p = checkpoint::Put::default();
+            s.save(&mut p);
+            s.ann.save(&mut p);
+            s.lex.save(&mut p);
+            (checkpoint::encode(&mark, &p.b), s.generation, s.end)
+        };
+        if let Err(e) = checkpoint::write(&*self.dir, &bytes) {
+            let _ = self.dir.remove(checkpoint::CHECKPOINT_TMP);
+            return Err(self.write_error("write the checkpoint", e));
+        }
+        let mut s = self.write_state();
+        if s.generation == generation {
+            s.checkpoint_end = end;
+            s.checkpoint_bytes = bytes.len() as u64;
+        }
         Ok(())
+    }
+
+    /// Whether the log has grown enough past the last checkpoint to write
+    /// another: [`checkpoint::EVERY_LOG_BYTES`], or half the last
+    /// checkpoint's size when that is more.
+    fn checkpoint_due(&self) -> bool {
+        let s = self.read();
+        s.end - s.checkpoint_end.min(s.end)
+            >= checkpoint::EVERY_LOG_BYTES.max(s.checkpoint_bytes / 2)
+    }
+
+    /// How this handle's latest load used the checkpoint: loaded it and
+    /// replayed the log after it, or replayed the whole log (none, or one
+    /// not used, and why).
+    pub fn checkpoint_use(&self) -> checkpoint::Opened {
+        self.checkpoint_use
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// The highest turn among the live slices of namespace `ns` (`None`
+    /// when it has none), from the slice table.
+    pub fn last_turn(&self, ns: &str) -> Result<Option<u64>> {
+        self.auto_refresh()?;
+        self.read().last_turn(ns).map_err(|e| {
+            Error::io(
+                format!("cannot read the pool at {}", self.path.display()),
+                e,
+            )
+        })
+    }
+
+    /// Ids of the live slices in scope, in id order, from the slice table
+    /// (no record is read).
+    pub fn ids(&self, scope: Scope<'_>) -> Vec<u64> {
+        let _ = self.auto_refresh();
+        let s = self.read();
+        let ns = match scope {
+            Scope::All => None,
+            Scope::Namespace(n) => match s.ns_number(n) {
+                Some(g) => Some(g),
+                None => return Vec::new(),
+            },
+        };
+        s.live()
+            .filter(|e| ns.is_none_or(|g| e.ns == g))
+            .map(|e| e.id)
+            .collect()
+    }
+
+    /// Ids of the pinned live slices in scope, in id order, from the slice
+    /// table.
+    pub fn pinned(&self, scope: Scope<'_>) -> Vec<u64> {
+        let _ = self.auto_refresh();
+        let s = self.read();
+        let ns = match scope {
+            Scope::All => None,
+            Scope::Namespace(n) => match s.ns_number(n) {
+                Some(g) => Some(g),
+                None => return Vec::new(),
+            },
+        };
+        s.live()
+            .filter(|e| e.pinned() && ns.is_none_or(|g| e.ns == g))
+            .map(|e| e.id)
+            .collect()
+    }
+
+    /// A digest of everything the replayed state holds, with namespaces by
+    /// name (their numbers depend on the order of the replay): tests compare
+    /// a load from the checkpoint with a full replay.
+    #[doc(hidden)]
+    pub fn state_digest(&self) -> String {
+        let _ = self.lex_catch_up(None);
+        let s = self.read();
+        s.digest()
     }
 }
 
@@ -1193,7 +1375,7 @@ fn read_header(log: &dyn Storage, path: &Path) -> Result<(Header, usize)> {
 }
 
 /// The names of the index segment files in `dir`, sorted.
-fn segment_files(dir: &dyn Dir, path: &Path) -> Result<Vec<String>> {
+pub(super) fn segment_files(dir: &dyn Dir, path: &Path) -> Result<Vec<String>> {
     let mut names: Vec<String> = dir
         .list()
         .map_err(|e| Error::io(format!("cannot list the pool at {}", path.display()), e))?
@@ -1204,50 +1386,171 @@ fn segment_files(dir: &dyn Dir, path: &Path) -> Result<Vec<String>> {
     Ok(names)
 }
 
-/// Read the header, map the index segments, and replay the log into a
-/// fresh state. A writer cuts a torn tail (a reader ignores it), deletes
-/// damaged or superseded segments, and refuses a log damaged before its
-/// end ([`Error::Damaged`]; a reader skips the damage). Returns the state,
-/// the header and the tail cut.
+/// What [`load`] found.
+struct Loaded {
+    state: State,
+    header: Header,
+    /// The torn tail a writer cut.
+    cut: Option<TornTail>,
+    checkpoint: checkpoint::Opened,
+}
+
+/// What a checkpoint restored: where replay resumes, and the index
+/// segments it knew (the others were written after it).
+struct Restored {
+    from: u64,
+    ann: std::collections::HashSet<String>,
+    lex: std::collections::HashSet<String>,
+}
+
+/// Load the checkpoint into the fresh `state`, with the index segments it
+/// names. `Ok(Err(None))`: there is none; `Ok(Err(Some(why)))`: there is
+/// one that does not belong to this log or does not read (`state` must
+/// then be thrown away). Only failing to read the index is an error.
+fn restore(
+    dir: &dyn Dir,
+    path: &Path,
+    log: &dyn Storage,
+    header: &Header,
+    len: u64,
+    writer: bool,
+    state: &mut State,
+) -> Result<std::result::Result<Restored, Option<String>>> {
+    let bytes = match checkpoint::read(dir) {
+        Ok(Some(b)) => b,
+        Ok(None) => return Ok(Err(None)),
+        Err(e) => return Ok(Err(Some(format!("it cannot be read: {e}")))),
+    };
+    let (mark, body) = match checkpoint::parse(&bytes) {
+        Ok(x) => x,
+        Err(why) => return Ok(Err(Some(why))),
+    };
+    let fits = checkpoint::belongs(
+        &mark,
+        log,
+        len,
+        header.generation,
+        header.created_ms,
+        state.header_len,
+    );
+    match fits {
+        Ok(Ok(())) => {}
+        Ok(Err(why)) => return Ok(Err(Some(why))),
+        Err(e) => return Ok(Err(Some(format!("the log cannot be read: {e}")))),
+    }
+    let mut t = checkpoint::Take::new(body);
+    if state.load(&mut t).is_none() {
+        return Ok(Err(Some("its slice table does not read".into())));
+    }
+    let index_error = |e| {
+        Error::io(
+            format!("cannot read the index of the pool at {}", path.display()),
+            e,
+        )
+    };
+    let dim = state.dim;
+    let (mut ann, _) = {
+        let st = &mut *state;
+        ann::Ann::open(dir, dim, writer, &mut |n| st.intern(n)).map_err(index_error)?
+    };
+    let known_ann = match ann.restore(&mut t) {
+        Ok(k) => k,
+        Err(why) => return Ok(Err(Some(why))),
+    };
+    state.ann = ann;
+    let (mut lex, _) = {
+        let st = &mut *state;
+        lex::Lex::open(dir, writer, &mut |n| st.intern(n)).map_err(index_error)?
+    };
+    let Some(known_lex) = lex.restore(&mut t) else {
+        return Ok(Err(Some("its lexical index part does not read".into())));
+    };
+    state.lex = lex;
+    if !t.done() {
+        return Ok(Err(Some("it holds more than it describes".into())));
+    }
+    state.end = mark.end;
+    state.last_record = mark.last_at;
+    state.walked_to = mark.end;
+    state.checkpoint_end = mark.end;
+    state.checkpoint_bytes = bytes.len() as u64;
+    Ok(Ok(Restored {
+        from: mark.end,
+        ann: known_ann,
+        lex: known_lex,
+    }))
+}
+
+/// Read the header and load the state: from the checkpoint and the log
+/// after it when the checkpoint belongs to this log, else by replaying the
+/// whole log (and saying why). The index segments are mapped; a writer cuts
+/// a torn tail (a reader ignores it), deletes damaged or superseded
+/// segments, and refuses a log damaged in what it replayed
+/// ([`Error::Damaged`]; a reader skips the damage).
 fn load(
     dir: &dyn Dir,
     log: Arc<dyn Storage>,
     path: &Path,
     writer: bool,
-) -> Result<(State, Header, Option<TornTail>)> {
+    use_checkpoint: bool,
+) -> Result<Loaded> {
     let io = |e| Error::io(format!("cannot read the pool at {}", path.display()), e);
     let len = log.len().map_err(io)?;
     let (header, header_len) = read_header(&*log, path)?;
-    let mut state = State::new(
-        header.dim as usize,
-        log.clone(),
-        header.generation,
-        header_len as u64,
-    );
     let dim = header.dim as usize;
-    let (ann, files) = {
-        let st = &mut state;
-        ann::Ann::open(dir, dim, writer, &mut |n| st.intern(n)).map_err(|e| {
-            Error::io(
-                format!("cannot read the index of the pool at {}", path.display()),
-                e,
-            )
-        })?
+    let fresh = || {
+        let mut s = State::new(dim, log.clone(), header.generation, header_len as u64);
+        s.created_ms = header.created_ms;
+        s
     };
-    state.ann = ann;
-    state.segment_files = files;
-    let walk = replay::walk(
-        &*log,
-        header_len as u64,
-        len,
-        dim,
-        1,
-        path,
-        |rec, at, raw| {
-            state.apply(&rec, at, raw.len());
-            Ok(())
-        },
-    )?;
+    // Taken before the checkpoint is read: a newer one makes a reader load again.
+    let checkpoint_identity = dir.identity(checkpoint::CHECKPOINT_FILE).ok();
+    let mut state = fresh();
+    let restored = if use_checkpoint {
+        restore(dir, path, &*log, &header, len, writer, &mut state)?
+    } else {
+        Err(Some("a full replay was asked for".into()))
+    };
+    let (used, known) = match restored {
+        Ok(r) => (
+            checkpoint::Opened::Loaded {
+                from: r.from,
+                replayed: len - r.from,
+            },
+            Some((r.ann, r.lex)),
+        ),
+        Err(why) => {
+            state = fresh();
+            let (ann, _) = {
+                let st = &mut state;
+                ann::Ann::open(dir, dim, writer, &mut |n| st.intern(n)).map_err(|e| {
+                    Error::io(
+                        format!("cannot read the index of the pool at {}", path.display()),
+                        e,
+                    )
+                })?
+            };
+            state.ann = ann;
+            let used = match why {
+                None => checkpoint::Opened::Missing,
+                Some(why) => checkpoint::Opened::Rejected { why },
+            };
+            (used, None)
+        }
+    };
+    state.checkpoint_identity = checkpoint_identity;
+    if known.is_none() && checkpoint_identity.is_some() {
+        // One not used still takes its room on disk until it is replaced.
+        state.checkpoint_bytes = dir
+            .open(checkpoint::CHECKPOINT_FILE, false)
+            .and_then(|f| f.len())
+            .unwrap_or(0);
+    }
+    let (from, floor) = (state.end, state.next_id);
+    let walk = replay::walk(&*log, from, len, dim, floor, path, |rec, at, raw| {
+        state.apply(&rec, at, raw.len());
+        Ok(())
+    })?;
     state.walked(walk, len);
     if let (true, Some(d)) = (writer, state.damage.first()) {
         return Err(Error::Damaged {
@@ -1259,10 +1562,7 @@ fn load(
             pool: path.to_path_buf(),
         });
     }
-    let mut ann = std::mem::replace(&mut state.ann, ann::Ann::new(dim));
-    ann.settle(&|id| state.contains(id));
-    state.ann = ann;
-    lex::open_into(&mut state, dir, writer).map_err(|e| {
+    let lex_error = |e| {
         Error::io(
             format!(
                 "cannot read the lexical index of the pool at {}",
@@ -1270,7 +1570,25 @@ fn load(
             ),
             e,
         )
-    })?;
+    };
+    let mut ann = std::mem::replace(&mut state.ann, ann::Ann::new(dim));
+    match &known {
+        Some((known_ann, known_lex)) => {
+            // Only segments written after the checkpoint need their deletions found.
+            ann.settle_others(known_ann, &|id| state.contains(id));
+            state.ann = ann;
+            let mut lex = std::mem::take(&mut state.lex);
+            lex.settle_others(known_lex, &|a, b| state.live_range(a, b).count(), &|id| {
+                state.contains(id)
+            });
+            state.lex = lex;
+        }
+        None => {
+            ann.settle(&|id| state.contains(id));
+            state.ann = ann;
+            lex::open_into(&mut state, dir, writer).map_err(lex_error)?;
+        }
+    }
     state.shrink();
     let cut = state.tail.filter(|_| writer);
     if let Some(tail) = cut {
@@ -1285,7 +1603,12 @@ fn load(
         state.tail = None;
         state.walked_to = tail.offset;
     }
-    Ok((state, header, cut))
+    Ok(Loaded {
+        state,
+        header,
+        cut,
+        checkpoint: used,
+    })
 }
 
 fn header_error(e: HeaderError, path: &Path) -> Error {

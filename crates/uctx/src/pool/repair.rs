@@ -5,11 +5,12 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use super::checkpoint::{Opened, CHECKPOINT_FILE};
 use super::format::Rec;
 use super::lock::WriterLock;
 use super::replay::{self, Damage, TornTail};
 use super::storage::{Dir, FileDir};
-use super::{no_pool, read_header, segment_files, Pool, LOG_FILE, READ_CHUNK};
+use super::{load, no_pool, read_header, segfile, segment_files, Pool, LOG_FILE, READ_CHUNK};
 use crate::{Error, Result};
 
 /// The repaired log being written; renamed over [`LOG_FILE`] when complete.
@@ -35,11 +36,99 @@ pub struct Repaired {
     /// The name the damaged log is kept under, beside the new one.
     pub damaged_copy: Option<String>,
     /// Index segment files removed (derived data: the next writer rebuilds
-    /// the index from the log).
+    /// the index from the log): all of them when the log was rewritten,
+    /// else those that fail their checksum.
     pub segments_removed: usize,
+    /// Whether the checkpoint was removed (it is derived too: the next open
+    /// replays the whole log, and the next writer writes a new one).
+    pub checkpoint_removed: bool,
+}
+
+/// What `uctx doctor --verify` found: every byte of the log, the index
+/// segments and the checkpoint checked.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct Verified {
+    /// Records of the log that check, and its length.
+    pub records: u64,
+    pub log_bytes: u64,
+    /// Damaged stretches of the log (`uctx repair` rewrites it without them).
+    pub damage: Vec<Damage>,
+    pub torn_tail: Option<TornTail>,
+    /// Index segment files whose checksum fails, with why (`uctx repair`
+    /// removes them; the next writer rebuilds them from the log).
+    pub bad_segments: Vec<(String, String)>,
+    /// Index segment files checked.
+    pub segments: usize,
+    /// How an open uses the checkpoint.
+    pub checkpoint: Opened,
+    /// Whether the state loaded from the checkpoint (and the log after it)
+    /// is the state a full replay of the log gives; `None` without a
+    /// checkpoint in use.
+    pub checkpoint_agrees: Option<bool>,
+}
+
+impl Verified {
+    /// Whether nothing is wrong.
+    pub fn whole(&self) -> bool {
+        self.damage.is_empty()
+            && self.torn_tail.is_none()
+            && self.bad_segments.is_empty()
+            && self.checkpoint_agrees != Some(false)
+    }
 }
 
 impl Pool {
+    /// Check every byte of the pool at `dir`: walk the whole log, check
+    /// every index segment's checksum, and compare the state loaded from the
+    /// checkpoint with a full replay. Takes no lock and changes nothing.
+    pub fn verify(dir: &Path) -> Result<Verified> {
+        if !dir.join(LOG_FILE).exists() {
+            return Err(no_pool(dir));
+        }
+        Pool::verify_with(Arc::new(FileDir::new(dir)), dir)
+    }
+
+    /// [`Pool::verify`] on any [`Dir`]. `path` only names the pool in
+    /// messages.
+    pub fn verify_with(dir: Arc<dyn Dir>, path: &Path) -> Result<Verified> {
+        let io = |e| Error::io(format!("cannot read the pool at {}", path.display()), e);
+        if !dir.exists(LOG_FILE) {
+            return Err(no_pool(path));
+        }
+        let log = dir.open(LOG_FILE, false).map_err(io)?;
+        let len = log.len().map_err(io)?;
+        let (header, header_len) = read_header(&*log, path)?;
+        let walk = replay::walk(
+            &*log,
+            header_len as u64,
+            len,
+            header.dim as usize,
+            1,
+            path,
+            |_, _, _| Ok(()),
+        )?;
+        let bad_segments = segfile::verify_all(&*dir).map_err(io)?;
+        let segments = segment_files(&*dir, path)?.len();
+        let with = load(&*dir, log.clone(), path, false, true)?;
+        let checkpoint = with.checkpoint.clone();
+        let checkpoint_agrees = if checkpoint.replayed_whole() {
+            None
+        } else {
+            let whole = load(&*dir, log, path, false, false)?;
+            Some(with.state.digest() == whole.state.digest())
+        };
+        Ok(Verified {
+            records: walk.records,
+            log_bytes: len,
+            damage: walk.damage,
+            torn_tail: walk.tail,
+            bad_segments,
+            segments,
+            checkpoint,
+            checkpoint_agrees,
+        })
+    }
+
     /// Rewrite the log of the pool at `dir` with every record that checks,
     /// leaving out damaged stretches and a torn tail; the damaged log is
     /// kept beside it under [`DAMAGED_PREFIX`]`<unix time>`. Takes the
@@ -91,8 +180,21 @@ impl Pool {
             torn_tail: walk.tail,
             damaged_copy: None,
             segments_removed: 0,
+            checkpoint_removed: false,
         };
         if walk.damage.is_empty() && walk.tail.is_none() {
+            // A whole log: only segments that fail their checksum go.
+            let bad = segfile::verify_all(&*dir).map_err(|e| io("check the index segments", e))?;
+            for (name, _) in &bad {
+                dir.remove(name)
+                    .map_err(|e| io("remove a damaged index segment", e))?;
+            }
+            done.segments_removed = bad.len();
+            if !bad.is_empty() && dir.exists(CHECKPOINT_FILE) {
+                dir.remove(CHECKPOINT_FILE)
+                    .map_err(|e| io("remove the checkpoint", e))?;
+                done.checkpoint_removed = true;
+            }
             return Ok(done);
         }
         // Keep the header, then each run of records between damaged stretches.
@@ -149,6 +251,12 @@ impl Pool {
         for name in &segments {
             dir.remove(name)
                 .map_err(|e| io("remove an index segment", e))?;
+        }
+        // So is the checkpoint: the repaired log keeps the old one's header.
+        if dir.exists(CHECKPOINT_FILE) {
+            dir.remove(CHECKPOINT_FILE)
+                .map_err(|e| io("remove the checkpoint", e))?;
+            done.checkpoint_removed = true;
         }
         let copy = damaged_name(&*dir);
         dir.link(LOG_FILE, &copy)

@@ -22,6 +22,34 @@ pub fn write(dir: &dyn Dir, name: &str, bytes: &[u8]) -> io::Result<Mapped> {
     dir.map(name)
 }
 
+/// Whether a segment file's last four bytes are the CRC-32 of the rest
+/// (both index formats end so). Reads every byte: checked when a segment is
+/// written and by `uctx doctor --verify` and `uctx repair`, not on open.
+pub fn checksum_ok(b: &[u8]) -> bool {
+    let Some(body) = b.len().checked_sub(4) else {
+        return false;
+    };
+    super::le::get_u32(b, body) == Some(crc32fast::hash(&b[..body]))
+}
+
+/// Every segment file of either index in `dir` that fails its checksum,
+/// with the reason.
+pub fn verify_all(dir: &dyn Dir) -> io::Result<Vec<(String, String)>> {
+    let mut names = dir.list()?;
+    names.sort();
+    let mut bad = Vec::new();
+    for name in names {
+        if !(super::ann::is_segment_file(&name) || super::lex::is_segment_file(&name)) {
+            continue;
+        }
+        let map = dir.map(&name)?;
+        if !checksum_ok((*map).as_ref()) {
+            bad.push((name, "fails its checksum".to_string()));
+        }
+    }
+    Ok(bad)
+}
+
 /// Segments found on open.
 pub struct Opened<S> {
     /// Those in use, by first id: disjoint ranges.

@@ -1,12 +1,14 @@
-//! The pool's in-memory state, rebuilt by replaying the log: a compact
-//! table of live slices (40 bytes each, sorted by id), the namespaces, and
-//! the vector index ([`Ann`]). Text, turn, time and external ids stay in the
-//! log and are read from it on demand.
+//! The pool's in-memory state, rebuilt by replaying the log (or loaded from
+//! the checkpoint, then the log after it): a compact table of live slices
+//! (20 bytes each, sorted by id), the namespaces, and the vector index
+//! ([`Ann`]). Text, time and external ids stay in the log and are read from
+//! it on demand.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
 use super::ann::{Ann, Row};
+use super::checkpoint::{Put, Take};
 use super::format::{self, Rec, SliceRec, RECORD_HEADER};
 use super::lex::Lex;
 use super::replay::{Damage, TornTail, Walk};
@@ -22,6 +24,8 @@ pub struct Dict {
 
 const PINNED: u8 = 1;
 const DEAD: u8 = 2;
+/// A turn the table's 32 bits cannot hold: read it from the record.
+const TURN_IN_RECORD: u32 = u32::MAX;
 /// Bits of the flags byte that hold the source.
 const SOURCE_SHIFT: u8 = 2;
 
@@ -35,6 +39,8 @@ pub struct Entry {
     pub ns: u32,
     /// Salience quantised to 1/255 (the record holds the exact value).
     pub salience: f32,
+    /// The turn, or [`TURN_IN_RECORD`] when it does not fit.
+    turn: u32,
     flags: u8,
 }
 
@@ -48,6 +54,10 @@ impl Entry {
     fn source(&self) -> u8 {
         self.flags >> SOURCE_SHIFT
     }
+    /// The turn, when the table holds it (`None`: read the record).
+    pub fn turn(&self) -> Option<u64> {
+        (self.turn != TURN_IN_RECORD).then_some(self.turn as u64)
+    }
 }
 
 /// A run of entries whose ids and offsets are stored as `u32` deltas from
@@ -60,7 +70,7 @@ struct Block {
 }
 
 /// Every slice applied, in id order (ids, and so log offsets, increase with
-/// position): 16 bytes a slice in columns, ids and offsets as deltas.
+/// position): 24 bytes a slice in columns, ids and offsets as deltas.
 #[derive(Default)]
 struct Table {
     blocks: Vec<Block>,
@@ -68,6 +78,7 @@ struct Table {
     offset: Vec<u32>,
     bytes: Vec<u32>,
     tokens: Vec<u32>,
+    turn: Vec<u32>,
     ns: Vec<u16>,
     salience: Vec<u8>,
     flags: Vec<u8>,
@@ -92,6 +103,7 @@ impl Table {
             tokens: self.tokens[i],
             ns: self.ns[i] as u32,
             salience: self.salience[i] as f32 / 255.0,
+            turn: self.turn[i],
             flags: self.flags[i],
         }
     }
@@ -116,6 +128,7 @@ impl Table {
         self.offset.push((e.offset - b.offset) as u32);
         self.bytes.push(e.bytes);
         self.tokens.push(e.tokens);
+        self.turn.push(e.turn);
         self.ns.push(e.ns as u16);
         self.salience
             .push((e.salience.clamp(0.0, 1.0) * 255.0).round() as u8);
@@ -170,12 +183,91 @@ impl Table {
         t
     }
 
+    /// Write the columns to a checkpoint.
+    fn save(&self, p: &mut Put) {
+        let firsts: Vec<u64> = self.blocks.iter().map(|b| b.first as u64).collect();
+        let ids: Vec<u64> = self.blocks.iter().map(|b| b.id).collect();
+        let offsets: Vec<u64> = self.blocks.iter().map(|b| b.offset).collect();
+        p.u64s(&firsts);
+        p.u64s(&ids);
+        p.u64s(&offsets);
+        p.u32s(&self.id);
+        p.u32s(&self.offset);
+        p.u32s(&self.bytes);
+        p.u32s(&self.tokens);
+        p.u32s(&self.turn);
+        p.u16s(&self.ns);
+        p.bytes(&self.salience);
+        p.bytes(&self.flags);
+    }
+
+    /// Read the columns back; `None` when they do not fit together.
+    fn load(t: &mut Take<'_>) -> Option<Table> {
+        let (firsts, ids, offsets) = (t.u64s()?, t.u64s()?, t.u64s()?);
+        let table = Table {
+            blocks: Vec::new(),
+            id: t.u32s()?,
+            offset: t.u32s()?,
+            bytes: t.u32s()?,
+            tokens: t.u32s()?,
+            turn: t.u32s()?,
+            ns: t.u16s()?,
+            salience: t.bytes()?.to_vec(),
+            flags: t.bytes()?.to_vec(),
+        };
+        let n = table.id.len();
+        let columns = [
+            table.offset.len(),
+            table.bytes.len(),
+            table.tokens.len(),
+            table.turn.len(),
+            table.ns.len(),
+            table.salience.len(),
+            table.flags.len(),
+        ];
+        if columns.iter().any(|&c| c != n)
+            || ids.len() != firsts.len()
+            || offsets.len() != firsts.len()
+            || (n > 0) == firsts.is_empty()
+        {
+            return None;
+        }
+        let mut table = table;
+        for k in 0..firsts.len() {
+            let first = usize::try_from(firsts[k]).ok()?;
+            let end = match firsts.get(k + 1) {
+                Some(&f) => usize::try_from(f).ok()?,
+                None => n,
+            };
+            // Blocks start at 0 and follow each other, none empty; ids
+            // increase within and across them (lookups are binary searches).
+            if (k == 0 && first != 0) || first >= end || end > n {
+                return None;
+            }
+            let run = &table.id[first..end];
+            if run[0] != 0 || run.windows(2).any(|w| w[0] >= w[1]) {
+                return None;
+            }
+            let last = ids[k].checked_add(run[run.len() - 1] as u64)?;
+            if ids.get(k + 1).is_some_and(|&next| next <= last) {
+                return None;
+            }
+            table.blocks.push(Block {
+                first,
+                id: ids[k],
+                offset: offsets[k],
+            });
+        }
+        Some(table)
+    }
+
     fn shrink(&mut self) {
         self.blocks.shrink_to_fit();
         self.id.shrink_to_fit();
         self.offset.shrink_to_fit();
         self.bytes.shrink_to_fit();
         self.tokens.shrink_to_fit();
+        self.turn.shrink_to_fit();
         self.ns.shrink_to_fit();
         self.salience.shrink_to_fit();
         self.flags.shrink_to_fit();
@@ -194,9 +286,19 @@ pub struct State {
     pub log: Arc<dyn Storage>,
     pub identity: u64,
     pub generation: u64,
+    /// The log header's creation time (with the generation, which log
+    /// this is).
+    pub created_ms: u64,
     pub header_len: u64,
     /// End of the last complete record: where the next one goes.
     pub end: u64,
+    /// Where the record that ends at `end` starts.
+    pub last_record: u64,
+    /// The log offset the newest checkpoint covers through (0: none), and
+    /// that checkpoint's size: a writer writes the next one when the log has
+    /// grown enough past it.
+    pub checkpoint_end: u64,
+    pub checkpoint_bytes: u64,
     pub next_id: u64,
     pub budget: u64,
     /// Every slice applied, in id order; deleted ones are flagged until
@@ -210,8 +312,9 @@ pub struct State {
     pub ann: Ann,
     /// The lexical index (BM25 postings).
     pub lex: Lex,
-    /// Index segment files present when the index was last opened.
-    pub segment_files: Vec<String>,
+    /// The identity of the checkpoint file when this state was loaded
+    /// (`None`: there was none): a reader loads again when it changes.
+    pub checkpoint_identity: Option<u64>,
     /// Bytes of live slice records.
     pub live_bytes: u64,
     pub tokens: u64,
@@ -234,8 +337,12 @@ impl State {
             identity: log.identity(),
             log,
             generation,
+            created_ms: 0,
             header_len,
             end: header_len,
+            last_record: header_len,
+            checkpoint_end: 0,
+            checkpoint_bytes: 0,
             next_id: 1,
             budget: 0,
             entries: Table::default(),
@@ -246,7 +353,7 @@ impl State {
             ns_live: Vec::new(),
             ann: Ann::new(dim),
             lex: Lex::new(),
-            segment_files: Vec::new(),
+            checkpoint_identity: None,
             live_bytes: 0,
             tokens: 0,
             dicts: HashMap::new(),
@@ -272,9 +379,161 @@ impl State {
         self.walked_to = len;
     }
 
-    /// Bytes of the log and the indexes' segment files.
+    /// Bytes of the log, the indexes' segment files and the checkpoint.
     pub fn bytes_on_disk(&self) -> u64 {
-        self.end + self.ann.file_bytes() + self.lex.file_bytes()
+        self.end + self.ann.file_bytes() + self.lex.file_bytes() + self.checkpoint_bytes
+    }
+
+    /// Write what replay derived from the log (all but the indexes, which
+    /// save their own parts) to a checkpoint.
+    pub fn save(&self, p: &mut Put) {
+        p.u64(self.dim as u64);
+        p.u64(self.next_id);
+        p.u64(self.budget);
+        p.u64(self.live_bytes);
+        p.u64(self.tokens);
+        p.u64(self.dead_entries as u64);
+        p.u64(self.current_dict.map_or(0, |d| d as u64 + 1));
+        self.entries.save(p);
+        let mut touched: Vec<(&u64, &Touch)> = self.touched.iter().collect();
+        touched.sort_by_key(|t| *t.0);
+        p.u64s(&touched.iter().map(|t| *t.0).collect::<Vec<_>>());
+        p.u32s(&touched.iter().map(|t| t.1.uses).collect::<Vec<_>>());
+        p.u64s(
+            &touched
+                .iter()
+                .map(|t| t.1.last_used_seq)
+                .collect::<Vec<_>>(),
+        );
+        p.u64(self.ns_names.len() as u64);
+        for n in &self.ns_names {
+            p.bytes(n.as_bytes());
+        }
+        p.u64s(&self.ns_live);
+        let mut dicts: Vec<(&u32, &Arc<Dict>)> = self.dicts.iter().collect();
+        dicts.sort_by_key(|d| *d.0);
+        p.u64(dicts.len() as u64);
+        for (id, d) in dicts {
+            p.u32(*id);
+            p.bytes(&d.raw);
+        }
+    }
+
+    /// Restore what [`State::save`] wrote into a fresh state (`State::new`).
+    /// `None` when the parts do not fit together.
+    pub fn load(&mut self, t: &mut Take<'_>) -> Option<()> {
+        if t.u64()? != self.dim as u64 {
+            return None;
+        }
+        self.next_id = t.u64()?;
+        self.budget = t.u64()?;
+        self.live_bytes = t.u64()?;
+        self.tokens = t.u64()?;
+        self.dead_entries = usize::try_from(t.u64()?).ok()?;
+        let dict = t.u64()?;
+        self.current_dict = match dict {
+            0 => None,
+            d => Some(u32::try_from(d - 1).ok()?),
+        };
+        self.entries = Table::load(t)?;
+        let (ids, uses, last) = (t.u64s()?, t.u32s()?, t.u64s()?);
+        if uses.len() != ids.len() || last.len() != ids.len() {
+            return None;
+        }
+        self.touched = ids
+            .iter()
+            .zip(uses.iter().zip(&last))
+            .map(|(&id, (&uses, &last_used_seq))| {
+                (
+                    id,
+                    Touch {
+                        uses,
+                        last_used_seq,
+                    },
+                )
+            })
+            .collect();
+        let names = usize::try_from(t.u64()?).ok()?;
+        if names > Self::MAX_NAMESPACES {
+            return None;
+        }
+        for _ in 0..names {
+            let name = std::str::from_utf8(t.bytes()?).ok()?;
+            self.intern(name);
+        }
+        let live = t.u64s()?;
+        if live.len() != self.ns_names.len() || self.ns_names.len() != names {
+            return None;
+        }
+        self.ns_live = live;
+        let dicts = t.u64()?;
+        for _ in 0..dicts {
+            let id = t.u32()?;
+            let raw = t.bytes()?.to_vec();
+            let decoder = zstd::dict::DecoderDictionary::copy(&raw);
+            self.dicts.insert(id, Arc::new(Dict { raw, decoder }));
+        }
+        let flags = &self.entries.flags;
+        let dead = flags.iter().filter(|&&f| f & DEAD != 0).count();
+        let ns_ok = self.entries.ns.iter().all(|&n| (n as usize) < names);
+        if dead != self.dead_entries
+            || !ns_ok
+            || self
+                .current_dict
+                .is_some_and(|d| !self.dicts.contains_key(&d))
+        {
+            return None;
+        }
+        Some(())
+    }
+
+    /// Everything replay derives, namespaces by name, as text (tests
+    /// compare a load from the checkpoint with a full replay).
+    pub fn digest(&self) -> String {
+        use std::fmt::Write;
+        let mut o = String::new();
+        let _ = writeln!(
+            o,
+            "end {} last {} next {} budget {} live_bytes {} tokens {} len {} dict {:?}",
+            self.end,
+            self.last_record,
+            self.next_id,
+            self.budget,
+            self.live_bytes,
+            self.tokens,
+            self.len(),
+            self.current_dict
+        );
+        let mut dicts: Vec<(u32, usize)> =
+            self.dicts.iter().map(|(k, d)| (*k, d.raw.len())).collect();
+        dicts.sort_unstable();
+        let _ = writeln!(o, "dicts {dicts:?}");
+        for e in self.live() {
+            let (uses, last) = self.uses(e.id);
+            let _ = writeln!(
+                o,
+                "{} @{}+{} t{} {} s{:.3} f{} turn{:?} u{uses} l{last}",
+                e.id,
+                e.offset,
+                e.bytes,
+                e.tokens,
+                self.ns_name(e.ns),
+                e.salience,
+                e.flags,
+                e.turn()
+            );
+        }
+        let mut touched: Vec<_> = self
+            .touched
+            .iter()
+            .map(|(k, t)| (*k, t.uses, t.last_used_seq))
+            .collect();
+        touched.sort_unstable();
+        let _ = writeln!(o, "touched {touched:?}");
+        let _ = writeln!(o, "namespaces {:?}", self.namespaces());
+        let _ = writeln!(o, "{}", self.ann.digest(&|g| self.ns_name(g).to_string()));
+        let _ = writeln!(o, "{}", self.lex.digest());
+        o
     }
 
     /// Namespaces a pool can hold (numbers are kept in 16 bits).
@@ -364,7 +623,10 @@ impl State {
                 self.current_dict = Some(*id);
             }
         }
-        self.end = self.end.max(offset + len as u64);
+        if offset + len as u64 >= self.end {
+            self.end = offset + len as u64;
+            self.last_record = offset;
+        }
         self.sweep();
     }
 
@@ -380,6 +642,10 @@ impl State {
             tokens: s.tokens,
             ns,
             salience: s.salience,
+            turn: u32::try_from(s.turn)
+                .ok()
+                .filter(|&t| t != TURN_IN_RECORD)
+                .unwrap_or(TURN_IN_RECORD),
             flags: u8::from(s.pinned) | (s.source.min(63) << SOURCE_SHIFT),
         };
         // Ids (and offsets) arrive in increasing order: appends, and
@@ -536,6 +802,26 @@ impl State {
     /// The number of namespace `name`, if a slice was ever written to it.
     pub fn ns_number(&self, name: &str) -> Option<u32> {
         self.ns_index.get(name).copied()
+    }
+
+    /// The highest turn of the live slices of namespace `ns`, asking the
+    /// log only for a turn the table cannot hold.
+    pub fn last_turn(&self, ns: &str) -> std::io::Result<Option<u64>> {
+        let Some(g) = self.ns_number(ns) else {
+            return Ok(None);
+        };
+        let mut best: Option<u64> = None;
+        for e in self.live().filter(|e| e.ns == g) {
+            let turn = match e.turn() {
+                Some(t) => t,
+                None => match self.read_record(e.id) {
+                    Some(r) => r?.turn,
+                    None => continue,
+                },
+            };
+            best = Some(best.map_or(turn, |b| b.max(turn)));
+        }
+        Ok(best)
     }
 
     /// Live slices with ids in `[from, to]`, in id order.
@@ -707,6 +993,7 @@ mod tests {
                 tokens: i as u32,
                 ns: (i % 7) as u32,
                 salience: 0.6,
+                turn: i as u32,
                 flags: PINNED | (3 << SOURCE_SHIFT),
             };
             t.push(&e);

@@ -347,10 +347,11 @@ impl Session {
     /// Pinned slices, the next turn number, and (with `resume`) the latest turns.
     fn load_from_pool(&mut self) -> Result<()> {
         let pool = self.memory.pool();
-        let metas = pool.metas(Scope::Namespace(&self.cfg.namespace));
-        self.next_turn = metas.iter().map(|m| m.turn).max().unwrap_or(0) + 1;
-        for m in metas.iter().filter(|m| m.pinned) {
-            if let Some(s) = pool.get(m.id)? {
+        // The slice table holds turns and pins: no record is read to learn them.
+        let scope = Scope::Namespace(&self.cfg.namespace);
+        self.next_turn = pool.last_turn(&self.cfg.namespace)?.unwrap_or(0) + 1;
+        for id in pool.pinned(scope) {
+            if let Some(s) = pool.get(id)? {
                 self.pinned.push(s);
             }
         }
@@ -367,27 +368,29 @@ impl Session {
         let pool = self.memory.pool();
         let mut turns: Vec<Turn> = Vec::new();
         let mut budget = max_tokens.unwrap_or(usize::MAX);
-        for m in pool
-            .metas(Scope::Namespace(&self.cfg.namespace))
-            .iter()
+        // Newest first, reading records only as far back as the budget goes.
+        for id in pool
+            .ids(Scope::Namespace(&self.cfg.namespace))
+            .into_iter()
             .rev()
         {
+            let Some(slice) = pool.get(id)? else {
+                continue;
+            };
+            let (m, text) = (slice.meta, slice.text);
             let role = match m.source {
                 Source::User => Role::User,
                 Source::Assistant => Role::Assistant,
                 _ => continue,
             };
-            let Some(slice) = pool.get(m.id)? else {
-                continue;
-            };
             match turns.last_mut() {
                 Some(t) if t.turn == m.turn && t.role == role => {
-                    t.text = format!("{}\n\n{}", slice.text, t.text);
+                    t.text = format!("{}\n\n{}", text, t.text);
                     t.tokens += m.tokens as usize;
                 }
                 _ => turns.push(Turn {
                     role,
-                    text: slice.text,
+                    text,
                     turn: m.turn,
                     tokens: m.tokens as usize,
                     paged: Vec::new(),

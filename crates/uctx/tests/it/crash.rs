@@ -11,7 +11,9 @@ use std::path::Path;
 use std::sync::Arc;
 
 use uctx::pool::storage::{CrashDir, Dir, MemDir};
-use uctx::pool::{Pool, PoolOptions, Scope, WitnessEvent, LOG_FILE};
+use uctx::pool::{
+    CheckpointUse, Pool, PoolOptions, Scope, WitnessEvent, CHECKPOINT_FILE, LOG_FILE,
+};
 use uctx::Error;
 
 use crate::pool::{opts, slice, text_of};
@@ -104,6 +106,34 @@ fn check_whole(pool: &Pool, what: &str) {
     }
 }
 
+fn reader(dir: &MemDir) -> Pool {
+    Pool::open_with(
+        Arc::new(dir.clone()),
+        Path::new(PATH),
+        PoolOptions {
+            create: false,
+            read_only: true,
+            ..opts()
+        },
+    )
+    .unwrap()
+}
+
+/// A reader's state from the checkpoint (where it is used) is the state of a
+/// full replay of the log.
+fn check_checkpoint(dir: &MemDir, what: &str) -> bool {
+    let with = reader(dir);
+    let whole = MemDir::new();
+    for f in dir.list().unwrap() {
+        if f != CHECKPOINT_FILE {
+            whole.set_bytes(&f, dir.bytes(&f).unwrap());
+        }
+    }
+    let whole = reader(&whole);
+    assert_eq!(with.state_digest(), whole.state_digest(), "{what}");
+    !with.checkpoint_use().replayed_whole()
+}
+
 /// Run the workload to a random stop `trials` times; `budget` drives eviction and
 /// compaction. With a budget, unpinned slices may be evicted, so only pins must stay.
 fn crash_trials(trials: u64, budget: Option<u64>) {
@@ -120,6 +150,7 @@ fn crash_trials(trials: u64, budget: Option<u64>) {
         "the workload does too little: {total} mutations"
     );
     let mut opened_with_index = 0;
+    let (mut from_checkpoint, mut checkpoint_unfinished) = (0, 0);
     for trial in 0..trials {
         let dir = CrashDir::new();
         let pool = open(Arc::new(dir.clone()), budget).unwrap();
@@ -130,8 +161,14 @@ fn crash_trials(trials: u64, budget: Option<u64>) {
         drop(pool);
         let what = format!("trial {trial}, stop after {stop} of {total} mutations");
         let image = dir.image(trial);
+        checkpoint_unfinished += usize::from(image.exists("pool.ckpt.tmp"));
+        // What the crash left, loaded from its checkpoint, is what a full replay gives.
+        check_checkpoint(&image, &what);
         let pool = open(Arc::new(image.clone()), budget)
             .unwrap_or_else(|e| panic!("{what}: the pool does not open: {e}"));
+        if let CheckpointUse::Loaded { .. } = pool.checkpoint_use() {
+            from_checkpoint += 1;
+        }
         check_whole(&pool, &what);
         if budget.is_none() {
             for (&id, &k) in &acked.slices {
@@ -162,11 +199,24 @@ fn crash_trials(trials: u64, budget: Option<u64>) {
             .append(&[slice("c", 900_000)])
             .unwrap_or_else(|e| panic!("{what}: no write after reopening: {e}"))[0];
         drop(pool);
-        let pool = open(Arc::new(image), budget).unwrap();
+        let pool = open(Arc::new(image.clone()), budget).unwrap();
         assert_eq!(pool.get(id).unwrap().unwrap().text, text_of(900_000));
+        drop(pool);
+        assert!(
+            check_checkpoint(&image, &what),
+            "{what}: no checkpoint after a writer"
+        );
     }
     eprintln!(
-        "power loss: {trials} stops (budget {budget:?}); {opened_with_index} reopened with index segments"
+        "power loss: {trials} stops (budget {budget:?}); {opened_with_index} reopened with index segments, {from_checkpoint} from a checkpoint, {checkpoint_unfinished} stopped while writing one"
+    );
+    assert!(
+        from_checkpoint > trials / 4,
+        "too few stops after a checkpoint: {from_checkpoint}"
+    );
+    assert!(
+        checkpoint_unfinished > 0,
+        "no stop fell in a checkpoint write"
     );
     assert!(
         opened_with_index > trials / 4,
@@ -208,16 +258,22 @@ fn a_thousand_single_byte_flips_never_lose_silently() {
     assert!(!segments.is_empty());
     let mut refused = 0;
     let mut cut_losses = 0;
+    let (mut verified, mut noticed_on_read) = (0, 0);
+    // Whether the checkpoint `pool` loaded covers byte `at` of the log.
+    let covered = |pool: &Pool, target: &str, at: usize| {
+        target == LOG_FILE
+            && matches!(pool.checkpoint_use(), CheckpointUse::Loaded { from, .. } if (at as u64) < from)
+    };
     for flip in 0..1000u64 {
         let copy = MemDir::new();
         for f in &files {
             copy.set_bytes(f, mem.bytes(f).unwrap());
         }
-        // Two flips in three hit the log, the rest an index segment.
-        let target = if flip % 3 < 2 {
-            LOG_FILE.to_string()
-        } else {
-            segments[(flip as usize / 3) % segments.len()].clone()
+        // Four flips in six hit the log, one an index segment, one the checkpoint.
+        let target = match flip % 6 {
+            0..=3 => LOG_FILE.to_string(),
+            4 => segments[(flip as usize / 6) % segments.len()].clone(),
+            _ => CHECKPOINT_FILE.to_string(),
         };
         let mut bytes = copy.bytes(&target).unwrap();
         let at = (flip.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 7) as usize % bytes.len();
@@ -225,7 +281,33 @@ fn a_thousand_single_byte_flips_never_lose_silently() {
         copy.set_bytes(&target, bytes);
         let what = format!("flip {flip}: bit {} of byte {at} of {target}", flip % 8);
         match open(Arc::new(copy.clone()), None) {
+            Ok(pool) if covered(&pool, &target, at) => {
+                // The checkpoint covers the flip: the open did not read it. Every
+                // read checks its record, so a slice reads whole or not at all,
+                // and a verification finds the damage.
+                for (&id, &k) in &acked {
+                    match pool.get(id) {
+                        Ok(Some(s)) => assert_eq!(s.text, text_of(k), "{what}"),
+                        Ok(None) => panic!("{what}: slice {id} lost silently"),
+                        Err(e) => {
+                            assert!(matches!(e, Error::Corrupt { .. }), "{what}: {e}");
+                            noticed_on_read += 1;
+                        }
+                    }
+                }
+                drop(pool);
+                let v = Pool::verify_with(Arc::new(copy.clone()), Path::new(PATH)).unwrap();
+                assert!(!v.whole(), "{what}: verify found nothing: {v:?}");
+                verified += 1;
+            }
             Ok(pool) => {
+                if target == CHECKPOINT_FILE {
+                    assert!(
+                        matches!(pool.checkpoint_use(), CheckpointUse::Rejected { .. }),
+                        "{what}: {:?}",
+                        pool.checkpoint_use()
+                    );
+                }
                 check_whole(&pool, &what);
                 // Opened for writing: nothing is missing but what lay in a damaged
                 // last record, which the writer cut and reports.
@@ -293,8 +375,9 @@ fn a_thousand_single_byte_flips_never_lose_silently() {
         }
     }
     eprintln!(
-        "byte flips: 1000; refused with the offset: {refused}; opened: {}; slices lost with a cut last record: {cut_losses}",
+        "byte flips: 1000; refused with the offset: {refused}; opened: {}; slices lost with a cut last record: {cut_losses}; under the checkpoint, found by verify: {verified} (reads refused: {noticed_on_read})",
         1000 - refused
     );
     assert!(refused > 0, "no flip was ever noticed");
+    assert!(verified > 0, "no flip fell under the checkpoint");
 }

@@ -1,6 +1,7 @@
 //! Integration tests of the engine, one binary (see each module).
 
 mod backend;
+mod checkpoint;
 mod crash;
 mod encoder;
 mod fake_server;

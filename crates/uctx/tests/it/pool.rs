@@ -519,7 +519,7 @@ fn encoder_dim_and_version_are_checked() {
             err,
             Error::Version {
                 found: 7,
-                supported: 2,
+                supported: 3,
                 ..
             }
         ),
@@ -1135,8 +1135,9 @@ fn index_seals_merges_filters_and_recovers_from_its_own_loss() {
     drop(pool);
 
     // A damaged segment and a stray unfinished one: the log is the source
-    // of truth, so their rows are searched from the tail instead, and the
-    // writer deletes both files.
+    // of truth, so their rows are searched from the tail instead. Opening
+    // reads no segment whole: `verify` finds the damage, `repair` removes
+    // the file, and the writer deletes the unfinished one.
     let files = segment_files(&dir);
     let victim = dir.join(&files[0]);
     let mut bytes = std::fs::read(&victim).unwrap();
@@ -1144,6 +1145,12 @@ fn index_seals_merges_filters_and_recovers_from_its_own_loss() {
     bytes[mid] ^= 0x55;
     std::fs::write(&victim, &bytes).unwrap();
     std::fs::write(dir.join("seg-99999999.ivf.tmp"), b"half a segment").unwrap();
+    let v = Pool::verify(&dir).unwrap();
+    assert_eq!(v.bad_segments.len(), 1, "{v:?}");
+    assert!(!v.whole());
+    assert_eq!(v.bad_segments[0].0, files[0]);
+    let r = Pool::repair(&dir).unwrap();
+    assert!(!r.rewritten && r.segments_removed == 1, "{r:?}");
     let pool = Pool::open(&dir, opts()).unwrap();
     assert!(!victim.exists());
     assert!(!dir.join("seg-99999999.ivf.tmp").exists());
