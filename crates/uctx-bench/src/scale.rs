@@ -10,7 +10,8 @@ use std::sync::Arc;
 
 use anyhow::{bail, Context};
 use uctx::encoder::Encoder;
-use uctx::pool::bench::{build_scale, Latency, Probe, ScaleOptions, ScaleReport};
+use uctx::pool::bench::{build_scale, Latency, Probe, Processes, ScaleOptions, ScaleReport};
+use uctx::pool::CheckpointUse;
 
 /// The Debian package the default corpus comes from.
 pub const CORPUS_PACKAGE: &str = "linux-source-6.1";
@@ -122,6 +123,152 @@ pub fn run_bench(
     )?)
 }
 
+/// How `uctx` is started for one timed process.
+pub struct Spawn<'a> {
+    /// The `uctx` binary.
+    pub exe: &'a Path,
+    pub pool: &'a Path,
+    pub encoder: Option<&'a Path>,
+}
+
+impl Spawn<'_> {
+    fn command(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new(self.exe);
+        cmd.arg("--pool").arg(self.pool);
+        if let Some(e) = self.encoder {
+            cmd.arg("--encoder").arg(e);
+        }
+        cmd.args(args);
+        cmd
+    }
+
+    /// Wall time of one run of `uctx ARGS`, process start included, in ms.
+    fn wall_ms(&self, args: &[&str]) -> anyhow::Result<f64> {
+        let mut cmd = self.command(args);
+        let t = std::time::Instant::now();
+        let out = cmd.output().with_context(|| format!("running {cmd:?}"))?;
+        let ms = t.elapsed().as_secs_f64() * 1e3;
+        if !out.status.success() {
+            bail!(
+                "{cmd:?} failed: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+        Ok(ms)
+    }
+
+    /// Seconds `Pool::open` takes in a process of its own (a probe of one query).
+    fn open_s(&self) -> anyhow::Result<f64> {
+        let mut cmd = Command::new(self.exe);
+        if let Some(e) = self.encoder {
+            cmd.arg("--encoder").arg(e);
+        }
+        cmd.args(["bench", "scale", "--json", "--queries", "1", "--probe"])
+            .arg(self.pool);
+        let out = cmd.output().with_context(|| format!("running {cmd:?}"))?;
+        if !out.status.success() {
+            bail!(
+                "{cmd:?} failed: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+        let p: Probe = serde_json::from_slice(&out.stdout)?;
+        Ok(p.open_seconds)
+    }
+}
+
+/// Drop the page cache (written-back first), so that the next process reads
+/// the pool from the disk. `Err` says why it could not.
+fn drop_page_cache() -> Result<(), String> {
+    let synced = Command::new("sync").status().map_err(|e| e.to_string())?;
+    if !synced.success() {
+        return Err("sync failed".into());
+    }
+    std::fs::write("/proc/sys/vm/drop_caches", "3")
+        .map_err(|e| format!("cannot write /proc/sys/vm/drop_caches ({e}; it needs root)"))
+}
+
+fn median(mut xs: Vec<f64>) -> f64 {
+    xs.sort_by(f64::total_cmp);
+    xs.get(xs.len() / 2).copied().unwrap_or(0.0)
+}
+
+/// Time whole processes on the pool: `Pool::open`, `uctx status` and
+/// `uctx recall QUERY`, warm (median of `runs`, after one to warm the page
+/// cache) and cold (after dropping the page cache, where permitted).
+pub fn time_processes(s: &Spawn<'_>, query: &str, runs: usize) -> anyhow::Result<Processes> {
+    let runs = runs.max(1);
+    let status = ["status"];
+    let recall = ["recall", query];
+    let mut p = Processes {
+        recall_query: query.to_string(),
+        warm_runs: runs,
+        ..Processes::default()
+    };
+    match drop_page_cache() {
+        Ok(()) => {
+            p.open_cold_s = Some(s.open_s()?);
+            drop_page_cache().map_err(anyhow::Error::msg)?;
+            p.status_cold_ms = Some(s.wall_ms(&status)?);
+            drop_page_cache().map_err(anyhow::Error::msg)?;
+            p.recall_cold_ms = Some(s.wall_ms(&recall)?);
+        }
+        Err(why) => p.cold_note = Some(format!("cold not measured: {why}")),
+    }
+    s.wall_ms(&status)?;
+    s.wall_ms(&recall)?;
+    let mut open = Vec::new();
+    let (mut st, mut rc) = (Vec::new(), Vec::new());
+    for _ in 0..runs {
+        open.push(s.open_s()?);
+        st.push(s.wall_ms(&status)?);
+        rc.push(s.wall_ms(&recall)?);
+    }
+    p.open_warm_s = median(open);
+    p.status_warm_ms = median(st);
+    p.recall_warm_ms = median(rc);
+    Ok(p)
+}
+
+/// The rows of whole-process timings.
+fn process_rows(p: &Processes) -> Vec<(&'static str, String)> {
+    let cold = |c: Option<f64>, unit: &str, scale: f64| {
+        c.map_or("not measured".to_string(), |c| {
+            format!("{:.0} {unit}", c * scale)
+        })
+    };
+    let mut rows = vec![
+        (
+            "open, own process (cold / warm)",
+            format!(
+                "{} / {:.0} ms",
+                cold(p.open_cold_s, "ms", 1e3),
+                p.open_warm_s * 1e3
+            ),
+        ),
+        (
+            "`uctx status` wall (cold / warm)",
+            format!(
+                "{} / {:.0} ms",
+                cold(p.status_cold_ms, "ms", 1.0),
+                p.status_warm_ms
+            ),
+        ),
+        (
+            "`uctx recall` wall (cold / warm)",
+            format!(
+                "{} / {:.0} ms",
+                cold(p.recall_cold_ms, "ms", 1.0),
+                p.recall_warm_ms
+            ),
+        ),
+    ];
+    if let Some(n) = &p.cold_note {
+        rows.push(("cold", n.clone()));
+    }
+    rows
+}
+
 /// A latency as the table shows it: p50 / p99.
 fn ms(l: &Latency) -> String {
     format!("{:.2} / {:.2} ms", l.p50_ms, l.p99_ms)
@@ -143,7 +290,18 @@ fn probe_rows(p: &Probe) -> Vec<(&'static str, String)> {
                 mb(p.index_stats.bytes)
             ),
         ),
-        ("time to open", format!("{:.2} s", p.open_seconds)),
+        ("time to open", format!("{:.3} s", p.open_seconds)),
+        (
+            "opened",
+            match &p.checkpoint {
+                Some(CheckpointUse::Loaded { replayed, .. }) => {
+                    format!("checkpoint + {replayed} B of log")
+                }
+                Some(CheckpointUse::Missing) => "full replay (no checkpoint)".into(),
+                Some(CheckpointUse::Rejected { .. }) => "full replay (checkpoint not used)".into(),
+                None => "—".into(),
+            },
+        ),
         ("top-10 search, all (p50 / p99)", ms(&p.search_all)),
         ("top-10 search, one namespace", ms(&p.search_namespace)),
         (
@@ -243,5 +401,6 @@ pub fn table(r: &ScaleReport) -> String {
         ("measured in", r.probed_in.clone()),
     ];
     rows.extend(probe_rows(&r.probe));
+    rows.extend(process_rows(&r.processes));
     head + &render(rows)
 }

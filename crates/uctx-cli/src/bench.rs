@@ -96,6 +96,17 @@ fn bench_scale(g: &Global, a: &ScaleArgs) -> anyhow::Result<ExitCode> {
     }
     report.probe = serde_json::from_slice(&out.stdout)?;
     report.probed_in = "a separate read-only process".into();
+    // Whole commands as a user runs them, each a process of its own.
+    let exe = std::env::current_exe()?;
+    report.processes = scale::time_processes(
+        &scale::Spawn {
+            exe: &exe,
+            pool: &pool_dir,
+            encoder: g.encoder.as_deref(),
+        },
+        "how does the kernel flush dirty pages to disk",
+        a.process_runs,
+    )?;
     emit(g, &report, scale::table(&report))
 }
 

@@ -153,6 +153,9 @@ pub struct InitArgs {
 pub struct DoctorArgs {
     #[command(flatten)]
     pub model: ModelArgs,
+    /// Also check every byte of the pool: the whole log, every index segment's checksum, and the checkpoint against a full replay (slow on a big pool).
+    #[arg(long)]
+    pub verify: bool,
 }
 
 #[derive(Args, Debug)]
@@ -259,6 +262,9 @@ pub struct ScaleArgs {
     /// Fraction of each index segment's lists a search scans [default: the pool's].
     #[arg(long, value_name = "F")]
     pub probe_fraction: Option<f32>,
+    /// Warm runs of each whole command timed (`uctx status`, `uctx recall`, an open); the median is reported.
+    #[arg(long, default_value_t = 5)]
+    pub process_runs: usize,
 }
 
 #[derive(Args, Debug)]

@@ -41,6 +41,7 @@ pub fn memory_rw(g: &Global) -> anyhow::Result<Arc<Memory>> {
     let memory = Memory::open(&dir, encoder(g)?, true, false, None)?;
     crate::repair::warn_cut(memory.pool());
     crate::repair::note_rebuilt(memory.pool());
+    crate::repair::note_checkpoint(memory.pool());
     Ok(Arc::new(memory))
 }
 
@@ -311,6 +312,12 @@ pub fn doctor(g: &Global, a: &DoctorArgs) -> anyhow::Result<ExitCode> {
             }
             Err(e) => report(false, format!("pool: {e}")),
         }
+        if a.verify {
+            match uctx::pool::Pool::verify(&dir) {
+                Err(e) => report(false, format!("verify: {e}")),
+                Ok(v) => crate::repair::report_verified(&dir, &v, &mut report),
+            }
+        }
     } else {
         report(
             true,
@@ -443,6 +450,7 @@ pub fn status(g: &Global) -> anyhow::Result<ExitCode> {
             "hit_rate": hit_rate,
             "index": index,
             "namespaces": pool.namespaces().into_iter().map(|(n, c)| serde_json::json!({"namespace": n, "slices": c})).collect::<Vec<_>>(),
+            "opened": pool.checkpoint_use(),
             "damaged": pool.damage(),
             "torn_tail": pool.torn_tail(),
             "damaged_logs": pool.damaged_logs(),

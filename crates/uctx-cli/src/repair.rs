@@ -2,7 +2,9 @@
 
 use std::process::ExitCode;
 
-use uctx::pool::{Pool, LOG_FILE};
+use std::path::Path;
+
+use uctx::pool::{CheckpointUse, Pool, Verified, LOG_FILE};
 
 use crate::cli::Global;
 use crate::open::{pool_dir, print_json};
@@ -48,7 +50,75 @@ pub fn repair(g: &Global) -> anyhow::Result<ExitCode> {
             r.segments_removed
         );
     }
+    if r.checkpoint_removed {
+        println!("checkpoint removed; the next open replays the whole log once");
+    }
     Ok(ExitCode::SUCCESS)
+}
+
+/// `doctor --verify`'s lines.
+pub fn report_verified(dir: &Path, v: &Verified, report: &mut dyn FnMut(bool, String)) {
+    let fix = format!("run `uctx repair --pool {}`", dir.display());
+    report(
+        v.damage.is_empty() && v.torn_tail.is_none(),
+        format!(
+            "log: {} records, {} bytes{}",
+            v.records,
+            v.log_bytes,
+            match (v.damage.len(), v.torn_tail) {
+                (0, None) => String::new(),
+                (0, Some(t)) => format!(" — {t} (the next writer cuts it)"),
+                (n, _) => format!(
+                    " — {n} damaged stretch(es), the first {}: {fix}",
+                    v.damage[0]
+                ),
+            }
+        ),
+    );
+    report(
+        v.bad_segments.is_empty(),
+        if v.bad_segments.is_empty() {
+            format!("index: {} segment files check", v.segments)
+        } else {
+            let names: Vec<&str> = v.bad_segments.iter().map(|b| b.0.as_str()).collect();
+            format!(
+                "index: {} of {} segment files fail their checksum ({}) — {fix}; the next writer rebuilds them from the log",
+                v.bad_segments.len(),
+                v.segments,
+                names.join(", ")
+            )
+        },
+    );
+    let (ok, line) = match (&v.checkpoint, v.checkpoint_agrees) {
+        (CheckpointUse::Loaded { from, .. }, Some(true)) => (
+            true,
+            format!("checkpoint: covers the log to byte {from} and agrees with a full replay"),
+        ),
+        (CheckpointUse::Loaded { .. }, _) => (
+            false,
+            format!("checkpoint: disagrees with a full replay of the log — {fix}"),
+        ),
+        (CheckpointUse::Missing, _) => (
+            true,
+            "checkpoint: none yet (the next writer writes one)".to_string(),
+        ),
+        (CheckpointUse::Rejected { why }, _) => (
+            true,
+            format!("checkpoint: not used ({why}); opens replay the whole log until the next writer writes a new one"),
+        ),
+    };
+    report(ok, line);
+}
+
+/// Say so on standard error when a writer's open could not use the
+/// checkpoint and replayed the whole log.
+pub fn note_checkpoint(pool: &Pool) {
+    if let CheckpointUse::Rejected { why } = pool.checkpoint_use() {
+        eprintln!(
+            "note: the checkpoint of {} was not used ({why}); the log was replayed whole, and a new checkpoint written",
+            pool.dir().display()
+        );
+    }
 }
 
 /// Say so on standard error when opening `pool` cut a torn tail.
@@ -98,6 +168,17 @@ pub fn print_status(pool: &Pool) {
     }
     if let Some(t) = pool.torn_tail() {
         println!("torn      {t} (the next writer cuts it)");
+    }
+    match pool.checkpoint_use() {
+        CheckpointUse::Loaded { from, replayed } => println!(
+            "opened    from the checkpoint (to byte {from}), then {replayed} bytes of log"
+        ),
+        CheckpointUse::Missing => {
+            println!("opened    by replaying the whole log (no checkpoint yet)")
+        }
+        CheckpointUse::Rejected { why } => {
+            println!("opened    by replaying the whole log (checkpoint not used: {why})")
+        }
     }
     for name in pool.damaged_logs() {
         println!(

@@ -75,12 +75,38 @@ pub struct ScaleReport {
     pub probed_in: String,
     #[serde(flatten)]
     pub probe: Probe,
+    /// Whole commands, each in a process of its own (filled by the CLI,
+    /// which spawns them).
+    pub processes: Processes,
+}
+
+/// Wall time of whole processes on the built pool, process start
+/// included: warm (the page cache holds the pool) and cold (the page cache
+/// dropped first; `None` where that is not permitted).
+#[derive(Clone, Debug, Default, Serialize, serde::Deserialize)]
+pub struct Processes {
+    /// Seconds `Pool::open` took in a process of its own.
+    pub open_warm_s: f64,
+    pub open_cold_s: Option<f64>,
+    /// Milliseconds of `uctx status` and `uctx recall QUERY`, the median of
+    /// the warm runs.
+    pub status_warm_ms: f64,
+    pub status_cold_ms: Option<f64>,
+    pub recall_warm_ms: f64,
+    pub recall_cold_ms: Option<f64>,
+    pub recall_query: String,
+    pub warm_runs: usize,
+    /// Why cold was not measured, when it was not.
+    pub cold_note: Option<String>,
 }
 
 /// What a process that opens the pool and searches it sees.
 #[derive(Clone, Debug, Default, Serialize, serde::Deserialize)]
 pub struct Probe {
     pub open_seconds: f64,
+    /// How the open used the checkpoint.
+    #[serde(default)]
+    pub checkpoint: Option<super::CheckpointUse>,
     pub index_stats: IndexStats,
     /// Rows whose codes a search over every namespace scored, on average.
     pub rows_scanned_per_search: f64,
@@ -357,6 +383,7 @@ pub fn probe_pool(
     let t1 = Instant::now();
     let pool = Pool::open(dir, pool_opts)?;
     report.open_seconds = t1.elapsed().as_secs_f64();
+    report.checkpoint = Some(pool.checkpoint_use());
     report.memory_after_open = resident_memory();
     if let Some(p) = probe {
         pool.set_index_tuning(super::ann::Tuning {

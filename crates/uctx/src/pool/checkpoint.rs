@@ -49,7 +49,7 @@ pub struct Mark {
 }
 
 /// How an open used the checkpoint.
-#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(tag = "checkpoint", rename_all = "snake_case")]
 pub enum Opened {
     /// Loaded, then the log replayed from `from` (`replayed` bytes).
