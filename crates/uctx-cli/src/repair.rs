@@ -170,9 +170,9 @@ pub fn print_status(pool: &Pool) {
         println!("torn      {t} (the next writer cuts it)");
     }
     match pool.checkpoint_use() {
-        CheckpointUse::Loaded { from, replayed } => println!(
-            "opened    from the checkpoint (to byte {from}), then {replayed} bytes of log"
-        ),
+        CheckpointUse::Loaded { from, replayed } => {
+            println!("opened    from the checkpoint (to byte {from}), then {replayed} bytes of log")
+        }
         CheckpointUse::Missing => {
             println!("opened    by replaying the whole log (no checkpoint yet)")
         }

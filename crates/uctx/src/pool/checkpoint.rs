@@ -31,8 +31,9 @@ pub const VERSION: u32 = 1;
 /// identity and the record it ends with.
 const HEADER: usize = 8 + 4 + 4 + 8 + 8 + 8 + 8 + 8 + 4 + 4;
 /// Log bytes appended since the last checkpoint at which a writer writes a
-/// new one after a write (or half the last checkpoint's size, if larger).
-pub const EVERY_LOG_BYTES: u64 = 32 << 20;
+/// new one after a write (or a quarter of the last checkpoint's size, if
+/// larger): what an open replays beyond it stays about this small.
+pub const EVERY_LOG_BYTES: u64 = 16 << 20;
 
 /// Which log a checkpoint belongs to and how far it covers it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -94,6 +95,10 @@ impl Put {
     /// A length-prefixed array of `u32`.
     pub fn u32s(&mut self, xs: &[u32]) {
         self.u64(xs.len() as u64);
+        if cfg!(target_endian = "little") {
+            self.b.extend_from_slice(bytemuck::cast_slice(xs));
+            return;
+        }
         self.b.reserve(xs.len() * 4);
         for x in xs {
             self.b.extend_from_slice(&x.to_le_bytes());
@@ -102,6 +107,10 @@ impl Put {
     /// A length-prefixed array of `u64`.
     pub fn u64s(&mut self, xs: &[u64]) {
         self.u64(xs.len() as u64);
+        if cfg!(target_endian = "little") {
+            self.b.extend_from_slice(bytemuck::cast_slice(xs));
+            return;
+        }
         self.b.reserve(xs.len() * 8);
         for x in xs {
             self.b.extend_from_slice(&x.to_le_bytes());
@@ -110,6 +119,10 @@ impl Put {
     /// A length-prefixed array of `u16`.
     pub fn u16s(&mut self, xs: &[u16]) {
         self.u64(xs.len() as u64);
+        if cfg!(target_endian = "little") {
+            self.b.extend_from_slice(bytemuck::cast_slice(xs));
+            return;
+        }
         self.b.reserve(xs.len() * 2);
         for x in xs {
             self.b.extend_from_slice(&x.to_le_bytes());
@@ -162,6 +175,11 @@ impl<'a> Take<'a> {
     pub fn u32s(&mut self) -> Option<Vec<u32>> {
         let n = self.count(4)?;
         let s = self.raw(n * 4)?;
+        if cfg!(target_endian = "little") {
+            let mut v = vec![0u32; n];
+            bytemuck::cast_slice_mut::<u32, u8>(&mut v).copy_from_slice(s);
+            return Some(v);
+        }
         Some(
             s.chunks_exact(4)
                 .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]))
@@ -171,6 +189,11 @@ impl<'a> Take<'a> {
     pub fn u64s(&mut self) -> Option<Vec<u64>> {
         let n = self.count(8)?;
         let s = self.raw(n * 8)?;
+        if cfg!(target_endian = "little") {
+            let mut v = vec![0u64; n];
+            bytemuck::cast_slice_mut::<u64, u8>(&mut v).copy_from_slice(s);
+            return Some(v);
+        }
         Some(
             s.chunks_exact(8)
                 .map(|c| u64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]))
@@ -180,6 +203,11 @@ impl<'a> Take<'a> {
     pub fn u16s(&mut self) -> Option<Vec<u16>> {
         let n = self.count(2)?;
         let s = self.raw(n * 2)?;
+        if cfg!(target_endian = "little") {
+            let mut v = vec![0u16; n];
+            bytemuck::cast_slice_mut::<u16, u8>(&mut v).copy_from_slice(s);
+            return Some(v);
+        }
         Some(
             s.chunks_exact(2)
                 .map(|c| u16::from_le_bytes([c[0], c[1]]))
@@ -192,22 +220,30 @@ impl<'a> Take<'a> {
     }
 }
 
-/// The whole file: header, `body`, checksum.
-pub fn encode(mark: &Mark, body: &[u8]) -> Vec<u8> {
-    let mut p = Put {
-        b: Vec::with_capacity(HEADER + body.len() + 4),
+/// A checkpoint to fill: room for the header, then the body goes after it.
+pub fn begin() -> Put {
+    Put {
+        b: vec![0u8; HEADER],
+    }
+}
+
+/// The whole file: `p`'s body after the header of `mark`, then the
+/// checksum.
+pub fn finish(mark: &Mark, mut p: Put) -> Vec<u8> {
+    let mut h = Put {
+        b: Vec::with_capacity(HEADER),
     };
-    p.b.extend_from_slice(&MAGIC);
-    p.u32(VERSION);
-    p.u32(format::VERSION);
-    p.u64(mark.generation);
-    p.u64(mark.created_ms);
-    p.u64(mark.header_len);
-    p.u64(mark.end);
-    p.u64(mark.last_at);
-    p.u32(mark.last_len);
-    p.u32(mark.last_crc);
-    p.b.extend_from_slice(body);
+    h.b.extend_from_slice(&MAGIC);
+    h.u32(VERSION);
+    h.u32(format::VERSION);
+    h.u64(mark.generation);
+    h.u64(mark.created_ms);
+    h.u64(mark.header_len);
+    h.u64(mark.end);
+    h.u64(mark.last_at);
+    h.u32(mark.last_len);
+    h.u32(mark.last_crc);
+    p.b[..HEADER].copy_from_slice(&h.b);
     let crc = crc32fast::hash(&p.b);
     p.u32(crc);
     p.b
@@ -339,13 +375,13 @@ mod tests {
             last_len: 20,
             last_crc: 7,
         };
-        let mut p = Put::default();
+        let mut p = begin();
         p.u32s(&[1, 2, 3]);
         p.u64s(&[u64::MAX]);
         p.u16s(&[5]);
         p.bytes(b"ns");
         p.f32(0.5);
-        let file = encode(&mark, &p.b);
+        let file = finish(&mark, p);
         let (m, body) = parse(&file).unwrap();
         assert_eq!(m, mark);
         let mut t = Take::new(body);

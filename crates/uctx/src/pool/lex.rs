@@ -976,7 +976,7 @@ impl Lex {
             if !words.is_empty() && words.len() != s.dead.len() {
                 return None;
             }
-            for (w, &bits) in words.iter().enumerate() {
+            for (w, &bits) in words.iter().enumerate().filter(|(_, &b)| b != 0) {
                 for b in 0..64 {
                     let ord = w * 64 + b;
                     if bits & (1 << b) != 0 && ord < s.file.docs {

@@ -1241,11 +1241,11 @@ impl Pool {
                 last_len: n as u32,
                 last_crc: if n > 0 { checkpoint::crc_of(&rec) } else { 0 },
             };
-            let mut p = checkpoint::Put::default();
+            let mut p = checkpoint::begin();
             s.save(&mut p);
             s.ann.save(&mut p);
             s.lex.save(&mut p);
-            (checkpoint::encode(&mark, &p.b), s.generation, s.end)
+            (checkpoint::finish(&mark, p), s.generation, s.end)
         };
         if let Err(e) = checkpoint::write(&*self.dir, &bytes) {
             let _ = self.dir.remove(checkpoint::CHECKPOINT_TMP);
@@ -1260,12 +1260,12 @@ impl Pool {
     }
 
     /// Whether the log has grown enough past the last checkpoint to write
-    /// another: [`checkpoint::EVERY_LOG_BYTES`], or half the last
+    /// another: [`checkpoint::EVERY_LOG_BYTES`], or a quarter of the last
     /// checkpoint's size when that is more.
     fn checkpoint_due(&self) -> bool {
         let s = self.read();
         s.end - s.checkpoint_end.min(s.end)
-            >= checkpoint::EVERY_LOG_BYTES.max(s.checkpoint_bytes / 2)
+            >= checkpoint::EVERY_LOG_BYTES.max(s.checkpoint_bytes / 4)
     }
 
     /// How this handle's latest load used the checkpoint: loaded it and

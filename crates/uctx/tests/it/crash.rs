@@ -217,10 +217,7 @@ fn crash_trials(trials: u64, budget: Option<u64>) {
         from_checkpoint > trials / 4,
         "too few stops after a checkpoint: {from_checkpoint}"
     );
-    assert!(
-        checkpoint_unfinished > 0,
-        "no stop fell in a checkpoint write"
-    );
+    assert!(behind > 0, "no stop left a checkpoint behind the log");
     assert!(
         opened_with_index > trials / 4,
         "too few stops after an index seal: {opened_with_index}"
