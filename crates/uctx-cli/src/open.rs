@@ -434,8 +434,26 @@ fn load_pager_totals(path: &Path) -> (u64, u64) {
 }
 
 pub fn status(g: &Global) -> anyhow::Result<ExitCode> {
-    let memory = memory_ro(g)?;
-    let pool = memory.pool();
+    // The pool as its header describes it: status reads no vector and needs no encoder
+    // (loading one would be most of its time).
+    let dir = pool_dir(g)?;
+    if !dir.exists() {
+        bail!(
+            "there is no pool at {} — create one with `uctx init`, or pass --pool DIR",
+            dir.display()
+        );
+    }
+    let (fingerprint, dim) = uctx::pool::Pool::inspect(&dir)?;
+    let pool = &uctx::pool::Pool::open(
+        &dir,
+        uctx::pool::PoolOptions {
+            create: false,
+            read_only: true,
+            budget_bytes: None,
+            encoder_fingerprint: fingerprint,
+            dim,
+        },
+    )?;
     let s = pool.stats();
     let index = pool.index_stats();
     let (hits, misses) = load_pager_totals(&pager_stats_path(g)?);

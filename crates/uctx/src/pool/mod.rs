@@ -588,14 +588,11 @@ impl Pool {
     /// Decompress a slice record's text with the dictionary it names.
     fn text_of(&self, rec: &SliceRec) -> Result<String> {
         let bytes = match rec.dict {
-            None => zstd::bulk::decompress(&rec.text_z, rec.text_len as usize).ok(),
+            None => unzstd(&rec.text_z, rec.text_len as usize, None),
             Some(d) => {
                 let dict = self.read().dicts.get(&d).cloned();
                 dict.and_then(|dict| {
-                    zstd::bulk::Decompressor::with_prepared_dictionary(&dict.decoder)
-                        .ok()?
-                        .decompress(&rec.text_z, rec.text_len as usize)
-                        .ok()
+                    unzstd(&rec.text_z, rec.text_len as usize, Some(&dict.decoder))
                 })
             }
         };
@@ -1335,6 +1332,31 @@ impl Pool {
         let s = self.read();
         s.digest()
     }
+}
+
+thread_local! {
+    /// One zstd decompression context per thread: creating one costs more than
+    /// decompressing a slice's text.
+    static DCTX: std::cell::RefCell<zstd::zstd_safe::DCtx<'static>> =
+        std::cell::RefCell::new(zstd::zstd_safe::DCtx::create());
+}
+
+/// Decompress `src` (at most `len` bytes once decompressed) with `dict`, if any.
+fn unzstd(
+    src: &[u8],
+    len: usize,
+    dict: Option<&zstd::dict::DecoderDictionary<'_>>,
+) -> Option<Vec<u8>> {
+    DCTX.with(|c| {
+        let mut c = c.try_borrow_mut().ok()?;
+        let mut out = Vec::with_capacity(len);
+        match dict {
+            Some(d) => c.decompress_using_ddict(&mut out, src, d.as_ddict()),
+            None => c.decompress(&mut out, src),
+        }
+        .ok()?;
+        Some(out)
+    })
 }
 
 fn no_pool(path: &Path) -> Error {
