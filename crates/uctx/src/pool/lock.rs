@@ -92,6 +92,22 @@ impl WriterLock {
     }
 }
 
+/// Whether a writer holds the lock of the pool in `dir` now: a shared lock on `LOCK`
+/// is refused while it does (and released at once when taken). No lock file: no
+/// writer; anything else unexpected counts as one.
+pub fn writer_alive(dir: &Path) -> bool {
+    let Ok(file) = File::open(dir.join(LOCK_FILE)) else {
+        return false;
+    };
+    match file.try_lock_shared() {
+        Ok(()) => {
+            let _ = file.unlock();
+            false
+        }
+        Err(_) => true,
+    }
+}
+
 /// "pid 123 on host-a (uctx ingest) since unix time 1700000000": the process,
 /// the host, its program name and purpose ([`set_purpose`]) and when it took
 /// the lock. Never its arguments: the file stays after the writer exits, and

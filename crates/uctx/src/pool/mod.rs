@@ -15,6 +15,7 @@ use crate::{Error, Result};
 pub mod ann;
 pub mod bench;
 pub mod checkpoint;
+mod durable;
 mod forget;
 pub mod format;
 mod le;
@@ -40,6 +41,7 @@ pub use replay::{Damage, TornTail};
 
 /// The log of record, inside the pool directory.
 pub const LOG_FILE: &str = "pool.log";
+pub use durable::END_FILE;
 /// A compacted log being written; renamed over [`LOG_FILE`] when complete.
 const COMPACT_FILE: &str = "pool.log.compact";
 /// A new pool's first log being written.
@@ -167,6 +169,12 @@ pub struct Pool {
     cut: Option<TornTail>,
     /// How the latest load used the checkpoint.
     checkpoint_use: Mutex<checkpoint::Opened>,
+    /// Where the writer publishes its durable end ([`durable`]); a reader
+    /// opens it once it exists.
+    end_file: Mutex<Option<Arc<dyn Storage>>>,
+    /// A directory of real files, whose `LOCK` says whether a writer lives (a
+    /// reader bounds itself by the published end only while one does).
+    on_disk: bool,
     maintenance_error: Mutex<Option<String>>,
     _lock: Option<WriterLock>,
 }
@@ -207,7 +215,7 @@ impl Pool {
         } else {
             Some(WriterLock::acquire(dir)?)
         };
-        Pool::open_inner(Arc::new(FileDir::new(dir)), dir, opts, lock)
+        Pool::open_inner(Arc::new(FileDir::new(dir)), dir, opts, lock, true)
     }
 
     /// The encoder fingerprint and vector dimension a pool was written with,
@@ -227,7 +235,7 @@ impl Pool {
     /// lock: the caller guarantees a single writer. `path` only names the
     /// pool in messages.
     pub fn open_with(dir: Arc<dyn Dir>, path: &Path, opts: PoolOptions) -> Result<Pool> {
-        Pool::open_inner(dir, path, opts, None)
+        Pool::open_inner(dir, path, opts, None, false)
     }
 
     fn open_inner(
@@ -235,6 +243,7 @@ impl Pool {
         path: &Path,
         opts: PoolOptions,
         lock: Option<WriterLock>,
+        on_disk: bool,
     ) -> Result<Pool> {
         let io = |what: &str, e| Error::io(format!("{what} in the pool at {}", path.display()), e);
         if !opts.read_only {
@@ -281,12 +290,16 @@ impl Pool {
         let log = dir
             .open(LOG_FILE, false)
             .map_err(|e| io("cannot open the log", e))?;
+        let end_file = durable::open(&*dir, !opts.read_only).ok();
+        let published = end_file
+            .as_deref()
+            .filter(|_| opts.read_only && (!on_disk || lock::writer_alive(path)));
         let Loaded {
             state,
             header,
             cut,
             checkpoint: checkpoint_use,
-        } = load(&*dir, log, path, !opts.read_only, true)?;
+        } = load(&*dir, log, path, !opts.read_only, true, published)?;
         if header.fingerprint != opts.encoder_fingerprint {
             return Err(Error::EncoderMismatch {
                 pool: header.fingerprint,
@@ -314,9 +327,14 @@ impl Pool {
             state: RwLock::new(state),
             cut,
             checkpoint_use: Mutex::new(checkpoint_use),
+            end_file: Mutex::new(end_file),
+            on_disk,
             maintenance_error: Mutex::new(None),
             _lock: lock,
         };
+        if !opts.read_only {
+            pool.publish_end();
+        }
         if let Some(b) = opts.budget_bytes {
             if !opts.read_only && b != pool.read().budget {
                 pool.set_budget(b)?;
@@ -397,6 +415,8 @@ impl Pool {
         for (r, (at, n)) in recs.iter().zip(spans) {
             s.apply(r, at, n);
         }
+        drop(s);
+        self.publish_end();
         Ok(())
     }
 
@@ -901,7 +921,8 @@ impl Pool {
                     e,
                 )
             })?;
-            let loaded = load(&*self.dir, log, &self.path, false, true)?;
+            let marker = self.end_marker();
+            let loaded = load(&*self.dir, log, &self.path, false, true, marker.as_deref())?;
             *self.write_state() = loaded.state;
             *self
                 .checkpoint_use
@@ -909,13 +930,19 @@ impl Pool {
                 .unwrap_or_else(|p| p.into_inner()) = loaded.checkpoint;
             return Ok(true);
         }
+        if len < walked_to {
+            // A writer cut the torn tail.
+            let mut s = self.write_state();
+            s.tail = None;
+            s.walked_to = len;
+        }
+        // Apply nothing past what the writer has made durable.
+        let len = match self.published_end() {
+            durable::Published::End(d) => len.min(d.max(end)),
+            durable::Published::Unknown => len,
+            durable::Published::Unreadable => end,
+        };
         if len <= end {
-            if len < walked_to {
-                // A writer cut the torn tail.
-                let mut s = self.write_state();
-                s.tail = None;
-                s.walked_to = len;
-            }
             return Ok(false);
         }
         // The same torn tail as last time: nothing to search it for again.
@@ -933,6 +960,57 @@ impl Pool {
         changed |= !walk.damage.is_empty();
         s.walked(walk, len);
         Ok(changed)
+    }
+
+    /// The marker file, opened now if it was not there before.
+    fn end_marker(&self) -> Option<Arc<dyn Storage>> {
+        let mut f = self.end_file.lock().unwrap_or_else(|p| p.into_inner());
+        if f.is_none() {
+            *f = durable::open(&*self.dir, false).ok();
+        }
+        f.clone()
+    }
+
+    /// What the writer has published of the log this handle reads.
+    fn published_end(&self) -> durable::Published {
+        // No writer: what the log holds is all there is (a torn tail included).
+        if self.on_disk && !lock::writer_alive(&self.path) {
+            return durable::Published::Unknown;
+        }
+        let Some(f) = self.end_marker() else {
+            return durable::Published::Unknown;
+        };
+        let (generation, created_ms) = {
+            let s = self.read();
+            (s.generation, s.created_ms)
+        };
+        durable::read(&*f, generation, created_ms)
+    }
+
+    /// Tell readers how far the log is durable (a writer's, after every sync).
+    /// A marker that cannot be written only leaves readers behind; it is
+    /// reported as a maintenance error.
+    fn publish_end(&self) {
+        let Some(f) = self
+            .end_file
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+        else {
+            return;
+        };
+        let b = {
+            let s = self.read();
+            durable::encode(s.generation, s.created_ms, s.end)
+        };
+        if let Err(e) = f.write_at(0, &b) {
+            *self
+                .maintenance_error
+                .lock()
+                .unwrap_or_else(|p| p.into_inner()) = Some(format!(
+                "cannot tell readers how far the log is written: {e}"
+            ));
+        }
     }
 
     fn auto_refresh(&self) -> Result<()> {
@@ -1198,6 +1276,7 @@ impl Pool {
         s.walked_to = written;
         s.checkpoint_end = 0;
         drop(s);
+        self.publish_end();
         // The old checkpoint belongs to the old log: write the new one now,
         // or the next open replays the whole log.
         self.write_checkpoint(w)
@@ -1515,10 +1594,16 @@ fn load(
     path: &Path,
     writer: bool,
     use_checkpoint: bool,
+    published: Option<&dyn Storage>,
 ) -> Result<Loaded> {
     let io = |e| Error::io(format!("cannot read the pool at {}", path.display()), e);
     let len = log.len().map_err(io)?;
     let (header, header_len) = read_header(&*log, path)?;
+    // A reader takes the log only as far as its writer has published it durable.
+    let len = match published.map(|f| durable::read(f, header.generation, header.created_ms)) {
+        Some(durable::Published::End(d)) => len.min(d.max(header_len as u64)),
+        _ => len,
+    };
     let dim = header.dim as usize;
     let fresh = || {
         let mut s = State::new(dim, log.clone(), header.generation, header_len as u64);

@@ -109,12 +109,12 @@ impl Pool {
         )?;
         let bad_segments = segfile::verify_all(&*dir).map_err(io)?;
         let segments = segment_files(&*dir, path)?.len();
-        let with = load(&*dir, log.clone(), path, false, true)?;
+        let with = load(&*dir, log.clone(), path, false, true, None)?;
         let checkpoint = with.checkpoint.clone();
         let checkpoint_agrees = if checkpoint.replayed_whole() {
             None
         } else {
-            let whole = load(&*dir, log, path, false, false)?;
+            let whole = load(&*dir, log, path, false, false, None)?;
             Some(with.state.digest() == whole.state.digest())
         };
         Ok(Verified {

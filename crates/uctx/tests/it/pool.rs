@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use uctx::pool::storage::{Dir, Fault, FaultyDir, MemDir};
-use uctx::pool::{Pool, PoolOptions, Scope, WitnessEvent, LOG_FILE};
+use uctx::pool::{Pool, PoolOptions, Scope, WitnessEvent, END_FILE, LOG_FILE};
 use uctx::{Error, NewSlice, Source};
 
 const DIM: usize = 16;
@@ -1232,9 +1232,13 @@ fn the_budget_counts_index_segments_and_reclaims_them() {
         assert_eq!(pool.maintenance_error(), None);
         let st = pool.stats();
         sealed |= pool.index_stats().segments > 0;
-        // Every file counts; the lock file is the only one stats leave out.
-        let lock = std::fs::metadata(dir.join("LOCK")).map_or(0, |m| m.len());
-        assert_eq!(st.bytes_on_disk + lock, on_disk(), "round {round}");
+        // Every file counts; the lock file and the 32-byte durable-end marker are the
+        // only ones stats leave out.
+        let small = ["LOCK", END_FILE]
+            .iter()
+            .map(|f| std::fs::metadata(dir.join(f)).map_or(0, |m| m.len()))
+            .sum::<u64>();
+        assert_eq!(st.bytes_on_disk + small, on_disk(), "round {round}");
         // Over by at most one batch and one sealed segment of each index.
         assert!(
             st.bytes_on_disk <= budget + 40_000,
@@ -1290,4 +1294,49 @@ fn a_reader_drops_what_the_writer_cut_back() {
     reader.refresh().unwrap();
     assert!(reader.get(next).unwrap().is_some());
     assert_eq!(reader.metas(Scope::All).len(), 2);
+}
+
+/// A writer publishes how far the log is durable only after it synced; a reader
+/// applies nothing past that, so it never serves a batch the writer could still cut
+/// back (or a power loss take).
+#[test]
+fn a_reader_applies_nothing_past_the_writers_published_durable_end() {
+    let tmp = tempfile::tempdir().unwrap();
+    let marker = tmp.path().join(END_FILE);
+    let writer = Pool::open(tmp.path(), opts()).unwrap();
+    let kept = writer.append(&[slice("a", 1)]).unwrap()[0];
+    let before = std::fs::read(&marker).unwrap();
+    let reader = Pool::open(tmp.path(), ro()).unwrap();
+    let batch = writer.append(&[slice("a", 2), slice("a", 3)]).unwrap();
+    let after = std::fs::read(&marker).unwrap();
+    assert_ne!(before, after, "the writer published the new end");
+    // The batch is in the log, but the marker still says the end before it: a
+    // writer between its write and its sync.
+    std::fs::write(&marker, &before).unwrap();
+    reader.refresh().unwrap();
+    let ids: Vec<u64> = reader.metas(Scope::All).iter().map(|m| m.id).collect();
+    assert_eq!(ids, vec![kept]);
+    assert!(reader.get(batch[0]).unwrap().is_none());
+    let fresh = Pool::open(tmp.path(), ro()).unwrap();
+    assert_eq!(
+        fresh.metas(Scope::All).len(),
+        1,
+        "a new reader stops there too"
+    );
+    // Once published, it is read.
+    std::fs::write(&marker, &after).unwrap();
+    assert!(reader.refresh().unwrap());
+    assert_eq!(reader.metas(Scope::All).len(), 3);
+    // A marker that does not check (caught while rewritten) keeps what was applied.
+    let late = writer.append(&[slice("a", 4)]).unwrap()[0];
+    let mut torn = std::fs::read(&marker).unwrap();
+    torn[21] ^= 0xff;
+    std::fs::write(&marker, &torn).unwrap();
+    reader.refresh().unwrap();
+    assert!(reader.get(late).unwrap().is_none());
+    assert_eq!(reader.metas(Scope::All).len(), 3);
+    // With no marker at all (a pool of an older writer), a reader reads to the end.
+    std::fs::remove_file(&marker).unwrap();
+    let old = Pool::open(tmp.path(), ro()).unwrap();
+    assert!(old.get(late).unwrap().is_some());
 }
