@@ -109,7 +109,7 @@ pub fn run_bench(
         Some(c) => c.clone(),
         None => ensure_corpus(&args.cache)?,
     };
-    Ok(build_scale(
+    let mut report = build_scale(
         Arc::clone(&args.encoder),
         &ScaleOptions {
             corpus,
@@ -120,7 +120,12 @@ pub fn run_bench(
             progress,
             cancel: None,
         },
-    )?)
+    )?;
+    if args.corpus.is_none() {
+        // Named by its package, not by where this machine keeps it.
+        report.corpus = CORPUS_PACKAGE.to_string();
+    }
+    Ok(report)
 }
 
 /// How `uctx` is started for one timed process.
