@@ -179,6 +179,17 @@ pub fn init(g: &Global, a: &InitArgs) -> anyhow::Result<ExitCode> {
                 dir.display()
             );
         }
+        // Compaction writes the log's live records to a new file beside the old one;
+        // the log is about three quarters of a full pool (the indexes are the rest).
+        let headroom = budget / 4 * 3;
+        if budget + headroom > free {
+            eprintln!(
+                "warning: {:.1} GB free at {}: a full {gb} GB pool needs about {:.1} GB more                  while it compacts (a second copy of its log); until then compaction fails and                  says so, and nothing is lost — free space, or choose a smaller --pool-gb",
+                free as f64 / GB,
+                dir.display(),
+                headroom as f64 / GB
+            );
+        }
     }
     let memory = Memory::open(&dir, encoder(g)?, true, false, Some(budget))?;
     crate::repair::warn_cut(memory.pool());

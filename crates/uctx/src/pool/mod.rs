@@ -1143,7 +1143,17 @@ impl Pool {
         self.compact_locked(&mut w)
     }
 
+    /// Compact; a compaction that fails removes the new log it was writing and
+    /// leaves the pool as it was.
     fn compact_locked(&self, w: &mut Writer) -> Result<()> {
+        let result = self.compact_into_new_log(w);
+        if result.is_err() {
+            let _ = self.dir.remove(COMPACT_FILE);
+        }
+        result
+    }
+
+    fn compact_into_new_log(&self, w: &mut Writer) -> Result<()> {
         let io = |what: &str, e| {
             Error::io(
                 format!(

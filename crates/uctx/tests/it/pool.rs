@@ -1340,3 +1340,35 @@ fn a_reader_applies_nothing_past_the_writers_published_durable_end() {
     let old = Pool::open(tmp.path(), ro()).unwrap();
     assert!(old.get(late).unwrap().is_some());
 }
+
+/// A compaction that fails part-way (the disk fills while the new log is written)
+/// removes its partial file, reports the failure, and leaves the pool whole.
+#[test]
+fn a_failed_compaction_removes_its_partial_log_and_loses_nothing() {
+    let mem = MemDir::new();
+    drop(mem_pool(Arc::new(mem.clone())).unwrap());
+    let faulty = FaultyDir::new(Arc::new(mem.clone()), u64::MAX / 2, Fault::DiskFull);
+    let pool = mem_pool(Arc::new(faulty.clone())).unwrap();
+    let mut ids = Vec::new();
+    for k in 0..200u64 {
+        ids.push((pool.append(&[slice("c", k)]).unwrap()[0], k));
+    }
+    let doomed: Vec<u64> = ids.iter().step_by(2).map(|&(id, _)| id).collect();
+    pool.forget(&doomed).unwrap();
+    faulty.allow(2_000);
+    let err = pool.compact().unwrap_err();
+    assert!(err.to_string().contains("compacting"), "{err}");
+    let names = mem.list().unwrap();
+    assert!(
+        !names.iter().any(|f| f.contains(".compact")),
+        "the partial log is gone: {names:?}"
+    );
+    faulty.allow(u64::MAX / 2);
+    for &(id, k) in ids.iter().filter(|(id, _)| !doomed.contains(id)) {
+        assert_eq!(pool.get(id).unwrap().unwrap().text, text_of(k));
+    }
+    pool.compact().unwrap();
+    drop(pool);
+    let pool = mem_pool(Arc::new(mem.clone())).unwrap();
+    assert_eq!(pool.stats().slices, 100);
+}
