@@ -22,13 +22,14 @@
 //! deleting its sources leaves overlapping files; the one covering the wider
 //! range (then the newer) wins and the rest are deleted.
 
-use std::collections::{BinaryHeap, HashSet};
+use std::collections::HashSet;
 use std::io;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use super::checkpoint::{Put, Take};
 use super::le::{pad8, u32_at, u64_at};
 use super::storage::{Dir, Mapped};
+use super::top::Top;
 use super::vector::{dequantize, dots_i8, quantize};
 use crate::encoder::{dot, normalize};
 
@@ -455,69 +456,6 @@ struct Query<'a> {
     ns: Option<u32>,
     exact: bool,
     dead: &'a HashSet<u64>,
-}
-
-/// The best `k` (score, id) seen so far.
-struct Top {
-    k: usize,
-    heap: BinaryHeap<Scored>,
-}
-
-#[derive(PartialEq)]
-struct Scored(f32, u64);
-
-impl Eq for Scored {}
-
-impl PartialOrd for Scored {
-    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
-        Some(self.cmp(other))
-    }
-}
-
-impl Ord for Scored {
-    /// Better first: higher score, then the older id.
-    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
-        other.0.total_cmp(&self.0).then(self.1.cmp(&other.1))
-    }
-}
-
-impl Top {
-    fn new(k: usize) -> Top {
-        Top {
-            k,
-            heap: BinaryHeap::with_capacity(k + 1),
-        }
-    }
-
-    /// Whether `score` could enter the top (ties decided by `offer`).
-    fn would_take(&self, score: f32) -> bool {
-        self.heap.len() < self.k || self.heap.peek().is_some_and(|w| score >= w.0)
-    }
-
-    fn offer(&mut self, score: f32, id: u64) {
-        if !score.is_finite() || self.k == 0 {
-            return;
-        }
-        let s = Scored(score, id);
-        if self.heap.len() < self.k {
-            self.heap.push(s);
-        } else if self.heap.peek().is_some_and(|worst| s < *worst) {
-            self.heap.pop();
-            self.heap.push(s);
-        }
-    }
-
-    fn merge(&mut self, other: Top) {
-        for s in other.heap {
-            self.offer(s.0, s.1);
-        }
-    }
-
-    fn into_sorted(self) -> Vec<(f32, u64)> {
-        let mut v = self.heap.into_vec();
-        v.sort();
-        v.into_iter().map(|s| (s.0, s.1)).collect()
-    }
 }
 
 /// What the writer should do next to keep the index in shape.

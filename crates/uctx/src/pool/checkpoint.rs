@@ -94,38 +94,26 @@ impl Put {
     }
     /// A length-prefixed array of `u32`.
     pub fn u32s(&mut self, xs: &[u32]) {
-        self.u64(xs.len() as u64);
-        if cfg!(target_endian = "little") {
-            self.b.extend_from_slice(bytemuck::cast_slice(xs));
-            return;
-        }
-        self.b.reserve(xs.len() * 4);
-        for x in xs {
-            self.b.extend_from_slice(&x.to_le_bytes());
-        }
+        self.words(xs);
     }
     /// A length-prefixed array of `u64`.
     pub fn u64s(&mut self, xs: &[u64]) {
-        self.u64(xs.len() as u64);
-        if cfg!(target_endian = "little") {
-            self.b.extend_from_slice(bytemuck::cast_slice(xs));
-            return;
-        }
-        self.b.reserve(xs.len() * 8);
-        for x in xs {
-            self.b.extend_from_slice(&x.to_le_bytes());
-        }
+        self.words(xs);
     }
     /// A length-prefixed array of `u16`.
     pub fn u16s(&mut self, xs: &[u16]) {
+        self.words(xs);
+    }
+    /// A length-prefixed array of integers, each little-endian.
+    fn words<T: bytemuck::Pod>(&mut self, xs: &[T]) {
         self.u64(xs.len() as u64);
+        let bytes: &[u8] = bytemuck::cast_slice(xs);
         if cfg!(target_endian = "little") {
-            self.b.extend_from_slice(bytemuck::cast_slice(xs));
+            self.b.extend_from_slice(bytes);
             return;
         }
-        self.b.reserve(xs.len() * 2);
-        for x in xs {
-            self.b.extend_from_slice(&x.to_le_bytes());
+        for x in bytes.chunks_exact(std::mem::size_of::<T>()) {
+            self.b.extend(x.iter().rev());
         }
     }
 }
@@ -173,46 +161,29 @@ impl<'a> Take<'a> {
         self.raw(n)
     }
     pub fn u32s(&mut self) -> Option<Vec<u32>> {
-        let n = self.count(4)?;
-        let s = self.raw(n * 4)?;
-        if cfg!(target_endian = "little") {
-            let mut v = vec![0u32; n];
-            bytemuck::cast_slice_mut::<u32, u8>(&mut v).copy_from_slice(s);
-            return Some(v);
-        }
-        Some(
-            s.chunks_exact(4)
-                .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-                .collect(),
-        )
+        self.words()
     }
     pub fn u64s(&mut self) -> Option<Vec<u64>> {
-        let n = self.count(8)?;
-        let s = self.raw(n * 8)?;
-        if cfg!(target_endian = "little") {
-            let mut v = vec![0u64; n];
-            bytemuck::cast_slice_mut::<u64, u8>(&mut v).copy_from_slice(s);
-            return Some(v);
-        }
-        Some(
-            s.chunks_exact(8)
-                .map(|c| u64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]))
-                .collect(),
-        )
+        self.words()
     }
     pub fn u16s(&mut self) -> Option<Vec<u16>> {
-        let n = self.count(2)?;
-        let s = self.raw(n * 2)?;
+        self.words()
+    }
+    /// A length-prefixed array of little-endian integers.
+    fn words<T: bytemuck::Pod>(&mut self) -> Option<Vec<T>> {
+        let size = std::mem::size_of::<T>();
+        let n = self.count(size)?;
+        let s = self.raw(n * size)?;
+        let mut v = vec![T::zeroed(); n];
+        let out: &mut [u8] = bytemuck::cast_slice_mut(&mut v);
         if cfg!(target_endian = "little") {
-            let mut v = vec![0u16; n];
-            bytemuck::cast_slice_mut::<u16, u8>(&mut v).copy_from_slice(s);
-            return Some(v);
+            out.copy_from_slice(s);
+        } else {
+            for (o, c) in out.chunks_exact_mut(size).zip(s.chunks_exact(size)) {
+                o.iter_mut().zip(c.iter().rev()).for_each(|(o, c)| *o = *c);
+            }
         }
-        Some(
-            s.chunks_exact(2)
-                .map(|c| u16::from_le_bytes([c[0], c[1]]))
-                .collect(),
-        )
+        Some(v)
     }
     /// Whether every byte was read.
     pub fn done(&self) -> bool {

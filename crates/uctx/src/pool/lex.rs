@@ -43,6 +43,7 @@ use super::checkpoint::{Put, Take};
 use super::le::{get_u32, get_u64, pad8};
 use super::state::State;
 use super::storage::{Dir, Mapped};
+use super::top::Top;
 use super::{Pool, Scope, Writer};
 use crate::lexical::{for_each_term, stem, ANALYSIS, B, K1};
 use crate::slice::NewSlice;
@@ -1177,7 +1178,7 @@ impl Lex {
             let tf = tf as f32;
             idf * tf * (K1 + 1.0) / (tf + K1 * (1.0 - B + B * len as f32 / avg))
         };
-        let mut best = Best::new(k);
+        let mut best = Top::new(k);
         for (s, infos) in self.segs.iter().zip(&infos) {
             let Some((lo, hi)) = s.file.range(ns) else {
                 continue;
@@ -1199,9 +1200,12 @@ impl Lex {
             }
         }
         for (slot, s) in acc {
-            best.offer(t.docs[slot as usize].id, s);
+            best.offer(s, t.docs[slot as usize].id);
         }
         best.into_sorted()
+            .into_iter()
+            .map(|(score, id)| (id, score))
+            .collect()
     }
 
     /// The next maintenance job, if any. `over_budget`: rewrite any segment
@@ -1309,65 +1313,6 @@ impl Default for Lex {
 }
 
 /// Keep the `k` best of `hits`, best first; ties to the smaller id.
-/// The `k` best (id, score) seen so far: higher scores first, ties to the smaller
-/// id.
-struct Best {
-    k: usize,
-    heap: std::collections::BinaryHeap<std::cmp::Reverse<Ranked>>,
-}
-
-#[derive(Clone, Copy, PartialEq)]
-struct Ranked(f32, u64);
-
-impl Eq for Ranked {}
-
-impl PartialOrd for Ranked {
-    fn partial_cmp(&self, other: &Ranked) -> Option<std::cmp::Ordering> {
-        Some(self.cmp(other))
-    }
-}
-
-impl Ord for Ranked {
-    /// Better is greater: a higher score, then a smaller id.
-    fn cmp(&self, other: &Ranked) -> std::cmp::Ordering {
-        self.0.total_cmp(&other.0).then(other.1.cmp(&self.1))
-    }
-}
-
-impl Best {
-    fn new(k: usize) -> Best {
-        Best {
-            k,
-            heap: std::collections::BinaryHeap::with_capacity(k + 1),
-        }
-    }
-
-    /// The score a document must reach to be kept (it may tie and win on its id);
-    /// below every score until `k` are held.
-    fn threshold(&self) -> f32 {
-        match self.heap.peek() {
-            Some(w) if self.heap.len() >= self.k => w.0 .0,
-            _ => f32::NEG_INFINITY,
-        }
-    }
-
-    fn offer(&mut self, id: u64, score: f32) {
-        let r = Ranked(score, id);
-        if self.heap.len() < self.k {
-            self.heap.push(std::cmp::Reverse(r));
-        } else if self.heap.peek().is_some_and(|w| r > w.0) {
-            self.heap.pop();
-            self.heap.push(std::cmp::Reverse(r));
-        }
-    }
-
-    fn into_sorted(self) -> Vec<(u64, f32)> {
-        let mut v: Vec<(u64, f32)> = self.heap.into_iter().map(|r| (r.0 .1, r.0 .0)).collect();
-        top(&mut v, self.k);
-        v
-    }
-}
-
 /// Offer `best` every live document of segment `s` in `[lo, hi)` that can be among
 /// its best, scored exactly as a full scan would (each term's part added in query
 /// order), by MaxScore: the query's terms sorted by the most any one posting can add
@@ -1382,7 +1327,7 @@ fn max_score(
     lo: usize,
     hi: usize,
     score: &dyn Fn(f32, u32, u32) -> f32,
-    best: &mut Best,
+    best: &mut Top,
 ) {
     // A bound a hair above the most a posting can add, against rounding.
     let bound = |idf: f32| idf * (K1 + 1.0) * (1.0 + 1e-4) + 1e-6;
@@ -1441,19 +1386,10 @@ fn max_score(
         }
         if !dropped && !s.is_dead(d) {
             let total = part.iter().fold(0f32, |a, &c| a + c);
-            best.offer(s.file.id(d), total);
+            best.offer(total, s.file.id(d));
         }
         part.iter_mut().for_each(|c| *c = 0.0);
     }
-}
-
-fn top(hits: &mut Vec<(u64, f32)>, k: usize) {
-    let order = |a: &(u64, f32), b: &(u64, f32)| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0));
-    if hits.len() > k {
-        hits.select_nth_unstable_by(k - 1, order);
-        hits.truncate(k);
-    }
-    hits.sort_unstable_by(order);
 }
 
 impl Prepared {
@@ -1630,12 +1566,8 @@ impl Pool {
         self.auto_refresh()?;
         self.lex_catch_up(None)?;
         let s = self.read();
-        let ns = match scope {
-            Scope::All => None,
-            Scope::Namespace(n) => match s.ns_number(n) {
-                Some(g) => Some(g),
-                None => return Ok(Vec::new()),
-            },
+        let Some(ns) = s.scope(scope.name()) else {
+            return Ok(Vec::new());
         };
         Ok(s.lex.search(query, k, ns))
     }

@@ -26,6 +26,7 @@ mod replay;
 mod segfile;
 mod state;
 pub mod storage;
+mod top;
 pub mod vector;
 
 use format::{Header, HeaderError, Rec, SliceRec, RECORD_HEADER};
@@ -82,6 +83,16 @@ pub enum Scope<'a> {
     All,
     /// One session's slices only.
     Namespace(&'a str),
+}
+
+impl<'a> Scope<'a> {
+    /// The namespace searched, `None` for every one.
+    pub fn name(self) -> Option<&'a str> {
+        match self {
+            Scope::All => None,
+            Scope::Namespace(n) => Some(n),
+        }
+    }
 }
 
 /// One search result.
@@ -567,11 +578,7 @@ impl Pool {
                 got: query.len(),
             });
         }
-        let ns = match scope {
-            Scope::All => None,
-            Scope::Namespace(n) => Some(n),
-        };
-        Ok(rank(&s, ns)
+        Ok(rank(&s, scope.name())
             .into_iter()
             .filter_map(|(score, id)| s.meta(id).map(|meta| Hit { score, meta }))
             .collect())
@@ -1380,36 +1387,14 @@ impl Pool {
     /// (no record is read).
     pub fn ids(&self, scope: Scope<'_>) -> Vec<u64> {
         let _ = self.auto_refresh();
-        let s = self.read();
-        let ns = match scope {
-            Scope::All => None,
-            Scope::Namespace(n) => match s.ns_number(n) {
-                Some(g) => Some(g),
-                None => return Vec::new(),
-            },
-        };
-        s.live()
-            .filter(|e| ns.is_none_or(|g| e.ns == g))
-            .map(|e| e.id)
-            .collect()
+        self.read().live_ids(scope.name(), |_| true)
     }
 
     /// Ids of the pinned live slices in scope, in id order, from the slice
     /// table.
     pub fn pinned(&self, scope: Scope<'_>) -> Vec<u64> {
         let _ = self.auto_refresh();
-        let s = self.read();
-        let ns = match scope {
-            Scope::All => None,
-            Scope::Namespace(n) => match s.ns_number(n) {
-                Some(g) => Some(g),
-                None => return Vec::new(),
-            },
-        };
-        s.live()
-            .filter(|e| e.pinned() && ns.is_none_or(|g| e.ns == g))
-            .map(|e| e.id)
-            .collect()
+        self.read().live_ids(scope.name(), |e| e.pinned())
     }
 
     /// A digest of everything the replayed state holds, with namespaces by

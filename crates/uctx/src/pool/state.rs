@@ -768,11 +768,23 @@ impl State {
 
     /// The number of namespace `ns` (`Some(None)` for every namespace);
     /// `None` when no slice was ever written to it.
-    fn scope(&self, ns: Option<&str>) -> Option<Option<u32>> {
+    pub fn scope(&self, ns: Option<&str>) -> Option<Option<u32>> {
         match ns {
             Some(name) => self.ns_index.get(name).map(|&n| Some(n)),
             None => Some(None),
         }
+    }
+
+    /// Ids of the live slices of namespace `ns` (all when `None`) that `keep`
+    /// accepts, in id order.
+    pub fn live_ids(&self, ns: Option<&str>, keep: impl Fn(&Entry) -> bool) -> Vec<u64> {
+        let Some(ns) = self.scope(ns) else {
+            return Vec::new();
+        };
+        self.live()
+            .filter(|e| ns.is_none_or(|n| e.ns == n) && keep(e))
+            .map(|e| e.id)
+            .collect()
     }
 
     /// Ids of live slices below `upto`, in namespace `ns` (all when `None`).
