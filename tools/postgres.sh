@@ -38,7 +38,7 @@ apt_install() {
 
 ensure_server() {
     [ -x "$PG_BIN/initdb" ] || apt_install "postgresql-$PG_MAJOR"
-    [ -x "$PG_BIN/pg_config" ] || [ -x /usr/bin/pg_config ] || apt_install "postgresql-server-dev-$PG_MAJOR"
+    # The server's headers and pg_config, for building pgvector with PGXS.
     [ -f "/usr/include/postgresql/$PG_MAJOR/server/postgres.h" ] || apt_install "postgresql-server-dev-$PG_MAJOR"
     command -v make >/dev/null 2>&1 || apt_install make
     command -v gcc >/dev/null 2>&1 || apt_install gcc

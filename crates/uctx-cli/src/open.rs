@@ -46,7 +46,8 @@ pub fn memory_rw(g: &Global) -> anyhow::Result<Arc<Memory>> {
 }
 
 /// Open an existing pool for reading (no lock: works while a writer runs).
-pub fn memory_ro(g: &Global) -> anyhow::Result<Arc<Memory>> {
+/// The pool directory, which must exist (for commands that only read).
+fn existing_pool_dir(g: &Global) -> anyhow::Result<PathBuf> {
     let dir = pool_dir(g)?;
     if !dir.exists() {
         bail!(
@@ -54,6 +55,11 @@ pub fn memory_ro(g: &Global) -> anyhow::Result<Arc<Memory>> {
             dir.display()
         );
     }
+    Ok(dir)
+}
+
+pub fn memory_ro(g: &Global) -> anyhow::Result<Arc<Memory>> {
+    let dir = existing_pool_dir(g)?;
     Ok(Arc::new(Memory::open(
         &dir,
         encoder(g)?,
@@ -447,13 +453,7 @@ fn load_pager_totals(path: &Path) -> (u64, u64) {
 pub fn status(g: &Global) -> anyhow::Result<ExitCode> {
     // The pool as its header describes it: status reads no vector and needs no encoder
     // (loading one would be most of its time).
-    let dir = pool_dir(g)?;
-    if !dir.exists() {
-        bail!(
-            "there is no pool at {} — create one with `uctx init`, or pass --pool DIR",
-            dir.display()
-        );
-    }
+    let dir = existing_pool_dir(g)?;
     let (fingerprint, dim) = uctx::pool::Pool::inspect(&dir)?;
     let pool = &uctx::pool::Pool::open(
         &dir,

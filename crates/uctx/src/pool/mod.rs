@@ -937,13 +937,17 @@ impl Pool {
                 .unwrap_or_else(|p| p.into_inner()) = loaded.checkpoint;
             return Ok(true);
         }
-        if len < walked_to {
-            // A writer cut the torn tail.
-            let mut s = self.write_state();
-            s.tail = None;
-            s.walked_to = len;
+        if len <= end {
+            if len < walked_to {
+                // A writer cut the torn tail.
+                let mut s = self.write_state();
+                s.tail = None;
+                s.walked_to = len;
+            }
+            return Ok(false);
         }
-        // Apply nothing past what the writer has made durable.
+        // Something past what was applied: only as far as the writer has made
+        // durable (asked only now, not on every look).
         let len = match self.published_end() {
             durable::Published::End(d) => len.min(d.max(end)),
             durable::Published::Unknown => len,
