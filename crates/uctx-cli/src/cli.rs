@@ -61,6 +61,11 @@ pub struct ServerArgs {
     /// Refused: a key on the command line is visible to every user in the process list.
     #[arg(long, value_name = "KEY", hide = true)]
     pub api_key: Option<String>,
+    /// llama-server: the shortest run of cached tokens it may reuse at a new position
+    /// (its n_cache_reuse), so dropping old turns keeps the rest cached; 0 turns it off
+    /// [default: 64].
+    #[arg(long, value_name = "TOKENS", env = "UCTX_CACHE_REUSE")]
+    pub cache_reuse: Option<usize>,
 }
 
 #[derive(Args, Debug, Clone)]

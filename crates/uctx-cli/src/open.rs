@@ -88,6 +88,7 @@ pub fn backend_options(server: &ServerArgs, ctx: Option<usize>) -> anyhow::Resul
         openai_api_key: key,
         context_override: ctx,
         timeout: None,
+        cache_reuse: server.cache_reuse,
     }
     .with_env())
 }

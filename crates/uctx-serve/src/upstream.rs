@@ -184,6 +184,7 @@ impl Upstream {
             openai_api_key: self.api_key.clone(),
             context_override: self.ctx,
             timeout: None,
+            cache_reuse: None,
         };
         let b: Arc<dyn Backend> = match &self.spec {
             UpstreamSpec::Reader => Arc::new(ReaderBackend::new(&opts)),

@@ -218,7 +218,17 @@ pub struct BackendOptions {
     pub context_override: Option<usize>,
     /// Network timeout for connecting and between streamed chunks.
     pub timeout: Option<Duration>,
+    /// The smallest run of tokens, in tokens, that llama.cpp's server may take from its
+    /// cache at a new position by shifting it (its `n_cache_reuse`), so dropping the
+    /// oldest turns does not re-evaluate the turns kept after them
+    /// (default [`DEFAULT_CACHE_REUSE`]; 0 turns it off). Sent only
+    /// to a server that has shown it is llama.cpp's.
+    pub cache_reuse: Option<usize>,
 }
+
+/// The default of [`BackendOptions::cache_reuse`]: long enough that a chunk is never a
+/// chat template's few tokens matched by chance, short enough to take one kept turn.
+pub const DEFAULT_CACHE_REUSE: usize = 64;
 
 mod http;
 pub mod ollama;
@@ -245,6 +255,7 @@ impl std::fmt::Debug for BackendOptions {
             )
             .field("context_override", &self.context_override)
             .field("timeout", &self.timeout)
+            .field("cache_reuse", &self.cache_reuse)
             .finish()
     }
 }

@@ -26,6 +26,11 @@ pub struct OpenAiBackend {
     context_override: Option<usize>,
     /// Set once the server has shown it has no `/apply-template` + `/tokenize`.
     no_tokenizer: AtomicBool,
+    /// Set once `/props` or `/tokenize` has shown the server is llama.cpp's: only then
+    /// does a request carry llama.cpp's own fields.
+    llamacpp: AtomicBool,
+    /// llama.cpp's `n_cache_reuse` for every request (0: not sent).
+    cache_reuse: usize,
 }
 
 impl OpenAiBackend {
@@ -50,6 +55,8 @@ impl OpenAiBackend {
             agent: http::agent(opts),
             context_override: opts.context_override,
             no_tokenizer: AtomicBool::new(false),
+            llamacpp: AtomicBool::new(false),
+            cache_reuse: opts.cache_reuse.unwrap_or(super::DEFAULT_CACHE_REUSE),
         }
     }
 
@@ -257,6 +264,7 @@ impl Backend for OpenAiBackend {
         match self.get(&format!("{}/props", http::origin(&self.base))) {
             Ok(props) => {
                 if let Some(n) = context_length_from_props(&props) {
+                    self.llamacpp.store(true, Ordering::Relaxed);
                     return Ok(n);
                 }
             }
@@ -344,6 +352,8 @@ impl Backend for OpenAiBackend {
             self.no_tokenizer.store(true, Ordering::Relaxed);
             return None;
         }
+        // `/apply-template` and `/tokenize` are llama.cpp's own.
+        self.llamacpp.store(true, Ordering::Relaxed);
         Some(n)
     }
 
@@ -365,6 +375,9 @@ impl Backend for OpenAiBackend {
         }
         if let Some(t) = req.temperature {
             body["temperature"] = json!(t);
+        }
+        if self.cache_reuse > 0 && self.llamacpp.load(Ordering::Relaxed) {
+            body["n_cache_reuse"] = json!(self.cache_reuse);
         }
         let resp = match self.post_chat(&body, &url) {
             // Some servers refuse `stream_options`; ask once more without it.

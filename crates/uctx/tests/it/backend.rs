@@ -369,6 +369,35 @@ fn openai_text_split_inside_characters_arrives_intact() {
     assert_eq!(pieces.concat(), UNICODE);
 }
 
+/// llama.cpp's `n_cache_reuse` goes only to a server whose `/props` showed it is
+/// llama.cpp's (another OpenAI-compatible server may refuse a field it does not know),
+/// and not at all when it is turned off.
+#[test]
+fn openai_asks_llama_cpp_alone_to_reuse_shifted_cache() {
+    let sent = |props: Option<usize>, reuse: Option<usize>| {
+        let server = FakeServer::openai(FakeConfig {
+            props_n_ctx: props,
+            context_length: Some(4096),
+            ..with_models(&["m"])
+        });
+        let opts = BackendOptions {
+            cache_reuse: reuse,
+            ..server.options()
+        };
+        let b = backend("openai/m", &opts);
+        b.context_length().expect("a context length");
+        chat(b.as_ref(), &request("hello")).0.expect("an answer");
+        server.requests()[0].get("n_cache_reuse").cloned()
+    };
+    assert_eq!(
+        sent(Some(2048), None),
+        Some(serde_json::json!(uctx::backend::DEFAULT_CACHE_REUSE))
+    );
+    assert_eq!(sent(Some(2048), Some(256)), Some(serde_json::json!(256)));
+    assert_eq!(sent(Some(2048), Some(0)), None);
+    assert_eq!(sent(None, None), None);
+}
+
 #[test]
 fn openai_context_length_from_props_then_models_then_flag() {
     let server = FakeServer::openai(FakeConfig {
