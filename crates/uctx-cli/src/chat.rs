@@ -156,7 +156,7 @@ fn command(session: &mut Session, name: &str, arg: &str) -> anyhow::Result<bool>
         "help" | "h" | "?" => println!("{HELP}"),
         "status" => {
             let s = session.stats();
-            let pool = session.memory().pool().stats();
+            let pool = session.memory().pool().stats()?;
             println!(
                 "namespace {:?} · window {} · {} turns · {} prompt tokens sent ({} counted by the server) · token scale {:.2}",
                 session.namespace(),
@@ -211,7 +211,7 @@ fn command(session: &mut Session, name: &str, arg: &str) -> anyhow::Result<bool>
                 let n = session
                     .memory()
                     .pool()
-                    .namespaces()
+                    .namespaces()?
                     .into_iter()
                     .find(|(name, _)| *name == ns)
                     .map_or(0, |(_, n)| n);

@@ -66,7 +66,10 @@ impl Ingest<'_> {
         let pool = self.memory.pool();
         self.tokens += ids
             .iter()
-            .filter_map(|id| pool.meta(*id))
+            .map(|id| pool.meta(*id))
+            .collect::<uctx::Result<Vec<_>>>()?
+            .into_iter()
+            .flatten()
             .map(|m| u64::from(m.tokens))
             .sum::<u64>();
         self.bytes += self.batch_bytes as u64;
@@ -189,7 +192,7 @@ pub fn ingest(g: &Global, a: &IngestArgs) -> anyhow::Result<ExitCode> {
     ing.flush()?;
     ing.bar.finish_and_clear();
     let seconds = start.elapsed().as_secs_f64();
-    let stats = memory.pool().stats();
+    let stats = memory.pool().stats()?;
     let tokens = ing.tokens;
     if g.json {
         open::print_json(&serde_json::json!({

@@ -202,7 +202,7 @@ pub fn init(g: &Global, a: &InitArgs) -> anyhow::Result<ExitCode> {
     crate::repair::warn_cut(memory.pool());
     crate::repair::note_rebuilt(memory.pool());
     memory.pool().set_budget(budget)?;
-    let stats = memory.pool().stats();
+    let stats = memory.pool().stats()?;
     if g.json {
         print_json(&serde_json::json!({
             "pool": dir,
@@ -298,9 +298,8 @@ pub fn doctor(g: &Global, a: &DoctorArgs) -> anyhow::Result<ExitCode> {
     }
     let dir = pool_dir(g)?;
     if dir.exists() {
-        match memory_ro(g) {
-            Ok(m) => {
-                let s = m.pool().stats();
+        match memory_ro(g).and_then(|m| Ok(m.pool().stats()?)) {
+            Ok(s) => {
                 report(
                     true,
                     format!(

@@ -4,7 +4,7 @@ use std::process::ExitCode;
 
 use std::path::Path;
 
-use uctx::pool::{CheckpointUse, Pool, Verified, LOG_FILE};
+use uctx::pool::{CheckpointUse, Pool, Store, Verified, LOG_FILE};
 
 use crate::cli::Global;
 use crate::open::{pool_dir, print_json};
@@ -112,7 +112,10 @@ pub fn report_verified(dir: &Path, v: &Verified, report: &mut dyn FnMut(bool, St
 
 /// Say so on standard error when a writer's open could not use the
 /// checkpoint and replayed the whole log.
-pub fn note_checkpoint(pool: &Pool) {
+pub fn note_checkpoint(pool: &dyn Store) {
+    let Some(pool) = pool.as_dir() else {
+        return;
+    };
     if let CheckpointUse::Rejected { why } = pool.checkpoint_use() {
         eprintln!(
             "note: the checkpoint of {} was not used ({why}); the log was replayed whole, and a new checkpoint written",
@@ -122,7 +125,10 @@ pub fn note_checkpoint(pool: &Pool) {
 }
 
 /// Say so on standard error when opening `pool` cut a torn tail.
-pub fn warn_cut(pool: &Pool) {
+pub fn warn_cut(pool: &dyn Store) {
+    let Some(pool) = pool.as_dir() else {
+        return;
+    };
     if let Some(t) = pool.tail_cut() {
         eprintln!(
             "warning: cut {t} of {} (a write that never completed)",
@@ -132,7 +138,10 @@ pub fn warn_cut(pool: &Pool) {
 }
 
 /// Say what a writer's open rebuilt of the lexical index from the log.
-pub fn note_rebuilt(pool: &Pool) {
+pub fn note_rebuilt(pool: &dyn Store) {
+    let Some(pool) = pool.as_dir() else {
+        return;
+    };
     if let Some(r) = pool.lexical_rebuilt() {
         let dropped = match r.dropped {
             0 => String::new(),
@@ -147,7 +156,10 @@ pub fn note_rebuilt(pool: &Pool) {
 }
 
 /// Say when a reader searched many slices lexically that no segment holds.
-pub fn note_unsealed(pool: &Pool) {
+pub fn note_unsealed(pool: &dyn Store) {
+    let Some(pool) = pool.as_dir() else {
+        return;
+    };
     let n = pool.lexical_unsealed();
     if n > 2 * uctx::pool::lex::SEAL_DOCS as u64 {
         eprintln!(

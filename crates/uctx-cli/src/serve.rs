@@ -108,7 +108,7 @@ pub fn serve(g: &Global, a: &ServeArgs) -> anyhow::Result<ExitCode> {
         let addr = server.local_addr();
         eprintln!(
             "uctx serve: listening on http://{addr} (Ollama API at /, OpenAI API at /v1), upstream {upstream}, pool {}",
-            server.state().memory.pool().dir().display()
+            server.state().memory.pool().location()
         );
         server.run(shutdown_signal()).await?;
         eprintln!("uctx serve: stopped");

@@ -159,10 +159,11 @@ pub fn run(memory: Arc<Memory>, cfg: &BenchConfig) -> Result<BenchReport, String
         .enable_all()
         .build()
         .map_err(|e| e.to_string())?;
-    let before = memory.pool().stats();
+    let before = memory.pool().stats().map_err(|e| e.to_string())?;
     let docs_slices = memory
         .pool()
         .namespaces()
+        .map_err(|e| e.to_string())?
         .iter()
         .filter(|(ns, _)| cfg.docs.contains(ns))
         .map(|(_, n)| n)

@@ -119,6 +119,11 @@ pub enum ServeError {
     },
     #[error("the pool is read-only; uctx serve must be the pool's writer")]
     ReadOnly,
+    #[error(
+        "uctx serve keeps its conversations beside a pool directory, and {0} is a team pool — \
+         serve from a directory pool (--pool DIR)"
+    )]
+    TeamPool(String),
 }
 
 /// Off loopback, only with a token.
@@ -142,6 +147,8 @@ pub struct State {
     housekeeping: AtomicU64,
     token_digest: Option<[u8; 32]>,
     sessions_file: PathBuf,
+    /// The pool directory: the journal and the status file live beside the log.
+    dir: PathBuf,
     persist_lock: Mutex<()>,
     /// Bounds the turns in flight at once (each holds a blocking thread).
     pub(crate) turns: Arc<tokio::sync::Semaphore>,
@@ -160,13 +167,18 @@ pub(crate) fn token_digest(token: &str) -> [u8; 32] {
 }
 
 impl State {
-    pub fn new(memory: Arc<Memory>, cfg: ServeConfig) -> State {
+    /// The state for a directory pool (a team pool has no directory for the journal).
+    pub fn new(memory: Arc<Memory>, cfg: ServeConfig) -> Result<State, ServeError> {
+        let dir = match memory.pool().as_dir() {
+            Some(pool) => pool.dir().to_path_buf(),
+            None => return Err(ServeError::TeamPool(memory.pool().location())),
+        };
         let upstream = Arc::new(upstream::Upstream::new(
             cfg.upstream.clone(),
             cfg.upstream_api_key.clone(),
             cfg.ctx,
         ));
-        let sessions_file = memory.pool().dir().join(SESSIONS_FILE);
+        let sessions_file = dir.join(SESSIONS_FILE);
         let index = convo::Index::load(&sessions_file);
         // Compact the journal: what was read, one snapshot, replacing it atomically.
         let tmp = sessions_file.with_extension("jsonl.tmp");
@@ -174,7 +186,7 @@ impl State {
         if std::fs::write(&tmp, lines).is_ok() {
             let _ = std::fs::rename(&tmp, &sessions_file);
         }
-        State {
+        Ok(State {
             token_digest: cfg.token.as_deref().map(token_digest),
             memory,
             upstream,
@@ -183,9 +195,10 @@ impl State {
             live: Mutex::new(convo::LiveMap::new()),
             housekeeping: AtomicU64::new(0),
             sessions_file,
+            dir,
             persist_lock: Mutex::new(()),
             turns: Arc::new(tokio::sync::Semaphore::new(MAX_TURNS_IN_FLIGHT)),
-        }
+        })
     }
 
     pub(crate) fn count_housekeeping(&self) {
@@ -220,12 +233,11 @@ impl State {
     /// Everything `uctx status` and `/api/uctx/status` show about the conversations.
     pub fn status(&self) -> serde_json::Value {
         let sessions = self.sessions_json(&lock(&self.index));
-        let pool = self.memory.pool();
-        let s = pool.stats();
+        let s = self.memory.pool().stats().unwrap_or_default();
         serde_json::json!({
             "upstream": self.upstream.spec.to_string(),
             "pool": {
-                "dir": pool.dir(),
+                "dir": self.dir,
                 "slices": s.slices,
                 "tokens": s.tokens,
                 "bytes_on_disk": s.bytes_on_disk,
@@ -238,8 +250,13 @@ impl State {
 
     /// One entry per conversation: turns, slices, paged-in counts, cache reuse.
     fn sessions_json(&self, ix: &convo::Index) -> Vec<serde_json::Value> {
-        let slices: std::collections::HashMap<String, u64> =
-            self.memory.pool().namespaces().into_iter().collect();
+        let slices: std::collections::HashMap<String, u64> = self
+            .memory
+            .pool()
+            .namespaces()
+            .unwrap_or_default()
+            .into_iter()
+            .collect();
         let live = lock(&self.live).clone();
         let mut sessions: Vec<serde_json::Value> = ix
             .entries()
@@ -298,7 +315,7 @@ impl State {
     /// The conversations' figures for `uctx status` (atomically: a temporary file renamed).
     fn write_status(&self) {
         let doc = serde_json::json!({"sessions": self.sessions_json(&lock(&self.index))});
-        let path = self.memory.pool().dir().join(STATUS_FILE);
+        let path = self.dir.join(STATUS_FILE);
         let tmp = path.with_extension("json.tmp");
         if std::fs::write(&tmp, doc.to_string()).is_ok() {
             let _ = std::fs::rename(&tmp, &path);
@@ -323,7 +340,7 @@ pub async fn bind(memory: Arc<Memory>, cfg: ServeConfig) -> Result<Server, Serve
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .map_err(|source| ServeError::Bind { addr, source })?;
-    let state = Arc::new(State::new(memory, cfg));
+    let state = Arc::new(State::new(memory, cfg)?);
     let app = routes::router(Arc::clone(&state));
     Ok(Server {
         listener,

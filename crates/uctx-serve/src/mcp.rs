@@ -174,8 +174,11 @@ impl MemoryTools {
                 }
                 let slices: Vec<Value> = ids
                     .iter()
-                    .filter_map(|&id| pool.meta(id))
-                    .map(|m| provenance(&m, None))
+                    .filter_map(|&id| pool.meta(id).transpose())
+                    .collect::<uctx::Result<Vec<_>>>()
+                    .map_err(|e| e.to_string())?
+                    .iter()
+                    .map(|m| provenance(m, None))
                     .collect();
                 Ok(json!({"remembered": slices, "pinned": pin}))
             }
@@ -211,7 +214,7 @@ impl MemoryTools {
                 (Some(id), None) => {
                     let memory = self.writer(name)?;
                     let pool = memory.pool();
-                    let meta = pool.meta(id);
+                    let meta = pool.meta(id).map_err(|e| e.to_string())?;
                     let n = pool.forget(&[id]).map_err(|e| e.to_string())?;
                     if n == 0 {
                         return Err(format!("there is no slice {id} — recall gives the ids"));
@@ -231,13 +234,13 @@ impl MemoryTools {
             "status" => {
                 let memory = self.reader()?;
                 let pool = memory.pool();
-                let s = pool.stats();
+                let s = pool.stats().map_err(|e| e.to_string())?;
                 Ok(json!({
                     "slices": s.slices,
                     "tokens": s.tokens,
                     "bytes_on_disk": s.bytes_on_disk,
                     "budget_bytes": s.budget_bytes,
-                    "namespaces": pool.namespaces().into_iter()
+                    "namespaces": pool.namespaces().map_err(|e| e.to_string())?.into_iter()
                         .map(|(n, c)| json!({"namespace": n, "slices": c}))
                         .collect::<Vec<_>>(),
                 }))

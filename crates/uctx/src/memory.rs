@@ -18,7 +18,7 @@ use std::sync::Arc;
 use crate::chunk;
 use crate::encoder::Encoder;
 use crate::lexical::{self, Fusion};
-use crate::pool::{Hit, Pool, PoolOptions, Scope};
+use crate::pool::{Hit, Pool, PoolOptions, Scope, Store};
 use crate::slice::{NewSlice, Slice, Source};
 use crate::{Error, Result};
 
@@ -71,7 +71,7 @@ impl Ranking {
 
 /// A pool with the encoder whose vectors it holds.
 pub struct Memory {
-    pool: Arc<Pool>,
+    pool: Arc<dyn Store>,
     encoder: Arc<dyn Encoder>,
     slice_tokens: usize,
 }
@@ -98,7 +98,9 @@ impl Memory {
         Ok(Memory::new(Arc::new(pool), encoder))
     }
 
-    pub fn new(pool: Arc<Pool>, encoder: Arc<dyn Encoder>) -> Memory {
+    /// A memory on any pool: a directory [`Pool`], or a team pool on a server.
+    /// The pool must hold vectors of `encoder` (its opener checks the fingerprint).
+    pub fn new(pool: Arc<dyn Store>, encoder: Arc<dyn Encoder>) -> Memory {
         Memory {
             pool,
             encoder,
@@ -112,8 +114,8 @@ impl Memory {
         self
     }
 
-    pub fn pool(&self) -> &Arc<Pool> {
-        &self.pool
+    pub fn pool(&self) -> &dyn Store {
+        &*self.pool
     }
 
     pub fn encoder(&self) -> &Arc<dyn Encoder> {
@@ -213,7 +215,10 @@ impl Memory {
         let mut out = Vec::with_capacity(k);
         for (id, score) in ranked {
             // A slice deleted between the two searches.
-            let Some(meta) = metas.remove(&id).or_else(|| self.pool.meta(id)) else {
+            let Some(meta) = metas
+                .remove(&id)
+                .map_or_else(|| self.pool.meta(id), |m| Ok(Some(m)))?
+            else {
                 continue;
             };
             if let Scope::Namespace(ns) = scope {

@@ -173,7 +173,7 @@ fn the_stdio_tools_hold_the_writer_only_for_a_write() {
         .unwrap();
     assert_eq!(r["remembered"][0]["namespace"], "mcp");
     let again = open(false).expect("the tools let go of the writer after the write");
-    assert_eq!(again.pool().stats().slices, 2);
+    assert_eq!(again.pool().stats().unwrap().slices, 2);
     drop(again);
     assert_eq!(tools.call("status", &Map::new()).unwrap()["slices"], 2);
 }

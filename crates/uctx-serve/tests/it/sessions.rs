@@ -257,7 +257,7 @@ fn tool_calls_stream_with_an_index_and_come_back_with_their_results() {
     let st: Value =
         serde_json::from_str(&get(&format!("{}/api/uctx/status", s.url), &[]).1).unwrap();
     assert_eq!(st["sessions"].as_array().unwrap().len(), 1, "{st}");
-    let metas = s.memory.pool().metas(uctx::pool::Scope::All);
+    let metas = s.memory.pool().metas(uctx::pool::Scope::All).unwrap();
     assert!(
         metas.iter().any(|m| m.source == uctx::Source::Tool),
         "{metas:?}"
@@ -483,7 +483,7 @@ fn a_tool_result_sent_last_is_stored_as_a_tool_slice_in_its_calls_turn() {
         json!({"role": "tool", "tool_name": "weather", "content": "Sunny, 21 degrees."}),
     ];
     chat(&s.url, &messages);
-    let metas = s.memory.pool().metas(uctx::pool::Scope::All);
+    let metas = s.memory.pool().metas(uctx::pool::Scope::All).unwrap();
     let texts: Vec<(uctx::Source, u64, String)> = metas
         .iter()
         .map(|m| {

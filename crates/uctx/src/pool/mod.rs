@@ -26,6 +26,7 @@ mod replay;
 mod segfile;
 mod state;
 pub mod storage;
+mod store;
 mod top;
 pub mod vector;
 
@@ -39,6 +40,7 @@ pub use lex::{LexicalStats, Rebuilt};
 pub use lock::{set_purpose, LOCK_FILE};
 pub use repair::{Repaired, Verified, DAMAGED_PREFIX};
 pub use replay::{Damage, TornTail};
+pub use store::Store;
 
 /// The log of record, inside the pool directory.
 pub const LOG_FILE: &str = "pool.log";

@@ -350,7 +350,7 @@ impl Session {
         // The slice table holds turns and pins: no record is read to learn them.
         let scope = Scope::Namespace(&self.cfg.namespace);
         self.next_turn = pool.last_turn(&self.cfg.namespace)?.unwrap_or(0) + 1;
-        for id in pool.pinned(scope) {
+        for id in pool.pinned(scope)? {
             if let Some(s) = pool.get(id)? {
                 self.pinned.push(s);
             }
@@ -370,7 +370,7 @@ impl Session {
         let mut budget = max_tokens.unwrap_or(usize::MAX);
         // Newest first, reading records only as far back as the budget goes.
         for id in pool
-            .ids(Scope::Namespace(&self.cfg.namespace))
+            .ids(Scope::Namespace(&self.cfg.namespace))?
             .into_iter()
             .rev()
         {

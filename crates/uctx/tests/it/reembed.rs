@@ -86,7 +86,7 @@ fn reembed_moves_a_pool_to_another_encoder_keeping_text_and_pins() {
     assert_eq!(done.slices, 2);
     assert_eq!(Pool::inspect(&path).unwrap(), (other.fingerprint(), 32));
     let m = Memory::open(&path, other, false, false, None).unwrap();
-    let metas = m.pool().metas(Scope::All);
+    let metas = m.pool().metas(Scope::All).unwrap();
     assert_eq!(metas.len(), 2);
     let doc = metas.iter().find(|x| x.namespace == "b").unwrap();
     assert!(doc.pinned, "pins survive");

@@ -302,6 +302,7 @@ fn separate_namespaces_never_see_each_other() {
     assert!(memory
         .pool()
         .metas(Scope::Namespace("bob"))
+        .unwrap()
         .iter()
         .all(|m| m.namespace == "bob"));
 }
@@ -539,14 +540,18 @@ fn a_failed_model_call_leaves_no_half_turn_behind() {
     }
     let memory = Arc::clone(run.session.memory());
     assert!(
-        memory.pool().metas(Scope::Namespace("default")).is_empty(),
+        memory
+            .pool()
+            .metas(Scope::Namespace("default"))
+            .unwrap()
+            .is_empty(),
         "a failed turn left slices behind"
     );
     // The same input answered later is stored once, as turn 1.
     let mut s = Session::open(Arc::clone(&memory), reader(2048), SessionConfig::default()).unwrap();
     let r = s.turn(input, &mut |_| {}).unwrap();
     assert_eq!(r.turn, 1);
-    let metas = memory.pool().metas(Scope::Namespace("default"));
+    let metas = memory.pool().metas(Scope::Namespace("default")).unwrap();
     let inputs = metas
         .iter()
         .filter(|m| m.source == uctx::slice::Source::User)
@@ -586,10 +591,18 @@ fn a_session_searches_the_documents_and_clearing_it_keeps_them() {
         .any(|h| h.slice.meta.namespace == DOCS_NAMESPACE));
     s.clear().unwrap();
     assert_eq!(
-        memory.pool().metas(Scope::Namespace(DOCS_NAMESPACE)).len(),
+        memory
+            .pool()
+            .metas(Scope::Namespace(DOCS_NAMESPACE))
+            .unwrap()
+            .len(),
         1
     );
-    assert!(memory.pool().metas(Scope::Namespace("default")).is_empty());
+    assert!(memory
+        .pool()
+        .metas(Scope::Namespace("default"))
+        .unwrap()
+        .is_empty());
     // Without the documents' namespace, the session does not see it.
     let mut alone = Session::open(
         Arc::clone(&memory),
@@ -629,7 +642,7 @@ fn an_interrupted_answer_keeps_what_streamed_marked() {
         "{}",
         r.answer
     );
-    let metas = memory.pool().metas(Scope::Namespace("default"));
+    let metas = memory.pool().metas(Scope::Namespace("default")).unwrap();
     let answers: Vec<String> = metas
         .iter()
         .filter(|m| m.source == uctx::slice::Source::Assistant && m.turn == r.turn)
