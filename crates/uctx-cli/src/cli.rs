@@ -17,8 +17,9 @@ pub struct Cli {
 
 #[derive(Args, Debug, Clone)]
 pub struct Global {
-    /// The pool directory [default: uctx/pool under the user's data directory].
-    #[arg(long, global = true, env = "UCTX_POOL", value_name = "DIR")]
+    /// The pool: a directory [default: uctx/pool under the user's data directory], or a
+    /// team pool's postgres://USER[:PASSWORD]@HOST[:PORT]/DATABASE URL.
+    #[arg(long, global = true, env = "UCTX_POOL", value_name = "DIR|URL")]
     pub pool: Option<PathBuf>,
     /// Print machine-readable JSON instead of text.
     #[arg(long, global = true)]

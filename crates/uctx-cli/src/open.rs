@@ -19,7 +19,24 @@ const GB: f64 = 1e9;
 /// The sizes `init` offers.
 const SIZES_GB: [f64; 4] = [5.0, 10.0, 15.0, 20.0];
 
+/// The team pool's URL, when `--pool` (or `UCTX_POOL`) names one.
+pub fn pool_url(g: &Global) -> Option<&str> {
+    g.pool
+        .as_ref()
+        .and_then(|p| p.to_str())
+        .filter(|s| uctx_pg::is_url(s))
+}
+
+/// What a team pool supports, for the refusal of every other command.
+const TEAM_COMMANDS: &str = "init, ingest, recall, status, chat, run, clear and doctor";
+
 pub fn pool_dir(g: &Global) -> anyhow::Result<PathBuf> {
+    if let Some(url) = pool_url(g) {
+        bail!(
+            "this command needs a pool directory, and {} is a team pool — a team pool supports {TEAM_COMMANDS}; pass --pool DIR for the others",
+            uctx_pg::redacted(url)
+        );
+    }
     match &g.pool {
         Some(p) => Ok(p.clone()),
         None => dirs::data_dir()
@@ -37,6 +54,9 @@ pub fn encoder(g: &Global) -> anyhow::Result<Arc<dyn Encoder>> {
 
 /// Open the pool for writing, creating it (default budget) if absent.
 pub fn memory_rw(g: &Global) -> anyhow::Result<Arc<Memory>> {
+    if let Some(url) = pool_url(g) {
+        return Ok(Arc::new(team_memory(url, encoder(g)?, false, None)?));
+    }
     let dir = pool_dir(g)?;
     let memory = Memory::open(&dir, encoder(g)?, true, false, None)?;
     crate::repair::warn_cut(memory.pool());
@@ -58,7 +78,30 @@ fn existing_pool_dir(g: &Global) -> anyhow::Result<PathBuf> {
     Ok(dir)
 }
 
+/// A memory on the team pool at `url`: a writer creates the pool if the database has none.
+fn team_memory(
+    url: &str,
+    encoder: Arc<dyn Encoder>,
+    read_only: bool,
+    budget_bytes: Option<u64>,
+) -> anyhow::Result<Memory> {
+    let pool = uctx_pg::PgPool::open(
+        url,
+        &uctx::pool::PoolOptions {
+            create: !read_only,
+            read_only,
+            budget_bytes,
+            encoder_fingerprint: encoder.fingerprint(),
+            dim: encoder.dim(),
+        },
+    )?;
+    Ok(Memory::new(Arc::new(pool), encoder))
+}
+
 pub fn memory_ro(g: &Global) -> anyhow::Result<Arc<Memory>> {
+    if let Some(url) = pool_url(g) {
+        return Ok(Arc::new(team_memory(url, encoder(g)?, true, None)?));
+    }
     let dir = existing_pool_dir(g)?;
     Ok(Arc::new(Memory::open(
         &dir,
@@ -167,6 +210,9 @@ pub fn print_json<T: Serialize>(v: &T) -> anyhow::Result<()> {
 }
 
 pub fn init(g: &Global, a: &InitArgs) -> anyhow::Result<ExitCode> {
+    if let Some(url) = pool_url(g) {
+        return init_team(g, a, url);
+    }
     let dir = pool_dir(g)?;
     let free = free_disk(&dir);
     let gb = match a.pool_gb {
@@ -213,6 +259,37 @@ pub fn init(g: &Global, a: &InitArgs) -> anyhow::Result<ExitCode> {
         println!(
             "pool ready at {} — budget {:.1} GB, reach ≈ {} tokens",
             dir.display(),
+            stats.budget_bytes as f64 / GB,
+            human(reach_tokens(&stats))
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `uctx init` on a team pool: create it (or open it) and record the budget.
+fn init_team(g: &Global, a: &InitArgs, url: &str) -> anyhow::Result<ExitCode> {
+    let gb = match a.pool_gb {
+        Some(gb) => gb,
+        None if std::io::stdin().is_terminal() => ask_size(None)?,
+        None => bail!("pass the pool size with --pool-gb N (for example --pool-gb 5)"),
+    };
+    if !(gb.is_finite() && gb > 0.0) {
+        bail!("--pool-gb must be a positive number of GB, got {gb}");
+    }
+    let budget = (gb * GB) as u64;
+    let memory = team_memory(url, encoder(g)?, false, Some(budget))?;
+    memory.pool().set_budget(budget)?;
+    let stats = memory.pool().stats()?;
+    if g.json {
+        print_json(&serde_json::json!({
+            "pool": memory.pool().location(),
+            "budget_bytes": stats.budget_bytes,
+            "reach_tokens": reach_tokens(&stats),
+        }))?;
+    } else {
+        println!(
+            "team pool ready at {} — budget {:.1} GB (recorded; the server's disk is the limit), reach ≈ {} tokens",
+            memory.pool().location(),
             stats.budget_bytes as f64 / GB,
             human(reach_tokens(&stats))
         );
@@ -296,53 +373,75 @@ pub fn doctor(g: &Global, a: &DoctorArgs) -> anyhow::Result<ExitCode> {
         ),
         Err(e) => report(false, format!("encoder: {e}")),
     }
-    let dir = pool_dir(g)?;
-    if dir.exists() {
-        match memory_ro(g).and_then(|m| Ok(m.pool().stats()?)) {
-            Ok(s) => {
-                report(
-                    true,
-                    format!(
-                        "pool at {}: {} slices, {:.2} GB of {:.1} GB",
-                        dir.display(),
-                        s.slices,
-                        s.bytes_on_disk as f64 / GB,
-                        s.budget_bytes as f64 / GB
-                    ),
-                );
-                if let Some(free) = free_disk(&dir) {
-                    let need = s.budget_bytes.saturating_sub(s.bytes_on_disk);
+    if let Some(url) = pool_url(g) {
+        match memory_ro(g).and_then(|m| Ok((m.pool().location(), m.pool().stats()?))) {
+            Ok((loc, s)) => report(
+                true,
+                format!(
+                    "team pool at {loc}: {} slices, {:.2} GB on the server",
+                    s.slices,
+                    s.bytes_on_disk as f64 / GB
+                ),
+            ),
+            Err(e) => report(
+                false,
+                format!("team pool at {}: {e}", uctx_pg::redacted(url)),
+            ),
+        }
+    }
+    let dir = match pool_url(g) {
+        Some(_) => None,
+        None => Some(pool_dir(g)?),
+    };
+    match dir {
+        // A team pool: checked above.
+        None => {}
+        Some(dir) if dir.exists() => {
+            match memory_ro(g).and_then(|m| Ok(m.pool().stats()?)) {
+                Ok(s) => {
                     report(
-                        free >= need,
+                        true,
                         format!(
-                            "disk: {:.1} GB free, the pool may still grow {:.1} GB{}",
-                            free as f64 / GB,
-                            need as f64 / GB,
-                            if free >= need {
-                                ""
-                            } else {
-                                " — free space or lower the budget with `uctx init --pool-gb N`"
-                            }
+                            "pool at {}: {} slices, {:.2} GB of {:.1} GB",
+                            dir.display(),
+                            s.slices,
+                            s.bytes_on_disk as f64 / GB,
+                            s.budget_bytes as f64 / GB
                         ),
                     );
+                    if let Some(free) = free_disk(&dir) {
+                        let need = s.budget_bytes.saturating_sub(s.bytes_on_disk);
+                        report(
+                            free >= need,
+                            format!(
+                                "disk: {:.1} GB free, the pool may still grow {:.1} GB{}",
+                                free as f64 / GB,
+                                need as f64 / GB,
+                                if free >= need {
+                                    ""
+                                } else {
+                                    " — free space or lower the budget with `uctx init --pool-gb N`"
+                                }
+                            ),
+                        );
+                    }
+                }
+                Err(e) => report(false, format!("pool: {e}")),
+            }
+            if a.verify {
+                match uctx::pool::Pool::verify(&dir) {
+                    Err(e) => report(false, format!("verify: {e}")),
+                    Ok(v) => crate::repair::report_verified(&dir, &v, &mut report),
                 }
             }
-            Err(e) => report(false, format!("pool: {e}")),
         }
-        if a.verify {
-            match uctx::pool::Pool::verify(&dir) {
-                Err(e) => report(false, format!("verify: {e}")),
-                Ok(v) => crate::repair::report_verified(&dir, &v, &mut report),
-            }
-        }
-    } else {
-        report(
+        Some(dir) => report(
             true,
             format!(
                 "no pool yet at {} (created on first use, or `uctx init`)",
                 dir.display()
             ),
-        );
+        ),
     }
     if let Some(mem) = available_memory() {
         let ok = mem >= 512 << 20;
@@ -418,14 +517,20 @@ pub fn recall(g: &Global, a: &RecallArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// Where sessions leave their pager counters, for `status`.
-pub fn pager_stats_path(g: &Global) -> anyhow::Result<PathBuf> {
-    Ok(pool_dir(g)?.join("pager-stats.json"))
+/// Where sessions leave their pager counters, for `status`: beside a pool
+/// directory (a team pool keeps none).
+pub fn pager_stats_path(g: &Global) -> anyhow::Result<Option<PathBuf>> {
+    if pool_url(g).is_some() {
+        return Ok(None);
+    }
+    Ok(Some(pool_dir(g)?.join("pager-stats.json")))
 }
 
 /// Add a session's pager counters to the pool's running totals.
 pub fn save_pager_stats(g: &Global, s: &PagerStats) -> anyhow::Result<()> {
-    let path = pager_stats_path(g)?;
+    let Some(path) = pager_stats_path(g)? else {
+        return Ok(());
+    };
     let (mut hits, mut misses) = load_pager_totals(&path);
     hits += s.hits;
     misses += s.misses;
@@ -450,7 +555,57 @@ fn load_pager_totals(path: &Path) -> (u64, u64) {
     )
 }
 
+/// `uctx status` on a team pool: what the server holds.
+fn status_team(g: &Global, url: &str) -> anyhow::Result<ExitCode> {
+    let (fingerprint, dim) = uctx_pg::PgPool::inspect(url)?;
+    let pool = uctx_pg::PgPool::open(
+        url,
+        &uctx::pool::PoolOptions {
+            create: false,
+            read_only: true,
+            budget_bytes: None,
+            encoder_fingerprint: fingerprint,
+            dim,
+        },
+    )?;
+    let pool: &dyn uctx::pool::Store = &pool;
+    let s = pool.stats()?;
+    let namespaces = pool.namespaces()?;
+    if g.json {
+        print_json(&serde_json::json!({
+            "pool": pool.location(),
+            "slices": s.slices,
+            "tokens": s.tokens,
+            "bytes_on_disk": s.bytes_on_disk,
+            "budget_bytes": s.budget_bytes,
+            "reach_tokens": reach_tokens(&s),
+            "namespaces": namespaces.iter().map(|(n, c)| serde_json::json!({"namespace": n, "slices": c})).collect::<Vec<_>>(),
+        }))?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!(
+        "pool      {} (team pool, schema {})",
+        pool.location(),
+        uctx_pg::SCHEMA_VERSION
+    );
+    println!("encoder   {}", pool.encoder_fingerprint());
+    println!("slices    {}", s.slices);
+    println!("tokens    {}", human(s.tokens));
+    println!(
+        "server    {:.3} GB (table, text and indexes); budget {:.1} GB recorded",
+        s.bytes_on_disk as f64 / GB,
+        s.budget_bytes as f64 / GB
+    );
+    for (ns, n) in namespaces {
+        println!("  {ns:<24} {n} slices");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 pub fn status(g: &Global) -> anyhow::Result<ExitCode> {
+    if let Some(url) = pool_url(g) {
+        return status_team(g, url);
+    }
     // The pool as its header describes it: status reads no vector and needs no encoder
     // (loading one would be most of its time).
     let dir = existing_pool_dir(g)?;
@@ -467,7 +622,7 @@ pub fn status(g: &Global) -> anyhow::Result<ExitCode> {
     )?;
     let s = pool.stats();
     let index = pool.index_stats();
-    let (hits, misses) = load_pager_totals(&pager_stats_path(g)?);
+    let (hits, misses) = pager_stats_path(g)?.map_or((0, 0), |p| load_pager_totals(&p));
     let hit_rate = (hits + misses > 0).then(|| hits as f64 / (hits + misses) as f64);
     if g.json {
         print_json(&serde_json::json!({

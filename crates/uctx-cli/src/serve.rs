@@ -97,6 +97,14 @@ pub fn serve(g: &Global, a: &ServeArgs) -> anyhow::Result<ExitCode> {
     };
     // Refuse an unsafe address before touching the pool.
     uctx_serve::check_listen(&cfg)?;
+    if let Some(url) = crate::open::pool_url(g) {
+        // Its journal lives beside a pool directory (and a team pool's client blocks,
+        // which the server's async threads must not).
+        anyhow::bail!(
+            "uctx serve keeps its conversations beside a pool directory, and {} is a team pool — serve from a directory pool (--pool DIR)",
+            uctx_pg::redacted(url)
+        );
+    }
     let memory = crate::open::memory_rw(g)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -55,6 +55,13 @@ pub enum Error {
         what: String,
         fix: String,
     },
+    #[error("the team pool at {location}: {detail} — {fix}")]
+    Server {
+        /// The pool's URL, without its password.
+        location: String,
+        detail: String,
+        fix: String,
+    },
     #[error("the pool is read-only: {0}")]
     ReadOnly(String),
     #[error("cancelled")]

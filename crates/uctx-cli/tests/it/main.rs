@@ -1,6 +1,7 @@
 //! The `uctx` binary as a user runs it: exit codes, messages, JSON shapes, bad input.
 
 mod repair;
+mod team;
 
 use std::io::Write;
 use std::path::Path;

@@ -1,9 +1,11 @@
 //! [`Store`]: a pool as the engine uses it, whatever holds it.
 //!
 //! [`Memory`](crate::memory::Memory), sessions, the pager and the commands
-//! reach a pool only through this trait; the directory pool ([`Pool`], one
-//! writer per directory, the log of record on local disk) implements it, and
-//! other pools plug in behind it. The contract:
+//! reach a pool only through this trait. Two implementations: the directory
+//! pool ([`Pool`], one writer per directory, the log of record on local disk)
+//! and the team pool on PostgreSQL (the `uctx-pg` crate, many writers on many
+//! machines). The contract, which the shared suite checks on both
+//! (`crates/uctx-pg/tests/contract.rs`):
 //!
 //! - `append` returns only once the batch is durable; ids are unique pool-wide,
 //!   never reused, and increase with each writer's batches.

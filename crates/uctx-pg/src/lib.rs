@@ -1,0 +1,1000 @@
+//! A team pool on PostgreSQL with pgvector: many writers on many machines,
+//! one memory, behind the engine's [`Store`] seam.
+//!
+//! One database (or one schema of it, chosen with `search_path`) holds one
+//! pool: `uctx_meta` (schema version, encoder fingerprint, dimension,
+//! budget), the sequence `uctx_slice_id` that every writer draws ids from, and
+//! `uctx_slices`, one row a slice: its metadata, its text zstd-compressed, its
+//! vector's i8 codes as a `halfvec` (exact in f16) with the row's scale, and
+//! a `tsvector` of its text. An HNSW index (cosine) serves dense search, with
+//! `hnsw.iterative_scan = relaxed_order` so a namespace filter does not starve
+//! it; a GIN index serves the lexical ranking (`ts_rank_cd`). The schema and its
+//! migrations are in `migrations/`, described in `docs/format.md`.
+//!
+//! A write is one transaction with `synchronous_commit = on`: [`Store::append`]
+//! returns once the server has made the batch durable. Witness events are
+//! merged in place (`uses = uses + n`), so concurrent writers lose none.
+
+use std::str::FromStr;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use postgres::error::SqlState;
+use postgres::types::{IsNull, ToSql, Type};
+use postgres::{Client, Config, NoTls, Row};
+
+use uctx::pool::{vector, Hit, Pool, PoolOptions, PoolStats, Scope, Store, WitnessEvent};
+use uctx::{Error, NewSlice, Result, Slice, SliceMeta, Source};
+
+mod schema;
+
+pub use schema::SCHEMA_VERSION;
+
+/// Whether `spec` names a PostgreSQL pool (`postgres://…` or `postgresql://…`).
+pub fn is_url(spec: &str) -> bool {
+    spec.starts_with("postgres://") || spec.starts_with("postgresql://")
+}
+
+/// Idle connections kept for reuse.
+const MAX_IDLE: usize = 8;
+/// zstd level for slice text (as the directory pool's).
+const ZSTD_LEVEL: i32 = 3;
+/// The text search configuration the `tsvector` column and queries use.
+pub const TEXT_SEARCH_CONFIG: &str = "english";
+/// Oldest pgvector with `halfvec` and iterative index scans.
+const MIN_PGVECTOR: (u32, u32) = (0, 8);
+/// How long one statement may run before the server cancels it.
+const STATEMENT_TIMEOUT: &str = "60s";
+/// How long to wait for a connection when the URL does not say.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The columns of [`SliceMeta`], in the order [`meta_of`] reads them.
+const META: &str =
+    "id, namespace, source, tokens, turn, ext_id, time_ms, bytes, salience, uses, last_used_seq, pinned";
+
+/// A team pool on a PostgreSQL server. `Send + Sync`: threads share one
+/// handle, each statement on a connection of its own from a small pool.
+pub struct PgPool {
+    config: Config,
+    location: String,
+    read_only: bool,
+    fingerprint: String,
+    dim: usize,
+    idle: Mutex<Vec<Client>>,
+}
+
+impl std::fmt::Debug for PgPool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PgPool")
+            .field("location", &self.location)
+            .field("read_only", &self.read_only)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Drop for PgPool {
+    fn drop(&mut self) {
+        // A client's drop blocks on its own runtime, which panics on a thread that
+        // drives an async runtime: close the idle connections on a thread of their own.
+        let idle = std::mem::take(self.idle.get_mut().unwrap_or_else(|p| p.into_inner()));
+        if !idle.is_empty() {
+            let _ = std::thread::spawn(move || drop(idle)).join();
+        }
+    }
+}
+
+/// A connection checked out of the pool; back into it when dropped, unless broken.
+struct Conn<'a> {
+    pool: &'a PgPool,
+    client: Option<Client>,
+}
+
+impl std::ops::Deref for Conn<'_> {
+    type Target = Client;
+    fn deref(&self) -> &Client {
+        self.client.as_ref().expect("a checked-out connection")
+    }
+}
+
+impl std::ops::DerefMut for Conn<'_> {
+    fn deref_mut(&mut self) -> &mut Client {
+        self.client.as_mut().expect("a checked-out connection")
+    }
+}
+
+impl Drop for Conn<'_> {
+    fn drop(&mut self) {
+        if let Some(client) = self.client.take() {
+            if !client.is_closed() {
+                let mut idle = self.pool.idle.lock().unwrap_or_else(|p| p.into_inner());
+                if idle.len() < MAX_IDLE {
+                    idle.push(client);
+                }
+            }
+        }
+    }
+}
+
+/// A `halfvec` parameter: the vector's values as f16, in pgvector's binary format.
+struct HalfVec(Vec<half::f16>);
+
+impl std::fmt::Debug for HalfVec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "halfvec({})", self.0.len())
+    }
+}
+
+impl ToSql for HalfVec {
+    fn to_sql(
+        &self,
+        _ty: &Type,
+        out: &mut bytes::BytesMut,
+    ) -> std::result::Result<IsNull, Box<dyn std::error::Error + Sync + Send>> {
+        let dim = i16::try_from(self.0.len())?;
+        out.extend_from_slice(&dim.to_be_bytes());
+        out.extend_from_slice(&0i16.to_be_bytes());
+        for x in &self.0 {
+            out.extend_from_slice(&x.to_bits().to_be_bytes());
+        }
+        Ok(IsNull::No)
+    }
+
+    fn accepts(ty: &Type) -> bool {
+        ty.name() == "halfvec"
+    }
+
+    postgres::types::to_sql_checked!();
+}
+
+/// The URL without its password, for messages.
+pub fn redacted(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        // A `key=value` string.
+        return url
+            .split_whitespace()
+            .filter(|kv| !kv.starts_with("password="))
+            .collect::<Vec<_>>()
+            .join(" ");
+    };
+    let rest = rest.split_once('?').map_or(rest, |(r, _)| r);
+    let (auth, host) = match rest.rsplit_once('@') {
+        Some((auth, host)) => (Some(auth), host),
+        None => (None, rest),
+    };
+    match auth {
+        Some(auth) => {
+            let user = auth.split(':').next().unwrap_or("");
+            format!("{scheme}://{user}@{host}")
+        }
+        None => format!("{scheme}://{host}"),
+    }
+}
+
+fn server_error(location: &str, detail: impl Into<String>, fix: impl Into<String>) -> Error {
+    Error::Server {
+        location: location.to_string(),
+        detail: detail.into(),
+        fix: fix.into(),
+    }
+}
+
+/// The fix for an unreachable server.
+const START_FIX: &str = "start it (`tools/postgres.sh start` runs one with pgvector on this machine and prints its URL), or check the host, port and `sslmode` in the URL (this build connects without TLS)";
+
+fn connect_error(location: &str, config: &Config, e: postgres::Error) -> Error {
+    let user = config.get_user().unwrap_or("");
+    let db = config.get_dbname().unwrap_or(user);
+    match e.code() {
+        Some(c) if *c == SqlState::INVALID_PASSWORD || *c == SqlState::INVALID_AUTHORIZATION_SPECIFICATION => server_error(
+            location,
+            format!("authentication failed for user {user:?}: {}", db_message(&e)),
+            "check the user and password in the URL (postgres://USER:PASSWORD@HOST:PORT/DATABASE) and the server's pg_hba.conf",
+        ),
+        Some(c) if *c == SqlState::INVALID_CATALOG_NAME => server_error(
+            location,
+            format!("the database {db:?} does not exist"),
+            format!("create it (`CREATE DATABASE {db}`), or name another in the URL"),
+        ),
+        Some(c) if *c == SqlState::TOO_MANY_CONNECTIONS => server_error(
+            location,
+            "the server has no free connection",
+            "close idle clients or raise the server's max_connections",
+        ),
+        Some(c) if *c == SqlState::CANNOT_CONNECT_NOW => server_error(
+            location,
+            "the server is starting up or shutting down",
+            "try again in a moment",
+        ),
+        Some(_) => server_error(location, db_message(&e), "see the server's log"),
+        None => server_error(location, format!("cannot reach the server: {e}"), START_FIX),
+    }
+}
+
+/// The server's own message for a database error, else the error's.
+fn db_message(e: &postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => db.message().to_string(),
+        None => e.to_string(),
+    }
+}
+
+impl PgPool {
+    /// Open (or, with `opts.create`, create) the team pool at `url`. Checks
+    /// pgvector, migrates an older schema (a writer), refuses a newer one,
+    /// and checks the encoder fingerprint and dimension as a directory pool
+    /// does.
+    pub fn open(url: &str, opts: &PoolOptions) -> Result<PgPool> {
+        let location = redacted(url);
+        let mut config = Config::from_str(url).map_err(|e| {
+            Error::invalid(format!(
+                "{location} is not a PostgreSQL URL ({e}); write postgres://USER[:PASSWORD]@HOST[:PORT]/DATABASE"
+            ))
+        })?;
+        if config.get_connect_timeout().is_none() {
+            config.connect_timeout(CONNECT_TIMEOUT);
+        }
+        if config.get_application_name().is_none() {
+            config.application_name("uctx");
+        }
+        let mut pool = PgPool {
+            config,
+            location,
+            read_only: opts.read_only,
+            fingerprint: String::new(),
+            dim: 0,
+            idle: Mutex::new(Vec::new()),
+        };
+        let mut client = pool.connect()?;
+        pool.check_pgvector(&mut client, opts)?;
+        let found = schema::prepare(&mut client, &pool.location, opts)?;
+        if found.fingerprint != opts.encoder_fingerprint {
+            return Err(Error::EncoderMismatch {
+                pool: found.fingerprint,
+                current: opts.encoder_fingerprint.clone(),
+            });
+        }
+        if found.dim != opts.dim {
+            return Err(Error::DimMismatch {
+                expected: found.dim,
+                got: opts.dim,
+            });
+        }
+        pool.fingerprint = found.fingerprint;
+        pool.dim = found.dim;
+        pool.idle
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(client);
+        Ok(pool)
+    }
+
+    /// The encoder fingerprint and dimension of the team pool at `url`, from
+    /// its `uctx_meta` alone (like [`Pool::inspect`]).
+    pub fn inspect(url: &str) -> Result<(String, usize)> {
+        let location = redacted(url);
+        let mut config = Config::from_str(url).map_err(|e| {
+            Error::invalid(format!(
+                "{location} is not a PostgreSQL URL ({e}); write postgres://USER[:PASSWORD]@HOST[:PORT]/DATABASE"
+            ))
+        })?;
+        if config.get_connect_timeout().is_none() {
+            config.connect_timeout(CONNECT_TIMEOUT);
+        }
+        let mut client = config
+            .connect(NoTls)
+            .map_err(|e| connect_error(&location, &config, e))?;
+        let found = schema::inspect(&mut client, &location)?;
+        Ok((found.fingerprint, found.dim))
+    }
+
+    fn connect(&self) -> Result<Client> {
+        let mut client = self
+            .config
+            .connect(NoTls)
+            .map_err(|e| connect_error(&self.location, &self.config, e))?;
+        let mut setup =
+            format!("SET synchronous_commit = on; SET statement_timeout = '{STATEMENT_TIMEOUT}';");
+        if self.read_only {
+            setup.push_str(" SET default_transaction_read_only = on;");
+        }
+        client
+            .batch_execute(&setup)
+            .map_err(|e| self.db_error("set up a connection", e))?;
+        Ok(client)
+    }
+
+    /// A connection: an idle one (checked first with a round trip when
+    /// `validate`), or a new one.
+    fn conn(&self, validate: bool) -> Result<Conn<'_>> {
+        loop {
+            let idle = self.idle.lock().unwrap_or_else(|p| p.into_inner()).pop();
+            let client = match idle {
+                None => self.connect()?,
+                Some(c) if c.is_closed() => continue,
+                Some(mut c) => {
+                    if validate && c.is_valid(Duration::from_secs(5)).is_err() {
+                        continue;
+                    }
+                    c
+                }
+            };
+            return Ok(Conn {
+                pool: self,
+                client: Some(client),
+            });
+        }
+    }
+
+    /// Run a read on a connection; when an idle connection turns out to be
+    /// broken (the server restarted since), once more on a new one.
+    fn with<T>(
+        &self,
+        what: &str,
+        mut f: impl FnMut(&mut Client) -> std::result::Result<T, postgres::Error>,
+    ) -> Result<T> {
+        let mut conn = self.conn(false)?;
+        match f(&mut conn) {
+            Ok(v) => Ok(v),
+            Err(e) if e.as_db_error().is_none() && conn.is_closed() => {
+                drop(conn);
+                let mut conn = Conn {
+                    pool: self,
+                    client: Some(self.connect()?),
+                };
+                f(&mut conn).map_err(|e| self.db_error(what, e))
+            }
+            Err(e) => Err(self.db_error(what, e)),
+        }
+    }
+
+    /// Run a write on a connection known to be alive; never retried (a write
+    /// cut off at its commit may have been applied).
+    fn with_write<T>(
+        &self,
+        what: &str,
+        f: impl FnOnce(&mut Client) -> std::result::Result<T, postgres::Error>,
+    ) -> Result<T> {
+        self.writable(what)?;
+        let mut conn = self.conn(true)?;
+        f(&mut conn).map_err(|e| self.db_error(what, e))
+    }
+
+    fn db_error(&self, what: &str, e: postgres::Error) -> Error {
+        let loc = &self.location;
+        match e.code() {
+            Some(c) if *c == SqlState::READ_ONLY_SQL_TRANSACTION => {
+                Error::ReadOnly(format!("{what} in the team pool at {loc}: this handle was opened read-only"))
+            }
+            Some(c) if *c == SqlState::QUERY_CANCELED => server_error(
+                loc,
+                format!("cannot {what}: the statement ran past {STATEMENT_TIMEOUT} and was cancelled"),
+                "the server may be overloaded; try again, or ask for fewer results",
+            ),
+            Some(c) if *c == SqlState::UNDEFINED_TABLE || *c == SqlState::UNDEFINED_OBJECT => server_error(
+                loc,
+                format!("cannot {what}: {}", db_message(&e)),
+                "the pool's tables were dropped or changed while it was open; open it again with a writer to recreate them",
+            ),
+            Some(c) if *c == SqlState::ADMIN_SHUTDOWN || *c == SqlState::CANNOT_CONNECT_NOW => server_error(
+                loc,
+                format!("cannot {what}: the server is shutting down"),
+                "run the command again once it is back",
+            ),
+            Some(c) if *c == SqlState::T_R_SERIALIZATION_FAILURE || *c == SqlState::T_R_DEADLOCK_DETECTED => server_error(
+                loc,
+                format!("cannot {what}: {}", db_message(&e)),
+                "nothing was applied; run it again",
+            ),
+            Some(_) => server_error(loc, format!("cannot {what}: {}", db_message(&e)), "see the server's log"),
+            None if e.is_closed() || e.to_string().contains("connection") => server_error(
+                loc,
+                format!("lost the connection while trying to {what}: {e}"),
+                format!("{START_FIX}; a write cut off at its commit may or may not have been applied"),
+            ),
+            None => server_error(loc, format!("cannot {what}: {e}"), "see the server's log"),
+        }
+    }
+
+    fn check_pgvector(&self, client: &mut Client, opts: &PoolOptions) -> Result<()> {
+        let loc = &self.location;
+        let version = |client: &mut Client| -> Result<Option<String>> {
+            Ok(client
+                .query_opt(
+                    "SELECT extversion FROM pg_extension WHERE extname = 'vector'",
+                    &[],
+                )
+                .map_err(|e| self.db_error("look for pgvector", e))?
+                .map(|r| r.get::<_, String>(0)))
+        };
+        let mut found = version(client)?;
+        if found.is_none() && opts.create && !opts.read_only {
+            if let Err(e) = client.batch_execute("CREATE EXTENSION IF NOT EXISTS vector") {
+                let available = client
+                    .query_opt(
+                        "SELECT 1 FROM pg_available_extensions WHERE name = 'vector'",
+                        &[],
+                    )
+                    .map(|r| r.is_some())
+                    .unwrap_or(false);
+                return Err(if available {
+                    server_error(
+                        loc,
+                        format!("pgvector is installed but not enabled in this database, and enabling it failed: {}", db_message(&e)),
+                        "connect as a superuser or the database owner and run `CREATE EXTENSION vector`",
+                    )
+                } else {
+                    server_error(
+                        loc,
+                        "the server has no pgvector extension",
+                        "install pgvector on the server (`tools/postgres.sh start` runs a local server with it), then `CREATE EXTENSION vector`",
+                    )
+                });
+            }
+            found = version(client)?;
+        }
+        let Some(found) = found else {
+            return Err(server_error(
+                loc,
+                "pgvector is not enabled in this database",
+                "run `CREATE EXTENSION vector` in it (as a superuser or its owner); `tools/postgres.sh start` sets up a server with it",
+            ));
+        };
+        let mut parts = found.split('.').map(|p| p.parse::<u32>().unwrap_or(0));
+        let have = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
+        if have < MIN_PGVECTOR {
+            return Err(server_error(
+                loc,
+                format!(
+                    "pgvector {found} is too old: a team pool needs {}.{} or newer (halfvec, iterative index scans)",
+                    MIN_PGVECTOR.0, MIN_PGVECTOR.1
+                ),
+                "install a newer pgvector on the server, then `ALTER EXTENSION vector UPDATE`",
+            ));
+        }
+        Ok(())
+    }
+
+    fn writable(&self, what: &str) -> Result<()> {
+        if self.read_only {
+            return Err(Error::ReadOnly(format!(
+                "cannot {what} in the team pool at {}: this handle was opened read-only",
+                self.location
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// A row's [`SliceMeta`], from the [`META`] columns at the start of the row.
+fn meta_of(row: &Row) -> std::result::Result<SliceMeta, String> {
+    let id: i64 = row.get(0);
+    let source: i16 = row.get(2);
+    let source = u8::try_from(source)
+        .ok()
+        .and_then(Source::from_u8)
+        .ok_or_else(|| format!("slice {id} has an unknown source {source}"))?;
+    Ok(SliceMeta {
+        id: id as u64,
+        namespace: row.get(1),
+        source,
+        tokens: row.get::<_, i32>(3) as u32,
+        turn: row.get::<_, i64>(4) as u64,
+        ext_id: row.get(5),
+        time_ms: row.get::<_, i64>(6) as u64,
+        bytes: row.get::<_, i64>(7) as u64,
+        salience: row.get(8),
+        uses: row.get::<_, i32>(9) as u32,
+        last_used_seq: row.get::<_, i64>(10) as u64,
+        pinned: row.get(11),
+    })
+}
+
+fn id_param(id: u64) -> i64 {
+    i64::try_from(id).unwrap_or(i64::MAX)
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// What the text search sees of a text: PostgreSQL text holds no NUL.
+fn searchable(text: &str) -> std::borrow::Cow<'_, str> {
+    if text.contains('\0') {
+        std::borrow::Cow::Owned(text.replace('\0', " "))
+    } else {
+        std::borrow::Cow::Borrowed(text)
+    }
+}
+
+/// The lexical query: the words of `query`, any of which may match.
+const TSQUERY: &str =
+    "(SELECT replace(plainto_tsquery('english', $1)::text, ' & ', ' | ')::tsquery AS q) AS query";
+
+impl PgPool {
+    fn corrupt(&self, detail: String) -> Error {
+        server_error(
+            &self.location,
+            detail,
+            "a row of uctx_slices was changed outside uctx; delete it, or restore the database from a backup",
+        )
+    }
+
+    fn metas_where(
+        &self,
+        what: &str,
+        filter: &str,
+        scope: Scope<'_>,
+        cols: &str,
+    ) -> Result<Vec<Row>> {
+        let ns = scope.name().map(str::to_string);
+        self.with(what, |c| match &ns {
+            None => c.query(
+                &format!("SELECT {cols} FROM uctx_slices WHERE {filter} ORDER BY id"),
+                &[],
+            ),
+            Some(ns) => c.query(
+                &format!(
+                    "SELECT {cols} FROM uctx_slices WHERE namespace = $1 AND {filter} ORDER BY id"
+                ),
+                &[ns],
+            ),
+        })
+    }
+}
+
+impl Store for PgPool {
+    fn append(&self, batch: &[(NewSlice, Vec<f32>)]) -> Result<Vec<u64>> {
+        if batch.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.writable("append slices")?;
+        struct Row_ {
+            namespace: String,
+            source: i16,
+            tokens: i32,
+            turn: i64,
+            ext_id: Option<String>,
+            salience: f32,
+            text_len: i32,
+            text_z: Vec<u8>,
+            scale: f32,
+            embedding: HalfVec,
+            bytes: i64,
+        }
+        let mut rows = Vec::with_capacity(batch.len());
+        for (s, v) in batch {
+            if v.len() != self.dim {
+                return Err(Error::DimMismatch {
+                    expected: self.dim,
+                    got: v.len(),
+                });
+            }
+            if s.namespace.contains('\0') || s.ext_id.as_deref().is_some_and(|x| x.contains('\0')) {
+                return Err(Error::invalid(
+                    "a namespace or id holding a NUL byte; a team pool stores them as PostgreSQL text, which cannot hold one",
+                ));
+            }
+            let text_len = i32::try_from(s.text.len()).map_err(|_| {
+                Error::invalid("a slice text over 2 GB; cut it into smaller slices")
+            })?;
+            let turn = i64::try_from(s.turn).map_err(|_| {
+                Error::invalid(format!(
+                    "turn {} is beyond what a team pool stores (2^63)",
+                    s.turn
+                ))
+            })?;
+            let text_z = zstd::bulk::compress(s.text.as_bytes(), ZSTD_LEVEL)
+                .map_err(|e| Error::io("cannot compress slice text", e))?;
+            let mut q = Vec::with_capacity(self.dim);
+            let scale = vector::quantize(v, &mut q);
+            let embedding = HalfVec(q.iter().map(|&x| half::f16::from_f32(x as f32)).collect());
+            let salience = if s.salience.is_finite() {
+                s.salience.clamp(0.0, 1.0)
+            } else {
+                0.0
+            };
+            rows.push(Row_ {
+                namespace: s.namespace.clone(),
+                source: i16::from(s.source.as_u8()),
+                tokens: s.tokens.min(i32::MAX as u32) as i32,
+                turn,
+                ext_id: s.ext_id.clone(),
+                salience,
+                text_len,
+                bytes: (text_z.len() + 2 * self.dim + 4) as i64,
+                text_z,
+                scale,
+                embedding,
+            });
+        }
+        let time_ms = now_ms();
+        let n = rows.len() as i64;
+        let texts: Vec<std::borrow::Cow<'_, str>> =
+            batch.iter().map(|(s, _)| searchable(&s.text)).collect();
+        let ids = self.with_write("append slices", |c| {
+            let mut tx = c.transaction()?;
+            let mut ids: Vec<i64> = tx
+                .query("SELECT nextval('uctx_slice_id') FROM generate_series(1, $1::bigint)", &[&n])?
+                .iter()
+                .map(|r| r.get(0))
+                .collect();
+            ids.sort_unstable();
+            let insert = tx.prepare(&format!(
+                "INSERT INTO uctx_slices (id, namespace, source, tokens, turn, ext_id, time_ms, bytes, salience, \
+                 last_used_seq, text_len, text_z, scale, embedding, tsv) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $1, $10, $11, $12, $13, to_tsvector('{TEXT_SEARCH_CONFIG}', $14))"
+            ))?;
+            for ((r, id), text) in rows.iter().zip(&ids).zip(&texts) {
+                tx.execute(
+                    &insert,
+                    &[
+                        id,
+                        &r.namespace,
+                        &r.source,
+                        &r.tokens,
+                        &r.turn,
+                        &r.ext_id,
+                        &time_ms,
+                        &r.bytes,
+                        &r.salience,
+                        &r.text_len,
+                        &r.text_z,
+                        &r.scale,
+                        &r.embedding,
+                        &text.as_ref(),
+                    ],
+                )?;
+            }
+            tx.commit()?;
+            Ok(ids)
+        })?;
+        Ok(ids.into_iter().map(|id| id as u64).collect())
+    }
+
+    fn get(&self, id: u64) -> Result<Option<Slice>> {
+        let id = id_param(id);
+        let row = self.with("read a slice", |c| {
+            c.query_opt(
+                &format!("SELECT {META}, text_len, text_z FROM uctx_slices WHERE id = $1"),
+                &[&id],
+            )
+        })?;
+        let Some(row) = row else {
+            return Ok(None);
+        };
+        let meta = meta_of(&row).map_err(|e| self.corrupt(e))?;
+        let len: i32 = row.get(12);
+        let z: Vec<u8> = row.get(13);
+        let text = zstd::bulk::decompress(&z, len.max(0) as usize)
+            .ok()
+            .filter(|b| b.len() == len as usize)
+            .and_then(|b| String::from_utf8(b).ok())
+            .ok_or_else(|| self.corrupt(format!("slice {id} holds undecodable text")))?;
+        Ok(Some(Slice { meta, text }))
+    }
+
+    fn meta(&self, id: u64) -> Result<Option<SliceMeta>> {
+        let id = id_param(id);
+        let row = self.with("read a slice's metadata", |c| {
+            c.query_opt(
+                &format!("SELECT {META} FROM uctx_slices WHERE id = $1"),
+                &[&id],
+            )
+        })?;
+        row.map(|r| meta_of(&r).map_err(|e| self.corrupt(e)))
+            .transpose()
+    }
+
+    fn metas(&self, scope: Scope<'_>) -> Result<Vec<SliceMeta>> {
+        self.metas_where("list slices", "true", scope, META)?
+            .iter()
+            .map(|r| meta_of(r).map_err(|e| self.corrupt(e)))
+            .collect()
+    }
+
+    fn search(&self, query: &[f32], k: usize, scope: Scope<'_>) -> Result<Vec<Hit>> {
+        if query.len() != self.dim {
+            return Err(Error::DimMismatch {
+                expected: self.dim,
+                got: query.len(),
+            });
+        }
+        if k == 0 {
+            return Ok(Vec::new());
+        }
+        let q = HalfVec(
+            query
+                .iter()
+                .map(|&x| half::f16::from_f32(if x.is_finite() { x } else { 0.0 }))
+                .collect(),
+        );
+        let limit = k.min(100_000) as i64;
+        let ef = k.clamp(40, 1000);
+        let ns = scope.name().map(str::to_string);
+        let rows = self.with("search", |c| {
+            let mut tx = c.transaction()?;
+            tx.batch_execute(&format!(
+                "SET LOCAL hnsw.iterative_scan = relaxed_order; SET LOCAL hnsw.ef_search = {ef}"
+            ))?;
+            let rows = match &ns {
+                None => tx.query(
+                    &format!("SELECT {META}, embedding <=> $1 FROM uctx_slices ORDER BY embedding <=> $1 LIMIT $2"),
+                    &[&q, &limit],
+                )?,
+                Some(ns) => tx.query(
+                    &format!(
+                        "SELECT {META}, embedding <=> $1 FROM uctx_slices WHERE namespace = $3 \
+                         ORDER BY embedding <=> $1 LIMIT $2"
+                    ),
+                    &[&q, &limit, ns],
+                )?,
+            };
+            tx.commit()?;
+            Ok(rows)
+        })?;
+        let mut hits = Vec::with_capacity(rows.len());
+        for r in &rows {
+            let meta = meta_of(r).map_err(|e| self.corrupt(e))?;
+            let distance: Option<f64> = r.get(12);
+            let score = distance.map_or(0.0, |d| (1.0 - d) as f32);
+            hits.push(Hit {
+                score: if score.is_finite() { score } else { 0.0 },
+                meta,
+            });
+        }
+        // Relaxed order: the index may return near neighbours slightly out of order.
+        hits.sort_by(|a, b| b.score.total_cmp(&a.score).then(a.meta.id.cmp(&b.meta.id)));
+        Ok(hits)
+    }
+
+    fn lexical_search(&self, query: &str, k: usize, scope: Scope<'_>) -> Result<Vec<(u64, f32)>> {
+        if k == 0 || query.trim().is_empty() {
+            return Ok(Vec::new());
+        }
+        let query = searchable(query).into_owned();
+        let limit = k.min(100_000) as i64;
+        let ns = scope.name().map(str::to_string);
+        let rows = self.with("search the text", |c| match &ns {
+            None => c.query(
+                &format!(
+                    "SELECT id, ts_rank_cd(tsv, q) AS score FROM uctx_slices, {TSQUERY} \
+                     WHERE tsv @@ q ORDER BY score DESC, id LIMIT $2"
+                ),
+                &[&query, &limit],
+            ),
+            Some(ns) => c.query(
+                &format!(
+                    "SELECT id, ts_rank_cd(tsv, q) AS score FROM uctx_slices, {TSQUERY} \
+                     WHERE tsv @@ q AND namespace = $3 ORDER BY score DESC, id LIMIT $2"
+                ),
+                &[&query, &limit, ns],
+            ),
+        })?;
+        Ok(rows
+            .iter()
+            .map(|r| (r.get::<_, i64>(0) as u64, r.get::<_, f32>(1)))
+            .collect())
+    }
+
+    fn record(&self, events: &[WitnessEvent]) -> Result<()> {
+        if events.is_empty() {
+            return Ok(());
+        }
+        self.writable("record witness events")?;
+        /// What a batch of events does to one slice.
+        #[derive(Default)]
+        struct Change {
+            uses: i64,
+            touched: bool,
+            pin: Option<bool>,
+        }
+        let mut per: std::collections::BTreeMap<i64, Change> = Default::default();
+        for e in events {
+            let id = match *e {
+                WitnessEvent::Used(id)
+                | WitnessEvent::Recalled(id)
+                | WitnessEvent::Pin(id)
+                | WitnessEvent::Unpin(id) => id,
+            };
+            let c = per.entry(id_param(id)).or_default();
+            match e {
+                WitnessEvent::Used(_) => {
+                    c.uses += 1;
+                    c.touched = true;
+                }
+                WitnessEvent::Recalled(_) => c.touched = true,
+                WitnessEvent::Pin(_) => c.pin = Some(true),
+                WitnessEvent::Unpin(_) => c.pin = Some(false),
+            }
+        }
+        self.with_write("record witness events", |c| {
+            let mut tx = c.transaction()?;
+            // The pool-wide write counter, as the directory pool's `next_id - 1`.
+            let seq: i64 = tx
+                .query_one("SELECT last_value FROM uctx_slice_id", &[])?
+                .get(0);
+            // In id order, so that concurrent writers lock rows in one order.
+            let update = tx.prepare(
+                "UPDATE uctx_slices SET uses = LEAST(uses::bigint + $2, 2147483647)::integer, \
+                 last_used_seq = CASE WHEN $3 THEN GREATEST(last_used_seq, $4) ELSE last_used_seq END, \
+                 pinned = COALESCE($5, pinned) WHERE id = $1",
+            )?;
+            for (id, c) in &per {
+                tx.execute(&update, &[id, &c.uses, &c.touched, &seq, &c.pin])?;
+            }
+            tx.commit()
+        })
+    }
+
+    fn forget(&self, ids: &[u64]) -> Result<u64> {
+        if ids.is_empty() {
+            return Ok(0);
+        }
+        self.writable("forget slices")?;
+        let ids: Vec<i64> = ids.iter().map(|&i| id_param(i)).collect();
+        self.with_write("forget slices", |c| {
+            c.execute("DELETE FROM uctx_slices WHERE id = ANY($1)", &[&ids])
+        })
+    }
+
+    fn delete_namespace(&self, ns: &str) -> Result<u64> {
+        self.writable("delete a namespace")?;
+        self.with_write("delete a namespace", |c| {
+            c.execute("DELETE FROM uctx_slices WHERE namespace = $1", &[&ns])
+        })
+    }
+
+    fn clear(&self) -> Result<u64> {
+        self.writable("clear the pool")?;
+        self.with_write("clear the pool", |c| {
+            c.execute("DELETE FROM uctx_slices", &[])
+        })
+    }
+
+    fn namespaces(&self) -> Result<Vec<(String, u64)>> {
+        let rows = self.with("list namespaces", |c| {
+            c.query(
+                "SELECT namespace, count(*) FROM uctx_slices GROUP BY namespace ORDER BY namespace COLLATE \"C\"",
+                &[],
+            )
+        })?;
+        Ok(rows
+            .iter()
+            .map(|r| (r.get(0), r.get::<_, i64>(1) as u64))
+            .collect())
+    }
+
+    fn stats(&self) -> Result<PoolStats> {
+        let (row, budget) = self.with("read the pool's totals", |c| {
+            let row = c.query_one(
+                "SELECT count(*), COALESCE(sum(tokens), 0)::bigint, count(DISTINCT namespace), \
+                 pg_total_relation_size('uctx_slices') FROM uctx_slices",
+                &[],
+            )?;
+            let budget = c.query_opt(
+                "SELECT value FROM uctx_meta WHERE key = 'budget_bytes'",
+                &[],
+            )?;
+            Ok((row, budget))
+        })?;
+        let budget = budget
+            .and_then(|r| r.get::<_, String>(0).parse().ok())
+            .unwrap_or(uctx::pool::DEFAULT_BUDGET);
+        Ok(PoolStats {
+            slices: row.get::<_, i64>(0) as u64,
+            tokens: row.get::<_, i64>(1) as u64,
+            namespaces: row.get::<_, i64>(2) as u64,
+            bytes_on_disk: row.get::<_, i64>(3) as u64,
+            budget_bytes: budget,
+        })
+    }
+
+    fn set_budget(&self, bytes: u64) -> Result<()> {
+        self.writable("set the budget")?;
+        let value = bytes.to_string();
+        self.with_write("set the budget", |c| {
+            c.execute(
+                "INSERT INTO uctx_meta (key, value) VALUES ('budget_bytes', $1) \
+                 ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value",
+                &[&value],
+            )
+            .map(drop)
+        })
+    }
+
+    fn last_turn(&self, ns: &str) -> Result<Option<u64>> {
+        let row = self.with("read the latest turn", |c| {
+            c.query_one(
+                "SELECT max(turn) FROM uctx_slices WHERE namespace = $1",
+                &[&ns],
+            )
+        })?;
+        Ok(row.get::<_, Option<i64>>(0).map(|t| t as u64))
+    }
+
+    fn ids(&self, scope: Scope<'_>) -> Result<Vec<u64>> {
+        Ok(self
+            .metas_where("list slices", "true", scope, "id")?
+            .iter()
+            .map(|r| r.get::<_, i64>(0) as u64)
+            .collect())
+    }
+
+    fn pinned(&self, scope: Scope<'_>) -> Result<Vec<u64>> {
+        Ok(self
+            .metas_where("list pinned slices", "pinned", scope, "id")?
+            .iter()
+            .map(|r| r.get::<_, i64>(0) as u64)
+            .collect())
+    }
+
+    fn encoder_fingerprint(&self) -> String {
+        self.fingerprint.clone()
+    }
+
+    fn dim(&self) -> usize {
+        self.dim
+    }
+
+    fn is_read_only(&self) -> bool {
+        self.read_only
+    }
+
+    fn refresh(&self) -> Result<bool> {
+        // Every read asks the server: there is nothing to pick up.
+        Ok(false)
+    }
+
+    fn location(&self) -> String {
+        self.location.clone()
+    }
+
+    fn as_dir(&self) -> Option<&Pool> {
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_password_never_reaches_a_message() {
+        assert_eq!(
+            redacted("postgres://alice:s3cret@db.example:5432/team"),
+            "postgres://alice@db.example:5432/team"
+        );
+        assert_eq!(redacted("postgres://alice@h/db"), "postgres://alice@h/db");
+        assert_eq!(redacted("postgresql://h/db"), "postgresql://h/db");
+        assert_eq!(
+            redacted("postgres://u:pw@h/db?password=pw2&sslmode=disable"),
+            "postgres://u@h/db"
+        );
+        assert_eq!(redacted("host=h user=u password=pw"), "host=h user=u");
+        assert!(is_url("postgres://h/db") && is_url("postgresql://h/db"));
+        assert!(!is_url("/var/pool") && !is_url("postgres"));
+    }
+
+    #[test]
+    fn halfvec_is_written_in_pgvectors_binary_format() {
+        let v = HalfVec(vec![half::f16::from_f32(1.0), half::f16::from_f32(-127.0)]);
+        let mut out = bytes::BytesMut::new();
+        v.to_sql(&Type::BYTEA, &mut out).unwrap();
+        assert_eq!(&out[..4], &[0, 2, 0, 0]);
+        assert_eq!(
+            &out[4..6],
+            &half::f16::from_f32(1.0).to_bits().to_be_bytes()
+        );
+        assert_eq!(
+            &out[6..8],
+            &half::f16::from_f32(-127.0).to_bits().to_be_bytes()
+        );
+        // Every i8 code is exact in f16.
+        for c in -127i8..=127 {
+            assert_eq!(half::f16::from_f32(c as f32).to_f32(), c as f32);
+        }
+    }
+}

@@ -1,0 +1,560 @@
+//! The pool contract ([`uctx::pool::Store`]), one suite for both pools: each
+//! test runs on a directory pool, then on a team pool on PostgreSQL when
+//! `UCTX_TEST_PG` names a server (`tools/postgres.sh start` prints one); each
+//! Postgres run gets a schema of its own, dropped at the end.
+
+use std::collections::HashSet;
+use std::io::Write;
+use std::sync::{Arc, Once};
+
+use uctx::encoder::{Encoder, StaticEncoder};
+use uctx::memory::{Memory, Ranking, Unit};
+use uctx::pool::{Pool, PoolOptions, Scope, Store, WitnessEvent};
+use uctx::{Error, NewSlice, Source};
+use uctx_pg::PgPool;
+
+const DIM: usize = 256;
+
+fn opts(create: bool, fingerprint: &str) -> PoolOptions {
+    PoolOptions {
+        create,
+        read_only: false,
+        budget_bytes: None,
+        encoder_fingerprint: fingerprint.into(),
+        dim: DIM,
+    }
+}
+
+/// Where one test's pool lives; reopened as often as the test likes.
+enum Place {
+    Dir(tempfile::TempDir),
+    Pg {
+        url: String,
+        admin: String,
+        schema: String,
+    },
+}
+
+impl Place {
+    fn name(&self) -> &'static str {
+        match self {
+            Place::Dir(_) => "directory",
+            Place::Pg { .. } => "postgres",
+        }
+    }
+
+    fn open_with(&self, o: PoolOptions) -> uctx::Result<Arc<dyn Store>> {
+        Ok(match self {
+            Place::Dir(d) => Arc::new(Pool::open(&d.path().join("pool"), o)?),
+            Place::Pg { url, .. } => Arc::new(PgPool::open(url, &o)?),
+        })
+    }
+
+    fn open(&self) -> Arc<dyn Store> {
+        self.open_with(opts(true, "test-encoder"))
+            .unwrap_or_else(|e| panic!("open the {} pool: {e}", self.name()))
+    }
+
+    /// A second handle, as another machine would open it: a directory pool has
+    /// one writer, so its threads share the first handle.
+    fn another(&self, first: &Arc<dyn Store>) -> Arc<dyn Store> {
+        match self {
+            Place::Dir(_) => Arc::clone(first),
+            Place::Pg { .. } => self.open(),
+        }
+    }
+}
+
+impl Drop for Place {
+    fn drop(&mut self) {
+        if let Place::Pg { admin, schema, .. } = self {
+            if let Ok(mut c) = postgres::Client::connect(admin, postgres::NoTls) {
+                let _ = c.batch_execute(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE"));
+            }
+        }
+    }
+}
+
+/// The places a test runs in: a directory, and Postgres when `UCTX_TEST_PG` is set.
+fn places(test: &str) -> Vec<Place> {
+    let mut out = vec![Place::Dir(tempfile::tempdir().unwrap())];
+    match std::env::var("UCTX_TEST_PG") {
+        Ok(url) if !url.trim().is_empty() => {
+            let schema = format!("uctx_test_{}_{test}", std::process::id());
+            let mut admin = postgres::Client::connect(&url, postgres::NoTls)
+                .unwrap_or_else(|e| panic!("UCTX_TEST_PG={url}: cannot connect: {e}"));
+            admin
+                .batch_execute(&format!(
+                    "DROP SCHEMA IF EXISTS {schema} CASCADE; CREATE SCHEMA {schema}"
+                ))
+                .unwrap();
+            let sep = if url.contains('?') { '&' } else { '?' };
+            out.push(Place::Pg {
+                url: format!("{url}{sep}options=-c%20search_path%3D{schema}%2Cpublic"),
+                admin: url,
+                schema,
+            });
+        }
+        _ => {
+            static NOTE: Once = Once::new();
+            NOTE.call_once(|| {
+                // Straight to the stream, past the test harness's capture.
+                let _ = writeln!(
+                    std::io::stderr(),
+                    "note: UCTX_TEST_PG is not set: the pool contract ran on the directory pool only \
+                     (run `tools/postgres.sh start` and set UCTX_TEST_PG to the URL it prints)"
+                );
+            });
+        }
+    }
+    out
+}
+
+/// A unit vector pointing mostly along axis `axis`.
+fn vector(axis: usize, wobble: f32) -> Vec<f32> {
+    let mut v = vec![0.01f32; DIM];
+    v[axis % DIM] = 1.0;
+    v[(axis + 1) % DIM] = wobble;
+    let n = v.iter().map(|x| x * x).sum::<f32>().sqrt();
+    v.iter().map(|x| x / n).collect()
+}
+
+fn slice(ns: &str, text: &str, turn: u64) -> NewSlice {
+    NewSlice {
+        namespace: ns.into(),
+        source: Source::User,
+        text: text.into(),
+        tokens: text.split_whitespace().count() as u32,
+        turn,
+        ext_id: None,
+        salience: 0.7,
+    }
+}
+
+#[test]
+fn append_then_get_gives_back_every_field() {
+    for place in places("roundtrip") {
+        let pool = place.open();
+        let mut doc = slice("docs", "café ☕ — a NUL \0 inside, and\nnew lines", 0);
+        doc.source = Source::Document;
+        doc.ext_id = Some("notes.md".into());
+        doc.salience = 0.25;
+        let batch = vec![
+            (
+                slice("alice", "the first thing alice said", 1),
+                vector(1, 0.0),
+            ),
+            (doc, vector(2, 0.0)),
+            (slice("bob", "bob's opening line", 7), vector(3, 0.0)),
+        ];
+        let ids = pool.append(&batch).unwrap();
+        assert_eq!(ids.len(), 3, "{}", place.name());
+        assert!(
+            ids.windows(2).all(|w| w[0] < w[1]),
+            "{}: ids {ids:?}",
+            place.name()
+        );
+        drop(pool);
+        let pool = place.open();
+        for ((want, _), id) in batch.iter().zip(&ids) {
+            let got = pool.get(*id).unwrap().expect("the slice is there");
+            assert_eq!(got.text, want.text, "{}", place.name());
+            let m = &got.meta;
+            assert_eq!(m.id, *id);
+            assert_eq!(m.namespace, want.namespace);
+            assert_eq!(m.source, want.source);
+            assert_eq!(m.tokens, want.tokens);
+            assert_eq!(m.turn, want.turn);
+            assert_eq!(m.ext_id, want.ext_id);
+            assert!((m.salience - want.salience).abs() < 1e-6);
+            assert_eq!((m.uses, m.pinned, m.last_used_seq), (0, false, *id));
+            assert!(m.bytes > 0 && m.time_ms > 0);
+            assert_eq!(pool.meta(*id).unwrap().as_ref(), Some(m));
+        }
+        assert_eq!(pool.get(ids[2] + 1000).unwrap(), None, "{}", place.name());
+        let metas = pool.metas(Scope::All).unwrap();
+        assert_eq!(metas.iter().map(|m| m.id).collect::<Vec<_>>(), ids);
+        assert_eq!(pool.ids(Scope::Namespace("bob")).unwrap(), vec![ids[2]]);
+        assert_eq!(pool.last_turn("bob").unwrap(), Some(7));
+        assert_eq!(pool.last_turn("nobody").unwrap(), None);
+        let s = pool.stats().unwrap();
+        assert_eq!((s.slices, s.namespaces), (3, 3), "{}", place.name());
+        assert_eq!(
+            s.tokens,
+            batch.iter().map(|(n, _)| n.tokens as u64).sum::<u64>()
+        );
+        assert_eq!(
+            pool.namespaces().unwrap(),
+            vec![("alice".into(), 1), ("bob".into(), 1), ("docs".into(), 1)]
+        );
+    }
+}
+
+#[test]
+fn four_concurrent_writers_never_share_an_id() {
+    for place in places("writers") {
+        let first = place.open();
+        let handles: Vec<_> = (0..4)
+            .map(|w| {
+                let pool = place.another(&first);
+                std::thread::spawn(move || {
+                    let mut acked = Vec::new();
+                    for b in 0..20 {
+                        let batch: Vec<_> = (0..3)
+                            .map(|i| {
+                                let text = format!("writer {w} batch {b} item {i}");
+                                (slice(&format!("w{w}"), &text, b), vector(w * 10 + i, 0.1))
+                            })
+                            .collect();
+                        let ids = pool.append(&batch).unwrap();
+                        assert_eq!(ids.len(), 3);
+                        acked.extend(ids.into_iter().zip(batch.into_iter().map(|(s, _)| s.text)));
+                    }
+                    acked
+                })
+            })
+            .collect();
+        let acked: Vec<(u64, String)> = handles
+            .into_iter()
+            .flat_map(|h| h.join().unwrap())
+            .collect();
+        let unique: HashSet<u64> = acked.iter().map(|(id, _)| *id).collect();
+        assert_eq!(unique.len(), 240, "{}: an id was given twice", place.name());
+        drop(first);
+        let pool = place.open();
+        for (id, text) in &acked {
+            let got = pool
+                .get(*id)
+                .unwrap()
+                .expect("every acknowledged slice is there");
+            assert_eq!(&got.text, text, "{}", place.name());
+        }
+        assert_eq!(pool.stats().unwrap().slices, 240);
+    }
+}
+
+#[test]
+fn a_scoped_search_never_returns_another_namespace() {
+    for place in places("scoped") {
+        let pool = place.open();
+        let mut batch = Vec::new();
+        for i in 0..30 {
+            // The same words and nearly the same vectors in both namespaces.
+            batch.push((
+                slice("a", &format!("deploy the service {i}"), i),
+                vector(5, i as f32 * 0.01),
+            ));
+            batch.push((
+                slice("b", &format!("deploy the service {i}"), i),
+                vector(5, i as f32 * 0.01 + 0.001),
+            ));
+        }
+        pool.append(&batch).unwrap();
+        for ns in ["a", "b"] {
+            let hits = pool
+                .search(&vector(5, 0.0), 20, Scope::Namespace(ns))
+                .unwrap();
+            assert_eq!(hits.len(), 20, "{}", place.name());
+            assert!(
+                hits.iter().all(|h| h.meta.namespace == ns),
+                "{}: dense crossed",
+                place.name()
+            );
+            let lex = pool
+                .lexical_search("deploy service", 20, Scope::Namespace(ns))
+                .unwrap();
+            assert_eq!(lex.len(), 20, "{}", place.name());
+            for (id, _) in lex {
+                assert_eq!(
+                    pool.meta(id).unwrap().unwrap().namespace,
+                    ns,
+                    "{}: lexical crossed",
+                    place.name()
+                );
+            }
+        }
+        assert!(pool
+            .search(&vector(5, 0.0), 5, Scope::Namespace("c"))
+            .unwrap()
+            .is_empty());
+        assert!(pool
+            .lexical_search("deploy", 5, Scope::Namespace("c"))
+            .unwrap()
+            .is_empty());
+        assert_eq!(
+            pool.search(&vector(5, 0.0), 100, Scope::All).unwrap().len(),
+            60
+        );
+    }
+}
+
+#[test]
+fn deleting_a_namespace_removes_it_from_reads_and_searches() {
+    for place in places("delete") {
+        let pool = place.open();
+        let a = pool
+            .append(&[
+                (slice("a", "kubernetes rollout notes", 1), vector(7, 0.0)),
+                (slice("a", "kubernetes rollback notes", 2), vector(7, 0.1)),
+            ])
+            .unwrap();
+        let b = pool
+            .append(&[(slice("b", "kubernetes cluster notes", 1), vector(7, 0.05))])
+            .unwrap();
+        assert_eq!(pool.delete_namespace("a").unwrap(), 2, "{}", place.name());
+        assert_eq!(pool.delete_namespace("a").unwrap(), 0);
+        for id in &a {
+            assert_eq!(pool.get(*id).unwrap(), None, "{}", place.name());
+        }
+        let hits = pool.search(&vector(7, 0.0), 10, Scope::All).unwrap();
+        assert_eq!(
+            hits.iter().map(|h| h.meta.id).collect::<Vec<_>>(),
+            b,
+            "{}",
+            place.name()
+        );
+        let lex = pool
+            .lexical_search("kubernetes notes", 10, Scope::All)
+            .unwrap();
+        assert_eq!(
+            lex.iter().map(|h| h.0).collect::<Vec<_>>(),
+            b,
+            "{}",
+            place.name()
+        );
+        assert_eq!(pool.namespaces().unwrap(), vec![("b".into(), 1)]);
+        drop(pool);
+        let pool = place.open();
+        assert_eq!(
+            pool.get(a[0]).unwrap(),
+            None,
+            "{}: the delete is durable",
+            place.name()
+        );
+        assert_eq!(pool.forget(&b).unwrap(), 1);
+        assert_eq!(pool.stats().unwrap().slices, 0);
+        // New ids never reuse deleted ones.
+        let c = pool
+            .append(&[(slice("a", "again", 3), vector(8, 0.0))])
+            .unwrap();
+        assert!(c[0] > b[0], "{}", place.name());
+    }
+}
+
+#[test]
+fn pins_and_uses_survive_a_reopen_and_merge() {
+    for place in places("witness") {
+        let pool = place.open();
+        let ids = pool
+            .append(&[
+                (slice("s", "pin me", 0), vector(9, 0.0)),
+                (slice("s", "use me", 0), vector(10, 0.0)),
+                (slice("t", "pin me too", 0), vector(11, 0.0)),
+            ])
+            .unwrap();
+        // Two handles record uses of one slice: both count.
+        let other = place.another(&pool);
+        pool.record(&[WitnessEvent::Pin(ids[0]), WitnessEvent::Used(ids[1])])
+            .unwrap();
+        other
+            .record(&[
+                WitnessEvent::Used(ids[1]),
+                WitnessEvent::Recalled(ids[1]),
+                WitnessEvent::Pin(ids[2]),
+            ])
+            .unwrap();
+        pool.record(&[WitnessEvent::Used(ids[2] + 999)]).unwrap(); // unknown: ignored
+        drop((pool, other));
+        let pool = place.open();
+        assert_eq!(
+            pool.pinned(Scope::All).unwrap(),
+            vec![ids[0], ids[2]],
+            "{}",
+            place.name()
+        );
+        assert_eq!(pool.pinned(Scope::Namespace("s")).unwrap(), vec![ids[0]]);
+        let used = pool.meta(ids[1]).unwrap().unwrap();
+        assert_eq!(used.uses, 2, "{}: a use was lost", place.name());
+        assert!(used.last_used_seq >= ids[2], "{}: {used:?}", place.name());
+        assert!(!used.pinned);
+        pool.record(&[WitnessEvent::Unpin(ids[0])]).unwrap();
+        drop(pool);
+        let pool = place.open();
+        assert_eq!(
+            pool.pinned(Scope::All).unwrap(),
+            vec![ids[2]],
+            "{}",
+            place.name()
+        );
+    }
+}
+
+#[test]
+fn dense_and_lexical_search_find_the_right_slice() {
+    let encoder: Arc<dyn Encoder> = Arc::new(StaticEncoder::bundled().unwrap());
+    let texts = [
+        "PostgreSQL stores the team's memory with pgvector halfvec columns and an HNSW index.",
+        "The espresso machine in the kitchen needs descaling every two weeks.",
+        "Rust's borrow checker rejects two mutable references to one value.",
+        "The quarterly budget review moved to Thursday afternoon.",
+        "Our deploy pipeline builds containers and pushes them to the registry.",
+    ];
+    for place in places("hits") {
+        let o = PoolOptions {
+            dim: encoder.dim(),
+            ..opts(true, &encoder.fingerprint())
+        };
+        let pool = place.open_with(o.clone()).unwrap();
+        let memory = Memory::new(Arc::clone(&pool), Arc::clone(&encoder));
+        let units: Vec<Unit<'_>> = texts
+            .iter()
+            .map(|t| Unit {
+                namespace: "team",
+                source: Source::Document,
+                text: t,
+                turn: 0,
+                ext_id: None,
+            })
+            .collect();
+        let ids = memory.write(&units).unwrap();
+        assert_eq!(ids.len(), texts.len());
+        let cases = [
+            ("HNSW index with halfvec columns", 0),
+            ("espresso machine descaling", 1),
+            ("borrow checker mutable references", 2),
+        ];
+        for (query, want) in cases {
+            for ranking in [Ranking::Dense, Ranking::Lexical, Ranking::DEFAULT] {
+                let hits = memory
+                    .search_with(query, 3, Scope::Namespace("team"), ranking)
+                    .unwrap();
+                assert_eq!(
+                    hits.first().map(|h| h.meta.id),
+                    Some(ids[want]),
+                    "{}: {ranking:?} for {query:?} gave {hits:?}",
+                    place.name()
+                );
+            }
+        }
+        let recalled = memory.recall("borrow checker", 1, Scope::All).unwrap();
+        assert_eq!(recalled[0].slice.text, texts[2], "{}", place.name());
+        assert!(memory
+            .search("espresso", 3, Scope::Namespace("other"))
+            .unwrap()
+            .is_empty());
+        // The encoder fingerprint is checked on open, as for a directory pool.
+        drop((memory, pool));
+        match place.open_with(PoolOptions {
+            encoder_fingerprint: "another-encoder".into(),
+            ..o.clone()
+        }) {
+            Err(Error::EncoderMismatch { .. }) => {}
+            Err(e) => panic!("{}: wrong error {e}", place.name()),
+            Ok(_) => panic!("{}: opened with another encoder", place.name()),
+        }
+        match place.open_with(PoolOptions { dim: 128, ..o }) {
+            Err(Error::DimMismatch { .. }) => {}
+            Err(e) => panic!("{}: wrong error {e}", place.name()),
+            Ok(_) => panic!("{}: opened with another dimension", place.name()),
+        }
+    }
+}
+
+#[test]
+fn a_read_only_handle_refuses_writes() {
+    for place in places("readonly") {
+        let pool = place.open();
+        pool.append(&[(slice("a", "x", 0), vector(1, 0.0))])
+            .unwrap();
+        let ro = place
+            .open_with(PoolOptions {
+                read_only: true,
+                ..opts(false, "test-encoder")
+            })
+            .unwrap();
+        assert!(ro.is_read_only());
+        assert_eq!(ro.stats().unwrap().slices, 1);
+        let err = ro
+            .append(&[(slice("a", "y", 0), vector(1, 0.0))])
+            .unwrap_err();
+        assert!(matches!(err, Error::ReadOnly(_)), "{}: {err}", place.name());
+        assert!(matches!(ro.delete_namespace("a"), Err(Error::ReadOnly(_))));
+        // Nothing to open: a read-only open creates nothing.
+        drop((pool, ro));
+    }
+}
+
+// ---- Postgres only ----------------------------------------------------------------------
+
+fn pg_place(test: &str) -> Option<Place> {
+    places(test)
+        .into_iter()
+        .find(|p| matches!(p, Place::Pg { .. }))
+}
+
+#[test]
+fn postgres_refuses_a_schema_newer_than_it_knows() {
+    let Some(place) = pg_place("newer") else {
+        return;
+    };
+    drop(place.open());
+    let Place::Pg { admin, schema, url } = &place else {
+        unreachable!()
+    };
+    let mut c = postgres::Client::connect(admin, postgres::NoTls).unwrap();
+    c.batch_execute(&format!(
+        "UPDATE {schema}.uctx_meta SET value = '99' WHERE key = 'schema_version'"
+    ))
+    .unwrap();
+    let err = PgPool::open(url, &opts(false, "test-encoder"))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("schema version 99") && err.contains("upgrade uctx"),
+        "{err}"
+    );
+    let err = PgPool::inspect(url).unwrap_err().to_string();
+    assert!(err.contains("schema version 99"), "{err}");
+}
+
+#[test]
+fn postgres_says_how_to_start_a_server_that_is_down() {
+    if pg_place("down").is_none() {
+        return;
+    }
+    // A loopback port nothing listens on.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let url = format!("postgres://someone:hunter2@127.0.0.1:{port}/uctx");
+    let err = PgPool::open(&url, &opts(true, "test-encoder"))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("cannot reach the server"), "{err}");
+    assert!(err.contains("tools/postgres.sh start"), "{err}");
+    assert!(!err.contains("hunter2"), "the password leaked: {err}");
+}
+
+#[test]
+fn postgres_names_a_missing_database_and_a_missing_pool() {
+    let Some(place) = pg_place("missing") else {
+        return;
+    };
+    let Place::Pg { admin, url, .. } = &place else {
+        unreachable!()
+    };
+    let (base, _) = admin.rsplit_once('/').unwrap();
+    let err = PgPool::open(&format!("{base}/no_such_db_here"), &opts(true, "e"))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("no_such_db_here") && err.contains("CREATE DATABASE"),
+        "{err}"
+    );
+    let err = PgPool::open(url, &opts(false, "e"))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("holds no uctx pool"), "{err}");
+}
