@@ -712,7 +712,7 @@ impl Store for PgPool {
                 .collect(),
         );
         let limit = k.min(100_000) as i64;
-        let ef = k.clamp(40, 1000);
+        let ef = (k * 4).clamp(100, 1000);
         let ns = scope.name().map(str::to_string);
         let rows = self.with("search", |c| {
             let mut tx = c.transaction()?;
