@@ -234,6 +234,92 @@ fn four_concurrent_writers_never_share_an_id() {
 }
 
 #[test]
+fn eight_writers_and_eight_searchers_at_once() {
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    for place in places("crowd") {
+        let first = place.open();
+        let done = Arc::new(AtomicBool::new(false));
+        let searches = Arc::new(AtomicU64::new(0));
+        let searchers: Vec<_> = (0..8)
+            .map(|s| {
+                let pool = place.another(&first);
+                let (done, searches) = (Arc::clone(&done), Arc::clone(&searches));
+                std::thread::spawn(move || {
+                    let ns = format!("w{s}");
+                    // Bounded: until the writers finish, and never more than 2,000 rounds.
+                    for round in 0..2000u64 {
+                        if done.load(Ordering::Relaxed) && round > 0 {
+                            break;
+                        }
+                        let hits = pool
+                            .search(&vector(s * 10, 0.1), 10, Scope::Namespace(&ns))
+                            .unwrap();
+                        assert!(hits.iter().all(|h| h.meta.namespace == ns), "dense crossed");
+                        for (id, _) in pool
+                            .lexical_search("writer batch item", 10, Scope::Namespace(&ns))
+                            .unwrap()
+                        {
+                            if let Some(m) = pool.meta(id).unwrap() {
+                                assert_eq!(m.namespace, ns, "lexical crossed");
+                            }
+                        }
+                        searches.fetch_add(1, Ordering::Relaxed);
+                    }
+                })
+            })
+            .collect();
+        let writers: Vec<_> = (0..8)
+            .map(|w| {
+                let pool = place.another(&first);
+                std::thread::spawn(move || {
+                    let mut acked = Vec::new();
+                    for b in 0..15 {
+                        let batch: Vec<_> = (0..4)
+                            .map(|i| {
+                                let text = format!("writer {w} batch {b} item {i}");
+                                (slice(&format!("w{w}"), &text, b), vector(w * 10 + i, 0.1))
+                            })
+                            .collect();
+                        let ids = pool.append(&batch).unwrap();
+                        acked.extend(ids.into_iter().zip(batch.into_iter().map(|(s, _)| s.text)));
+                    }
+                    acked
+                })
+            })
+            .collect();
+        let acked: Vec<(u64, String)> = writers
+            .into_iter()
+            .flat_map(|h| h.join().unwrap())
+            .collect();
+        done.store(true, Ordering::Relaxed);
+        for s in searchers {
+            s.join().unwrap();
+        }
+        assert!(searches.load(Ordering::Relaxed) >= 8, "{}", place.name());
+        let unique: HashSet<u64> = acked.iter().map(|(id, _)| *id).collect();
+        assert_eq!(
+            unique.len(),
+            8 * 15 * 4,
+            "{}: an id was given twice",
+            place.name()
+        );
+        for (id, text) in &acked {
+            let got = first
+                .get(*id)
+                .unwrap()
+                .expect("every acknowledged slice is there");
+            assert_eq!(&got.text, text, "{}", place.name());
+        }
+        for w in 0..8 {
+            assert_eq!(
+                first.ids(Scope::Namespace(&format!("w{w}"))).unwrap().len(),
+                60
+            );
+        }
+    }
+}
+
+#[test]
 fn a_scoped_search_never_returns_another_namespace() {
     for place in places("scoped") {
         let pool = place.open();
