@@ -114,6 +114,7 @@ impl Command {
             Command::Bench(_) => "bench",
             Command::Serve(_) => "serve",
             Command::Mcp => "mcp",
+            Command::Pool(_) => "pool",
         }
     }
 }
@@ -146,6 +147,27 @@ pub enum Command {
     Serve(crate::serve::ServeArgs),
     /// The pool's tools (remember, recall, forget, status) for agent hosts, over MCP on stdio.
     Mcp,
+    /// Work on whole pools: copy one into another (directory or team pool, either way).
+    Pool(PoolArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct PoolArgs {
+    #[command(subcommand)]
+    pub command: PoolCommand,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum PoolCommand {
+    /// Copy every slice of SRC into DST (created if absent; must be empty): text,
+    /// provenance, pins and uses; ids are DST's own, in SRC's order. Each is a pool
+    /// directory or a postgres:// URL.
+    Copy {
+        #[arg(value_name = "SRC")]
+        src: String,
+        #[arg(value_name = "DST")]
+        dst: String,
+    },
 }
 
 #[derive(Args, Debug)]

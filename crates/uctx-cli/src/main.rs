@@ -61,5 +61,6 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Bench(a) => bench::bench(g, a),
         Command::Serve(a) => serve::serve(g, a),
         Command::Mcp => serve::mcp(g),
+        Command::Pool(a) => open::pool(g, a),
     }
 }

@@ -13,7 +13,10 @@ use uctx::memory::Memory;
 use uctx::pager::PagerStats;
 use uctx::pool::{PoolStats, Scope};
 
-use crate::cli::{ClearArgs, DoctorArgs, Global, InitArgs, ModelArgs, RecallArgs, ServerArgs};
+use crate::cli::{
+    ClearArgs, DoctorArgs, Global, InitArgs, ModelArgs, PoolArgs, PoolCommand, RecallArgs,
+    ServerArgs,
+};
 
 const GB: f64 = 1e9;
 /// The sizes `init` offers.
@@ -739,4 +742,64 @@ pub fn reembed(g: &Global) -> anyhow::Result<ExitCode> {
         );
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// A pool named by a directory or a `postgres://` URL: a reader (which must
+/// exist) or a writer (created if absent).
+fn open_store(
+    spec: &str,
+    encoder: &dyn Encoder,
+    writer: bool,
+) -> anyhow::Result<Arc<dyn uctx::pool::Store>> {
+    let opts = uctx::pool::PoolOptions {
+        create: writer,
+        read_only: !writer,
+        budget_bytes: None,
+        encoder_fingerprint: encoder.fingerprint(),
+        dim: encoder.dim(),
+    };
+    Ok(if uctx_pg::is_url(spec) {
+        Arc::new(uctx_pg::PgPool::open(spec, &opts)?)
+    } else {
+        Arc::new(uctx::pool::Pool::open(Path::new(spec), opts)?)
+    })
+}
+
+pub fn pool(g: &Global, a: &PoolArgs) -> anyhow::Result<ExitCode> {
+    match &a.command {
+        PoolCommand::Copy { src, dst } => {
+            let enc = encoder(g)?;
+            let from = open_store(src, &*enc, false)?;
+            let to = open_store(dst, &*enc, true)?;
+            let bar = if g.json {
+                indicatif::ProgressBar::hidden()
+            } else {
+                indicatif::ProgressBar::new(0)
+            };
+            let done = uctx_pg::copy(&*from, &*to, &*enc, &|done, total| {
+                bar.set_length(total);
+                bar.set_position(done);
+            })?;
+            bar.finish_and_clear();
+            if g.json {
+                print_json(&serde_json::json!({
+                    "slices": done.slices,
+                    "pinned": done.pinned,
+                    "uses": done.uses,
+                    "from": from.location(),
+                    "to": to.location(),
+                }))?;
+            } else {
+                println!(
+                    "copied {} slices ({} pinned, {} uses) from {} to {}",
+                    done.slices,
+                    done.pinned,
+                    done.uses,
+                    from.location(),
+                    to.location()
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+    }
 }

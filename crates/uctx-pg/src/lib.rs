@@ -26,8 +26,10 @@ use postgres::{Client, Config, NoTls, Row};
 use uctx::pool::{vector, Hit, Pool, PoolOptions, PoolStats, Scope, Store, WitnessEvent};
 use uctx::{Error, NewSlice, Result, Slice, SliceMeta, Source};
 
+mod copy;
 mod schema;
 
+pub use copy::{copy, Copied};
 pub use schema::SCHEMA_VERSION;
 
 /// Whether `spec` names a PostgreSQL pool (`postgres://…` or `postgresql://…`).

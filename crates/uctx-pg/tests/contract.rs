@@ -644,3 +644,102 @@ fn postgres_names_a_missing_database_and_a_missing_pool() {
         .to_string();
     assert!(err.contains("holds no uctx pool"), "{err}");
 }
+
+#[test]
+fn a_copy_keeps_text_provenance_pins_and_uses_either_way() {
+    let encoder: Arc<dyn Encoder> = Arc::new(StaticEncoder::bundled().unwrap());
+    let o = PoolOptions {
+        dim: encoder.dim(),
+        ..opts(true, &encoder.fingerprint())
+    };
+    for (i, from) in places("copy_from").into_iter().enumerate() {
+        let src = from.open_with(o.clone()).unwrap();
+        let memory = Memory::new(Arc::clone(&src), Arc::clone(&encoder));
+        let mut ids = Vec::new();
+        for (ns, text, source, turn) in [
+            ("alice", "the staging host is db-7", Source::User, 1),
+            ("alice", "noted: db-7 is staging", Source::Assistant, 1),
+            ("docs", "backups run at 02:00", Source::Document, 0),
+            ("docs", "always deploy on tuesdays", Source::Pinned, 0),
+        ] {
+            ids.extend(
+                memory
+                    .write(&[Unit {
+                        namespace: ns,
+                        source,
+                        text,
+                        turn,
+                        ext_id: Some("origin.md"),
+                    }])
+                    .unwrap(),
+            );
+        }
+        src.record(&[
+            WitnessEvent::Pin(ids[3]),
+            WitnessEvent::Used(ids[0]),
+            WitnessEvent::Used(ids[0]),
+            WitnessEvent::Used(ids[2]),
+        ])
+        .unwrap();
+        src.delete_namespace("nobody").unwrap();
+        for (j, to) in places(&format!("copy_into_{i}")).into_iter().enumerate() {
+            let what = format!("{} → {}", from.name(), to.name());
+            let dst = to.open_with(o.clone()).unwrap();
+            let done = uctx_pg::copy(&*src, &*dst, &*encoder, &|_, _| {}).unwrap();
+            assert_eq!(
+                done,
+                uctx_pg::Copied {
+                    slices: 4,
+                    pinned: 1,
+                    uses: 3
+                },
+                "{what}"
+            );
+            let (a, b) = (
+                src.metas(Scope::All).unwrap(),
+                dst.metas(Scope::All).unwrap(),
+            );
+            assert_eq!(a.len(), b.len(), "{what}");
+            for (x, y) in a.iter().zip(&b) {
+                let (tx, ty) = (
+                    src.get(x.id).unwrap().unwrap(),
+                    dst.get(y.id).unwrap().unwrap(),
+                );
+                assert_eq!(tx.text, ty.text, "{what}");
+                assert_eq!(
+                    (
+                        &x.namespace,
+                        x.source,
+                        x.turn,
+                        &x.ext_id,
+                        x.tokens,
+                        x.uses,
+                        x.pinned
+                    ),
+                    (
+                        &y.namespace,
+                        y.source,
+                        y.turn,
+                        &y.ext_id,
+                        y.tokens,
+                        y.uses,
+                        y.pinned
+                    ),
+                    "{what}"
+                );
+                assert!((x.salience - y.salience).abs() < 1e-6, "{what}");
+            }
+            // The copy searches as the original does.
+            let copy = Memory::new(Arc::clone(&dst), Arc::clone(&encoder));
+            let hit = copy.recall("when do backups run", 1, Scope::All).unwrap();
+            assert_eq!(hit[0].slice.text, "backups run at 02:00", "{what}");
+            // A second copy into the same pool is refused: nothing is doubled.
+            let err = uctx_pg::copy(&*src, &*dst, &*encoder, &|_, _| {}).unwrap_err();
+            assert!(
+                err.to_string().contains("already holds 4 slices"),
+                "{what}: {err}"
+            );
+            assert_eq!(dst.stats().unwrap().slices, 4, "{what} ({j})");
+        }
+    }
+}

@@ -556,3 +556,39 @@ fn documents_outlive_a_cleared_chat() {
     assert_eq!(ns.len(), 1, "{ns:?}");
     assert_eq!(ns[0]["namespace"], "docs");
 }
+
+#[test]
+fn pool_copy_copies_a_pool_and_refuses_to_double_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+    let doc = dir.path().join("runbook.md");
+    std::fs::write(&doc, "The staging database host is db-7.").unwrap();
+    assert!(run(uctx(&a).args(["ingest", "-q"]).arg(&doc))
+        .status
+        .success());
+    let v = json(&run(uctx(&a)
+        .args(["--json", "pool", "copy"])
+        .arg(&a)
+        .arg(&b)));
+    assert_eq!(v["slices"], 1, "{v}");
+    let v = json(&run(uctx(&b).args([
+        "--json",
+        "recall",
+        "staging database host",
+    ])));
+    assert!(v[0]["text"].as_str().unwrap().contains("db-7"), "{v}");
+    let again = run(uctx(&a).args(["pool", "copy"]).arg(&a).arg(&b));
+    no_panic(&again);
+    assert!(!again.status.success());
+    assert!(
+        text(&again.stderr).contains("already holds 1 slices"),
+        "{}",
+        text(&again.stderr)
+    );
+    let missing = run(uctx(&a)
+        .args(["pool", "copy"])
+        .arg(dir.path().join("none"))
+        .arg(&b));
+    no_panic(&missing);
+    assert!(!missing.status.success());
+}

@@ -153,3 +153,34 @@ fn a_team_pool_that_is_not_there_is_named_with_the_fix() {
     assert!(err.contains("tools/postgres.sh start"), "{err}");
     assert!(!err.contains("secret-pw"), "{err}");
 }
+
+#[test]
+fn a_directory_pool_copies_into_a_team_pool_and_back() {
+    let Some(schema) = Schema::new("copy") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+    let doc = dir.path().join("runbook.md");
+    std::fs::write(&doc, "The staging database host is db-7.").unwrap();
+    assert!(run(uctx(&a).args(["ingest", "-q"]).arg(&doc))
+        .status
+        .success());
+    let v = json(&run(uctx(&a)
+        .args(["--json", "pool", "copy"])
+        .arg(&a)
+        .arg(&schema.url)));
+    assert_eq!(v["slices"], 1, "{v}");
+    assert!(!v["to"].as_str().unwrap().contains("options"), "{v}");
+    let v = json(&run(uctx(&a)
+        .args(["--json", "pool", "copy", &schema.url])
+        .arg(&b)));
+    assert_eq!(v["slices"], 1, "{v}");
+    let v = json(&run(uctx(&b).args([
+        "--json",
+        "recall",
+        "staging database host",
+    ])));
+    assert!(v[0]["text"].as_str().unwrap().contains("db-7"), "{v}");
+    assert_eq!(v[0]["id"], doc.display().to_string());
+}
