@@ -128,8 +128,10 @@ fn a_long_session_past_the_window_keeps_the_fact_and_the_cache() {
         stats.ttft_ms_mean().unwrap_or(0.0),
         r.answer.trim()
     );
+    // 81% measured here with `n_cache_reuse`, 71% without it: a window that stops
+    // being append-only, or a drop that stops being reusable, falls below this.
     assert!(
-        reuse >= 0.5,
+        reuse >= 0.75,
         "the server reused only {:.1}% of prompt tokens",
         100.0 * reuse
     );
