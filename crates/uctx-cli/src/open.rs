@@ -218,14 +218,7 @@ pub fn init(g: &Global, a: &InitArgs) -> anyhow::Result<ExitCode> {
     }
     let dir = pool_dir(g)?;
     let free = free_disk(&dir);
-    let gb = match a.pool_gb {
-        Some(gb) => gb,
-        None if std::io::stdin().is_terminal() => ask_size(free)?,
-        None => bail!("pass the pool size with --pool-gb N (for example --pool-gb 5)"),
-    };
-    if !(gb.is_finite() && gb > 0.0) {
-        bail!("--pool-gb must be a positive number of GB, got {gb}");
-    }
+    let gb = pool_gb(a, free)?;
     let budget = (gb * GB) as u64;
     if let Some(free) = free {
         if budget > free {
@@ -271,14 +264,7 @@ pub fn init(g: &Global, a: &InitArgs) -> anyhow::Result<ExitCode> {
 
 /// `uctx init` on a team pool: create it (or open it) and record the budget.
 fn init_team(g: &Global, a: &InitArgs, url: &str) -> anyhow::Result<ExitCode> {
-    let gb = match a.pool_gb {
-        Some(gb) => gb,
-        None if std::io::stdin().is_terminal() => ask_size(None)?,
-        None => bail!("pass the pool size with --pool-gb N (for example --pool-gb 5)"),
-    };
-    if !(gb.is_finite() && gb > 0.0) {
-        bail!("--pool-gb must be a positive number of GB, got {gb}");
-    }
+    let gb = pool_gb(a, None)?;
     let budget = (gb * GB) as u64;
     let memory = team_memory(url, encoder(g)?, false, Some(budget))?;
     memory.pool().set_budget(budget)?;
@@ -298,6 +284,20 @@ fn init_team(g: &Global, a: &InitArgs, url: &str) -> anyhow::Result<ExitCode> {
         );
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The pool size in GB: `--pool-gb`, else asked at a terminal (offering sizes that fit
+/// `free` bytes where it is known); a positive number.
+fn pool_gb(a: &InitArgs, free: Option<u64>) -> anyhow::Result<f64> {
+    let gb = match a.pool_gb {
+        Some(gb) => gb,
+        None if std::io::stdin().is_terminal() => ask_size(free)?,
+        None => bail!("pass the pool size with --pool-gb N (for example --pool-gb 5)"),
+    };
+    if !(gb.is_finite() && gb > 0.0) {
+        bail!("--pool-gb must be a positive number of GB, got {gb}");
+    }
+    Ok(gb)
 }
 
 fn ask_size(free: Option<u64>) -> anyhow::Result<f64> {
