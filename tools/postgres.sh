@@ -4,6 +4,9 @@
 #   tools/postgres.sh start [--port P]   start it (installing what is missing); prints the pool URL last
 #   tools/postgres.sh stop [--port P]    stop the server this script started on port P
 #   tools/postgres.sh url [--port P]     print the pool URL of a running server
+#   tools/postgres.sh kill [--port P]    stop it at once (`pg_ctl stop -m immediate`: no
+#                                        checkpoint, as a crash), keeping its data
+#   tools/postgres.sh restart [--port P] start a killed or stopped server again on its data
 #
 # PostgreSQL comes from the Debian packages `postgresql-15` and `postgresql-server-dev-15`.
 # pgvector (PostgreSQL license) is built with PGXS from its Debian source package, fetched
@@ -89,6 +92,14 @@ run_pg() { # run_pg CMD ARGS... as the postgres user when we are root
     if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi
 }
 
+launch() { # launch PORT: start the server on its data directory
+    local port="$1" dir
+    dir=$(data_dir "$port")
+    run_pg "$PG_BIN/pg_ctl" -D "$dir" -l "$dir/server.log" -w -t 60 \
+        -o "-c listen_addresses=127.0.0.1 -c port=$port -k $dir -c fsync=on" start >/dev/null \
+        || die "the server did not start; see $dir/server.log"
+}
+
 start() {
     local port="$1" dir
     dir=$(data_dir "$port")
@@ -108,9 +119,7 @@ start() {
     chmod 700 "$dir"
     run_pg "$PG_BIN/initdb" -D "$dir" -U postgres --auth=trust --encoding=UTF8 --locale=C.UTF-8 >/dev/null \
         || die "initdb failed in $dir"
-    run_pg "$PG_BIN/pg_ctl" -D "$dir" -l "$dir/server.log" -w -t 60 \
-        -o "-c listen_addresses=127.0.0.1 -c port=$port -k $dir -c fsync=on" start >/dev/null \
-        || die "the server did not start; see $dir/server.log"
+    launch "$port"
     run_pg "$PG_BIN/psql" -h 127.0.0.1 -p "$port" -U postgres -q -v ON_ERROR_STOP=1 \
         -c "CREATE DATABASE $DB" >/dev/null || die "cannot create the database $DB"
     run_pg "$PG_BIN/psql" -h 127.0.0.1 -p "$port" -U postgres -d "$DB" -q -v ON_ERROR_STOP=1 \
@@ -133,6 +142,28 @@ stop() {
     fi
 }
 
+kill_now() {
+    local port="$1" dir
+    dir=$(data_dir "$port")
+    [ -f "$dir/PG_VERSION" ] || die "no server of this script on port $port"
+    run_pg "$PG_BIN/pg_ctl" -D "$dir" -m immediate -w stop >/dev/null \
+        || die "pg_ctl stop -m immediate failed; see $dir/server.log"
+    say "killed the server on port $port (pg_ctl stop -m immediate; its data is kept in $dir)"
+}
+
+restart() {
+    local port="$1" dir
+    dir=$(data_dir "$port")
+    [ -f "$dir/PG_VERSION" ] || die "no data of this script for port $port; use start"
+    if run_pg "$PG_BIN/pg_ctl" -D "$dir" status >/dev/null 2>&1; then
+        say "already running on port $port ($dir)"
+    else
+        launch "$port"
+        say "restarted the server on port $port (data in $dir)"
+    fi
+    url "$port"
+}
+
 cmd="${1:-}"
 [ $# -gt 0 ] && shift
 port=15432
@@ -147,7 +178,9 @@ case "$port" in ''|*[!0-9]*) die "--port must be a number, not '$port'";; esac
 case "$cmd" in
     start) start "$port";;
     stop) stop "$port";;
+    kill) kill_now "$port";;
+    restart) restart "$port";;
     url) [ -f "$(data_dir "$port")/postmaster.pid" ] || die "no server of this script on port $port"; url "$port";;
-    -h|--help|help) sed -n 2,14p "$0" | sed 's/^# \{0,1\}//';;
-    *) die "unknown command '$cmd' (expected start, stop or url)";;
+    -h|--help|help) sed -n 2,17p "$0" | sed 's/^# \{0,1\}//';;
+    *) die "unknown command '$cmd' (expected start, stop, kill, restart or url)";;
 esac

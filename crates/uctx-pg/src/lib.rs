@@ -16,6 +16,7 @@
 //! merged in place (`uses = uses + n`), so concurrent writers lose none.
 
 use std::str::FromStr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -24,6 +25,7 @@ use postgres::types::{IsNull, ToSql, Type};
 use postgres::{Client, Config, NoTls, Row};
 
 use uctx::pool::{vector, Hit, Pool, PoolOptions, PoolStats, Scope, Store, WitnessEvent};
+use uctx::witness::{self, Standing, WitnessParams};
 use uctx::{Error, NewSlice, Result, Slice, SliceMeta, Source};
 
 mod copy;
@@ -50,6 +52,14 @@ const STATEMENT_TIMEOUT: &str = "60s";
 /// How long to wait for a connection when the URL does not say.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// The advisory lock one eviction at a time holds ("uctx" + 1).
+const EVICT_LOCK: i64 = 0x7563_7479;
+/// What the server holds for a slice beyond its compressed text, its
+/// `tsvector` and its two copies of the vector (heap and HNSW): tuple
+/// headers, the HNSW element's neighbour lists, the `(namespace, id)` and GIN
+/// index entries. Counted in each row's `bytes`.
+const ROW_OVERHEAD: i64 = 400;
+
 /// The columns of [`SliceMeta`], in the order [`meta_of`] reads them.
 const META: &str =
     "id, namespace, source, tokens, turn, ext_id, time_ms, bytes, salience, uses, last_used_seq, pinned";
@@ -63,6 +73,13 @@ pub struct PgPool {
     fingerprint: String,
     dim: usize,
     idle: Mutex<Vec<Client>>,
+    /// Bytes this handle appended since it last compared the pool with its budget.
+    unchecked: AtomicU64,
+    /// The budget as this handle last read it.
+    budget_seen: AtomicU64,
+    /// Why the last eviction after a write failed (the write itself had succeeded).
+    maintenance_error: Mutex<Option<String>>,
+    params: WitnessParams,
 }
 
 impl std::fmt::Debug for PgPool {
@@ -205,7 +222,7 @@ fn connect_error(location: &str, config: &Config, e: postgres::Error) -> Error {
         Some(c) if *c == SqlState::CANNOT_CONNECT_NOW => server_error(
             location,
             "the server is starting up or shutting down",
-            "try again in a moment",
+            "try again once it is up (a server restarting after a crash first replays its log)",
         ),
         Some(_) => server_error(location, db_message(&e), "see the server's log"),
         None => server_error(location, format!("cannot reach the server: {e}"), START_FIX),
@@ -245,6 +262,10 @@ impl PgPool {
             fingerprint: String::new(),
             dim: 0,
             idle: Mutex::new(Vec::new()),
+            unchecked: AtomicU64::new(0),
+            budget_seen: AtomicU64::new(uctx::pool::DEFAULT_BUDGET),
+            maintenance_error: Mutex::new(None),
+            params: WitnessParams::default(),
         };
         let mut client = pool.connect()?;
         pool.check_pgvector(&mut client, opts)?;
@@ -263,6 +284,7 @@ impl PgPool {
         }
         pool.fingerprint = found.fingerprint;
         pool.dim = found.dim;
+        pool.budget()?;
         pool.idle
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -377,7 +399,9 @@ impl PgPool {
                 format!("cannot {what}: {}", db_message(&e)),
                 "the pool's tables were dropped or changed while it was open; open it again with a writer to recreate them",
             ),
-            Some(c) if *c == SqlState::ADMIN_SHUTDOWN || *c == SqlState::CANNOT_CONNECT_NOW => server_error(
+            Some(c) if *c == SqlState::ADMIN_SHUTDOWN
+                || *c == SqlState::CRASH_SHUTDOWN
+                || *c == SqlState::CANNOT_CONNECT_NOW => server_error(
                 loc,
                 format!("cannot {what}: the server is shutting down"),
                 "run the command again once it is back",
@@ -388,11 +412,19 @@ impl PgPool {
                 "nothing was applied; run it again",
             ),
             Some(_) => server_error(loc, format!("cannot {what}: {}", db_message(&e)), "see the server's log"),
-            None if e.is_closed() || e.to_string().contains("connection") => server_error(
+            // The client's own errors: the socket failed or closed, a read timed out.
+            None if e.is_closed()
+                || std::error::Error::source(&e).is_some_and(|s| s.is::<std::io::Error>())
+                || ["connection", "communicating", "timeout"]
+                    .iter()
+                    .any(|w| e.to_string().contains(w)) =>
+            {
+                server_error(
                 loc,
                 format!("lost the connection while trying to {what}: {e}"),
-                format!("{START_FIX}; a write cut off at its commit may or may not have been applied"),
-            ),
+                    format!("{START_FIX}; a write cut off at its commit may or may not have been applied"),
+                )
+            }
             None => server_error(loc, format!("cannot {what}: {e}"), "see the server's log"),
         }
     }
@@ -547,6 +579,107 @@ impl PgPool {
     }
 }
 
+impl PgPool {
+    /// Why the last eviction after a write failed, if it did (the write had
+    /// succeeded; the next write tries again).
+    pub fn maintenance_error(&self) -> Option<String> {
+        self.maintenance_error
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// After `bytes` were written: compare the pool with its budget once this
+    /// handle has written a twentieth of it (at most 1 MiB) since it last looked.
+    fn after_write(&self, bytes: u64) {
+        let since = self.unchecked.fetch_add(bytes, Ordering::Relaxed) + bytes;
+        let budget = self.budget_seen.load(Ordering::Relaxed);
+        if since < (budget / 20).clamp(1, 1 << 20) {
+            return;
+        }
+        self.unchecked.store(0, Ordering::Relaxed);
+        let result = self.evict().err().map(|e| e.to_string());
+        *self
+            .maintenance_error
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = result;
+    }
+
+    fn budget(&self) -> Result<u64> {
+        let row = self.with("read the budget", |c| {
+            c.query_opt(
+                "SELECT value FROM uctx_meta WHERE key = 'budget_bytes'",
+                &[],
+            )
+        })?;
+        let budget = row
+            .and_then(|r| r.get::<_, String>(0).parse().ok())
+            .unwrap_or(uctx::pool::DEFAULT_BUDGET);
+        self.budget_seen.store(budget, Ordering::Relaxed);
+        Ok(budget)
+    }
+
+    /// When the live slices' bytes exceed the budget, evict down to 90% of it:
+    /// the victims [`witness::victims`] chooses (lowest retention first, never
+    /// a pinned slice), deleted in one transaction that holds the eviction
+    /// lock, so that of many writers over the budget one evicts and the others
+    /// go on writing. How many slices were evicted.
+    pub fn evict(&self) -> Result<u64> {
+        self.writable("evict slices over the budget")?;
+        let budget = self.budget()?;
+        let params = &self.params;
+        self.with_write("evict slices over the budget", |c| {
+            let mut tx = c.transaction()?;
+            let mine: bool = tx
+                .query_one("SELECT pg_try_advisory_xact_lock($1)", &[&EVICT_LOCK])?
+                .get(0);
+            if !mine {
+                return Ok(0);
+            }
+            let held: i64 = tx
+                .query_one(
+                    "SELECT COALESCE(sum(bytes), 0)::bigint FROM uctx_slices",
+                    &[],
+                )?
+                .get(0);
+            if (held.max(0) as u64) <= budget {
+                return Ok(0);
+            }
+            let now: i64 = tx
+                .query_one("SELECT last_value FROM uctx_slice_id", &[])?
+                .get(0);
+            let standings: Vec<Standing> = tx
+                .query(
+                    "SELECT id, bytes, salience, uses, last_used_seq, pinned FROM uctx_slices",
+                    &[],
+                )?
+                .iter()
+                .map(|r| Standing {
+                    id: r.get::<_, i64>(0) as u64,
+                    bytes: r.get::<_, i64>(1).max(0) as u64,
+                    salience: r.get(2),
+                    uses: r.get::<_, i32>(3).max(0) as u32,
+                    last_used_seq: r.get::<_, i64>(4).max(0) as u64,
+                    pinned: r.get(5),
+                })
+                .collect();
+            let target = budget - budget / 10;
+            let victims: Vec<i64> =
+                witness::victims(&standings, held as u64, target, now.max(0) as u64, params)
+                    .into_iter()
+                    .map(id_param)
+                    .collect();
+            // `NOT pinned` again: a pin committed since the standings were read wins.
+            let n = tx.execute(
+                "DELETE FROM uctx_slices WHERE id = ANY($1) AND NOT pinned",
+                &[&victims],
+            )?;
+            tx.commit()?;
+            Ok(n)
+        })
+    }
+}
+
 impl Store for PgPool {
     fn append(&self, batch: &[(NewSlice, Vec<f32>)]) -> Result<Vec<u64>> {
         if batch.is_empty() {
@@ -606,7 +739,9 @@ impl Store for PgPool {
                 ext_id: s.ext_id.clone(),
                 salience,
                 text_len,
-                bytes: (text_z.len() + 2 * self.dim + 4) as i64,
+                // The heap's and the HNSW index's vector, the scale, the fixed
+                // overhead; the server adds the tsvector's size.
+                bytes: (text_z.len() + 2 * (2 * self.dim + 8) + 4) as i64 + ROW_OVERHEAD,
                 text_z,
                 scale,
                 embedding,
@@ -627,7 +762,9 @@ impl Store for PgPool {
             let insert = tx.prepare(&format!(
                 "INSERT INTO uctx_slices (id, namespace, source, tokens, turn, ext_id, time_ms, bytes, salience, \
                  last_used_seq, text_len, text_z, scale, embedding, tsv) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $1, $10, $11, $12, $13, to_tsvector('{TEXT_SEARCH_CONFIG}', $14))"
+                 SELECT $1::bigint, $2::text, $3::smallint, $4::integer, $5::bigint, $6::text, $7::bigint, \
+                 $8::bigint + pg_column_size(t.v), $9::real, $1::bigint, $10::integer, $11::bytea, $12::real, \
+                 $13::halfvec, t.v FROM (SELECT to_tsvector('{TEXT_SEARCH_CONFIG}', $14::text) AS v) AS t"
             ))?;
             for ((r, id), text) in rows.iter().zip(&ids).zip(&texts) {
                 tx.execute(
@@ -653,6 +790,8 @@ impl Store for PgPool {
             tx.commit()?;
             Ok(ids)
         })?;
+        let written: i64 = rows.iter().map(|r| r.bytes).sum();
+        self.after_write(written.max(0) as u64);
         Ok(ids.into_iter().map(|id| id as u64).collect())
     }
 
@@ -870,21 +1009,14 @@ impl Store for PgPool {
     }
 
     fn stats(&self) -> Result<PoolStats> {
-        let (row, budget) = self.with("read the pool's totals", |c| {
-            let row = c.query_one(
+        let row = self.with("read the pool's totals", |c| {
+            c.query_one(
                 "SELECT count(*), COALESCE(sum(tokens), 0)::bigint, count(DISTINCT namespace), \
                  pg_total_relation_size('uctx_slices') FROM uctx_slices",
                 &[],
-            )?;
-            let budget = c.query_opt(
-                "SELECT value FROM uctx_meta WHERE key = 'budget_bytes'",
-                &[],
-            )?;
-            Ok((row, budget))
+            )
         })?;
-        let budget = budget
-            .and_then(|r| r.get::<_, String>(0).parse().ok())
-            .unwrap_or(uctx::pool::DEFAULT_BUDGET);
+        let budget = self.budget()?;
         Ok(PoolStats {
             slices: row.get::<_, i64>(0) as u64,
             tokens: row.get::<_, i64>(1) as u64,
@@ -904,7 +1036,9 @@ impl Store for PgPool {
                 &[&value],
             )
             .map(drop)
-        })
+        })?;
+        // As the directory pool: a lower budget evicts at once.
+        self.evict().map(drop)
     }
 
     fn last_turn(&self, ns: &str) -> Result<Option<u64>> {

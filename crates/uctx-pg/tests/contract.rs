@@ -475,6 +475,136 @@ fn pins_and_uses_survive_a_reopen_and_merge() {
     }
 }
 
+/// About a kilobyte of text that compresses poorly, different for each `n`.
+fn filler(n: u64) -> String {
+    let mut x = n.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+    (0..160)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            format!("w{:x}", x % 0xfffff)
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+#[test]
+fn over_its_budget_a_pool_evicts_the_oldest_unused_never_a_pinned_one() {
+    for place in places("budget") {
+        let pool = place.open();
+        let pinned = pool
+            .append(&[(slice("b", "the pinned fact", 0), vector(3, 0.0))])
+            .unwrap()[0];
+        pool.record(&[WitnessEvent::Pin(pinned)]).unwrap();
+        let mut ids = Vec::new();
+        for n in 0..150u64 {
+            let s = slice("b", &filler(n), n + 1);
+            ids.extend(pool.append(&[(s, vector(n as usize, 0.2))]).unwrap());
+        }
+        assert_eq!(pool.stats().unwrap().slices, 151, "{}", place.name());
+        // A budget a fraction of what 150 slices take on either pool: it evicts at once.
+        pool.set_budget(60_000).unwrap();
+        let kept = pool.ids(Scope::All).unwrap();
+        let name = place.name();
+        assert!(
+            kept.contains(&pinned),
+            "{name}: the pinned slice was evicted"
+        );
+        assert!(kept.len() < 100, "{name}: {} slices kept", kept.len());
+        assert!(
+            kept.contains(ids.last().unwrap()),
+            "{name}: the newest went"
+        );
+        // Equal salience, no uses: retention falls with age, so the oldest go first.
+        let oldest_kept = kept.iter().copied().filter(|&i| i != pinned).min().unwrap();
+        for id in &ids {
+            assert_eq!(kept.contains(id), *id >= oldest_kept, "{name}: slice {id}");
+        }
+        // Writing on keeps it under: the pool does not grow past the budget.
+        for n in 150..300u64 {
+            let s = slice("b", &filler(n), n + 1);
+            pool.append(&[(s, vector(n as usize, 0.2))]).unwrap();
+        }
+        let now = pool.ids(Scope::All).unwrap();
+        assert!(
+            now.contains(&pinned),
+            "{name}: the pinned slice was evicted"
+        );
+        assert!(
+            now.len() <= kept.len() + 20,
+            "{name}: {} slices after 150 more writes, {} before",
+            now.len(),
+            kept.len()
+        );
+        let survivor = pool.get(*now.last().unwrap()).unwrap().unwrap();
+        assert_eq!(survivor.text, filler(299), "{name}");
+    }
+}
+
+#[test]
+fn postgres_writers_over_a_budget_evict_one_at_a_time() {
+    let Some(place) = pg_place("budget8") else {
+        return;
+    };
+    let Place::Pg { url, admin, schema } = &place else {
+        unreachable!()
+    };
+    let first = PgPool::open(url, &opts(true, "test-encoder")).unwrap();
+    let pinned = first
+        .append(&[(slice("p", "pinned under pressure", 0), vector(1, 0.0))])
+        .unwrap()[0];
+    first.record(&[WitnessEvent::Pin(pinned)]).unwrap();
+    let budget = 200_000u64;
+    first.set_budget(budget).unwrap();
+    let writers: Vec<_> = (0..8u64)
+        .map(|w| {
+            let url = url.clone();
+            std::thread::spawn(move || {
+                let pool = PgPool::open(&url, &opts(false, "test-encoder")).unwrap();
+                for b in 0..40u64 {
+                    let batch: Vec<_> = (0..2)
+                        .map(|i| {
+                            let n = w * 1000 + b * 2 + i;
+                            (
+                                slice(&format!("w{w}"), &filler(n), b),
+                                vector(n as usize, 0.1),
+                            )
+                        })
+                        .collect();
+                    pool.append(&batch).unwrap();
+                }
+                pool.maintenance_error()
+            })
+        })
+        .collect();
+    for h in writers {
+        assert_eq!(h.join().unwrap(), None, "an eviction failed");
+    }
+    first.evict().unwrap();
+    let mut c = postgres::Client::connect(admin, postgres::NoTls).unwrap();
+    let row = c
+        .query_one(
+            &format!("SELECT count(*), COALESCE(sum(bytes), 0)::bigint FROM {schema}.uctx_slices"),
+            &[],
+        )
+        .unwrap();
+    let (count, held): (i64, i64) = (row.get(0), row.get(1));
+    assert!(count < 641, "nothing was evicted ({count} slices)");
+    assert!(
+        held as u64 <= budget,
+        "{held} bytes held over a budget of {budget}"
+    );
+    assert!(
+        first.get(pinned).unwrap().is_some(),
+        "the pinned slice was evicted"
+    );
+    // What is left reads back whole.
+    for id in first.ids(Scope::All).unwrap() {
+        first.get(id).unwrap().unwrap();
+    }
+}
+
 #[test]
 fn dense_and_lexical_search_find_the_right_slice() {
     let encoder: Arc<dyn Encoder> = Arc::new(StaticEncoder::bundled().unwrap());
