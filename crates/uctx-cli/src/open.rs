@@ -31,7 +31,8 @@ pub fn pool_url(g: &Global) -> Option<&str> {
 }
 
 /// What a team pool supports, for the refusal of every other command.
-const TEAM_COMMANDS: &str = "init, ingest, recall, status, chat, run, clear and doctor";
+const TEAM_COMMANDS: &str =
+    "init, ingest, recall, status, chat, run, clear, doctor, serve, mcp and pool copy";
 
 pub fn pool_dir(g: &Global) -> anyhow::Result<PathBuf> {
     if let Some(url) = pool_url(g) {
@@ -81,24 +82,26 @@ fn existing_pool_dir(g: &Global) -> anyhow::Result<PathBuf> {
     Ok(dir)
 }
 
-/// A memory on the team pool at `url`: a writer creates the pool if the database has none.
+/// The team pool at `url`: a writer creates it if the database has none.
+pub fn team_pool(
+    url: &str,
+    encoder: &dyn Encoder,
+    read_only: bool,
+    budget_bytes: Option<u64>,
+) -> anyhow::Result<Arc<uctx_pg::PgPool>> {
+    let opts = Memory::pool_options(encoder, !read_only, read_only, budget_bytes);
+    Ok(Arc::new(uctx_pg::PgPool::open(url, &opts)?))
+}
+
+/// A memory on the team pool at `url`.
 fn team_memory(
     url: &str,
     encoder: Arc<dyn Encoder>,
     read_only: bool,
     budget_bytes: Option<u64>,
 ) -> anyhow::Result<Memory> {
-    let pool = uctx_pg::PgPool::open(
-        url,
-        &uctx::pool::PoolOptions {
-            create: !read_only,
-            read_only,
-            budget_bytes,
-            encoder_fingerprint: encoder.fingerprint(),
-            dim: encoder.dim(),
-        },
-    )?;
-    Ok(Memory::new(Arc::new(pool), encoder))
+    let pool = team_pool(url, &*encoder, read_only, budget_bytes)?;
+    Ok(Memory::new(pool, encoder))
 }
 
 pub fn memory_ro(g: &Global) -> anyhow::Result<Arc<Memory>> {
@@ -595,7 +598,7 @@ fn status_team(g: &Global, url: &str) -> anyhow::Result<ExitCode> {
     println!("slices    {}", s.slices);
     println!("tokens    {}", human(s.tokens));
     println!(
-        "server    {:.3} GB (table, text and indexes); budget {:.1} GB recorded",
+        "server    {:.3} GB (table, text and indexes); budget {:.1} GB",
         s.bytes_on_disk as f64 / GB,
         s.budget_bytes as f64 / GB
     );
@@ -751,13 +754,7 @@ fn open_store(
     encoder: &dyn Encoder,
     writer: bool,
 ) -> anyhow::Result<Arc<dyn uctx::pool::Store>> {
-    let opts = uctx::pool::PoolOptions {
-        create: writer,
-        read_only: !writer,
-        budget_bytes: None,
-        encoder_fingerprint: encoder.fingerprint(),
-        dim: encoder.dim(),
-    };
+    let opts = Memory::pool_options(encoder, writer, !writer, None);
     Ok(if uctx_pg::is_url(spec) {
         Arc::new(uctx_pg::PgPool::open(spec, &opts)?)
     } else {

@@ -97,22 +97,29 @@ pub fn serve(g: &Global, a: &ServeArgs) -> anyhow::Result<ExitCode> {
     };
     // Refuse an unsafe address before touching the pool.
     uctx_serve::check_listen(&cfg)?;
-    if let Some(url) = crate::open::pool_url(g) {
-        // Its journal lives beside a pool directory (and a team pool's client blocks,
-        // which the server's async threads must not).
-        anyhow::bail!(
-            "uctx serve keeps its conversations beside a pool directory, and {} is a team pool — serve from a directory pool (--pool DIR)",
-            uctx_pg::redacted(url)
-        );
-    }
-    let memory = crate::open::memory_rw(g)?;
+    // A team pool keeps the conversations in its database, shared by every server on it.
+    let (memory, journal): (Arc<Memory>, Arc<dyn uctx_serve::Journal>) =
+        match crate::open::pool_url(g) {
+            Some(url) => {
+                let encoder = crate::open::encoder(g)?;
+                let pool = crate::open::team_pool(url, &*encoder, false, None)?;
+                let memory = Arc::new(Memory::new(Arc::clone(&pool) as _, encoder));
+                (memory, Arc::new(TeamJournal(pool)))
+            }
+            None => {
+                let memory = crate::open::memory_rw(g)?;
+                let dir = memory.pool().as_dir().map(|p| p.dir().to_path_buf());
+                let dir = dir.context("a directory pool has a directory")?;
+                (memory, Arc::new(uctx_serve::FileJournal::new(&dir)))
+            }
+        };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .context("starting the server's runtime")?;
     runtime.block_on(async move {
         let upstream = cfg.upstream.clone();
-        let server = uctx_serve::bind(memory, cfg).await?;
+        let server = uctx_serve::bind_with_journal(memory, cfg, journal).await?;
         let addr = server.local_addr();
         eprintln!(
             "uctx serve: listening on http://{addr} (Ollama API at /, OpenAI API at /v1), upstream {upstream}, pool {}",
@@ -123,6 +130,30 @@ pub fn serve(g: &Global, a: &ServeArgs) -> anyhow::Result<ExitCode> {
         anyhow::Ok(())
     })?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// The conversations of every server on a team pool, in its database.
+struct TeamJournal(Arc<uctx_pg::PgPool>);
+
+impl uctx_serve::Journal for TeamJournal {
+    fn read_after(&self, cursor: u64) -> Result<(Vec<serde_json::Value>, u64), String> {
+        let (lines, next) = self.0.journal_after(cursor).map_err(|e| e.to_string())?;
+        // A row that does not read is skipped, as a torn line of a journal file is.
+        let lines = lines
+            .iter()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect();
+        Ok((lines, next))
+    }
+
+    fn append(&self, lines: &[serde_json::Value]) -> Result<(), String> {
+        let lines: Vec<String> = lines.iter().map(|v| v.to_string()).collect();
+        self.0.journal_append(&lines).map_err(|e| e.to_string())
+    }
+
+    fn shared_instance(&self) -> Result<Option<u64>, String> {
+        self.0.serve_instance().map(Some).map_err(|e| e.to_string())
+    }
 }
 
 /// Ctrl-C or SIGTERM: stop accepting, let turns in flight finish.
@@ -246,19 +277,24 @@ pub fn bench(g: &Global, a: &BenchServeArgs) -> anyhow::Result<ExitCode> {
 /// the writer's lock only for the length of a `remember` or `forget`, so it runs for
 /// as long as its host does beside any other command on the same pool.
 pub fn mcp(g: &Global) -> anyhow::Result<ExitCode> {
-    let dir = crate::open::pool_dir(g)?;
-    if !dir.exists() {
-        // There is no pool yet: its writer makes one, opened and closed at once.
-        drop(crate::open::memory_rw(g)?);
-    }
-    let reader = crate::open::memory_ro(g)?;
-    let encoder = Arc::clone(reader.encoder());
-    let open_writer: uctx_serve::mcp::OpenWriter = Arc::new(move || {
-        let memory = Memory::open(&dir, Arc::clone(&encoder), false, false, None)?;
-        crate::repair::warn_cut(memory.pool());
-        Ok(Arc::new(memory))
-    });
-    let tools = uctx_serve::mcp::MemoryTools::follower(reader, open_writer);
+    let tools = if crate::open::pool_url(g).is_some() {
+        // Many writers share a team pool: one handle reads and writes.
+        uctx_serve::mcp::MemoryTools::new(crate::open::memory_rw(g)?)
+    } else {
+        let dir = crate::open::pool_dir(g)?;
+        if !dir.exists() {
+            // There is no pool yet: its writer makes one, opened and closed at once.
+            drop(crate::open::memory_rw(g)?);
+        }
+        let reader = crate::open::memory_ro(g)?;
+        let encoder = Arc::clone(reader.encoder());
+        let open_writer: uctx_serve::mcp::OpenWriter = Arc::new(move || {
+            let memory = Memory::open(&dir, Arc::clone(&encoder), false, false, None)?;
+            crate::repair::warn_cut(memory.pool());
+            Ok(Arc::new(memory))
+        });
+        uctx_serve::mcp::MemoryTools::follower(reader, open_writer)
+    };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

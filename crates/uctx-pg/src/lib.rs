@@ -680,6 +680,50 @@ impl PgPool {
     }
 }
 
+/// `uctx serve`'s conversations in the pool's database, shared by every server on it.
+impl PgPool {
+    /// A number no other server on this pool has been given.
+    pub fn serve_instance(&self) -> Result<u64> {
+        self.writable("start a server")?;
+        let row = self.with_write("start a server", |c| {
+            c.query_one("SELECT nextval('uctx_serve_instance')", &[])
+        })?;
+        Ok(row.get::<_, i64>(0) as u64)
+    }
+
+    /// The journal's lines after `cursor` (0: from the start), with the cursor after them.
+    pub fn journal_after(&self, cursor: u64) -> Result<(Vec<String>, u64)> {
+        let after = id_param(cursor);
+        let rows = self.with("read the conversations' journal", |c| {
+            c.query(
+                "SELECT seq, entry FROM uctx_serve_journal WHERE seq > $1 ORDER BY seq",
+                &[&after],
+            )
+        })?;
+        let next = rows.last().map_or(cursor, |r| r.get::<_, i64>(0) as u64);
+        Ok((rows.iter().map(|r| r.get(1)).collect(), next))
+    }
+
+    /// Append lines to the journal. Appends take the table's lock in turn, so
+    /// that lines are numbered in the order they commit and a reader that has
+    /// seen one has seen every line before it.
+    pub fn journal_append(&self, lines: &[String]) -> Result<()> {
+        if lines.is_empty() {
+            return Ok(());
+        }
+        self.writable("write the conversations' journal")?;
+        self.with_write("write the conversations' journal", |c| {
+            let mut tx = c.transaction()?;
+            tx.batch_execute("LOCK TABLE uctx_serve_journal IN EXCLUSIVE MODE")?;
+            let insert = tx.prepare("INSERT INTO uctx_serve_journal (entry) VALUES ($1)")?;
+            for l in lines {
+                tx.execute(&insert, &[l])?;
+            }
+            tx.commit()
+        })
+    }
+}
+
 impl Store for PgPool {
     fn append(&self, batch: &[(NewSlice, Vec<f32>)]) -> Result<Vec<u64>> {
         if batch.is_empty() {

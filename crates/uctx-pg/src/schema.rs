@@ -7,11 +7,14 @@ use uctx::pool::PoolOptions;
 use uctx::{Error, Result};
 
 /// The schema this build writes and reads (`uctx_meta.schema_version`).
-pub const SCHEMA_VERSION: u32 = 1;
+pub const SCHEMA_VERSION: u32 = 2;
 
 /// Each migration: the version it brings the schema to, and its SQL.
 /// `{dim}` stands for the encoder's dimension.
-const MIGRATIONS: &[(u32, &str)] = &[(1, include_str!("../migrations/001_init.sql"))];
+const MIGRATIONS: &[(u32, &str)] = &[
+    (1, include_str!("../migrations/001_init.sql")),
+    (2, include_str!("../migrations/002_serve_journal.sql")),
+];
 
 /// The advisory lock key migrations hold ("uctx" in ASCII).
 const MIGRATION_LOCK: i64 = 0x7563_7478;

@@ -136,6 +136,9 @@ fn answer(state: &State, job: ChatJob, tx: &mpsc::Sender<Event>) -> Result<(), E
         return housekeeping(state, &job, &system, &msgs, call(tx), tx);
     }
 
+    // What other servers on a shared journal added: a history one of them began
+    // continues here in its conversation.
+    state.catch_up();
     let root = root_digest(&system);
     let digests: Vec<Digest> = msgs.iter().map(|(r, _)| message_digest(r)).collect();
     // Plan under the index lock, then hold the conversation; if another request of
@@ -235,10 +238,11 @@ fn answer(state: &State, job: ChatJob, tx: &mpsc::Sender<Event>) -> Result<(), E
             &[input_id, answer_id],
         );
     }
-    let finish = finished.and_then(|c| c.finish).unwrap_or_default();
-    let _ = tx.blocking_send(Event::Done(finish));
+    // Journaled before the answer ends: the next turn may reach another server.
     drop(held);
     state.persist();
+    let finish = finished.and_then(|c| c.finish).unwrap_or_default();
+    let _ = tx.blocking_send(Event::Done(finish));
     state.close_idle_sessions();
     Ok(())
 }

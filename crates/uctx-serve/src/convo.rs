@@ -92,8 +92,12 @@ pub struct Index {
     /// Message digest → (conversation, position), for aligning trimmed histories.
     positions: HashMap<Digest, Vec<(u64, usize)>>,
     next_id: u64,
-    /// Distinguishes this process's namespaces from an earlier run's.
+    /// Distinguishes this process's namespaces from an earlier run's (and from
+    /// other servers' on a shared journal).
     epoch: u64,
+    /// The high bits of this server's conversation ids: 0 on a journal of its
+    /// own, `instance << 32` on a shared one, so servers never allocate one id twice.
+    id_prefix: u64,
     /// Changes not yet written to the journal beside the pool.
     journal: Vec<serde_json::Value>,
 }
@@ -106,6 +110,17 @@ impl Index {
         Index {
             epoch: crate::wire::unix_now(),
             next_id: 1,
+            ..Index::default()
+        }
+    }
+
+    /// An index for one of several servers sharing a journal: `instance`, a
+    /// number none of the others holds, makes its ids and namespaces its own.
+    pub fn for_instance(instance: u64) -> Index {
+        Index {
+            epoch: instance,
+            next_id: 1,
+            id_prefix: (instance & 0xffff_ffff) << 32,
             ..Index::default()
         }
     }
@@ -129,7 +144,7 @@ impl Index {
         forked_from: Option<u64>,
         fork_at: usize,
     ) -> u64 {
-        let id = self.next_id;
+        let id = self.id_prefix | self.next_id;
         self.next_id += 1;
         let namespace = match key {
             Some(k) if forked_from.is_none() => format!("serve/{k}"),
@@ -381,66 +396,70 @@ impl Index {
             return ix;
         };
         for line in text.lines() {
-            let Ok(c) = serde_json::from_str::<serde_json::Value>(line) else {
-                continue;
-            };
-            let Some(id) = c["id"].as_u64() else { continue };
-            match c["op"].as_str() {
-                Some("new") => {
-                    let (Some(ns), Some(root)) =
-                        (c["namespace"].as_str(), c["root"].as_str().and_then(unhex))
-                    else {
-                        continue;
-                    };
-                    let key = c["key"].as_str().map(str::to_string);
-                    if let Some(k) = &key {
-                        ix.by_key.insert(k.clone(), id);
-                    }
-                    ix.entries.insert(
-                        id,
-                        Entry {
-                            namespace: ns.to_string(),
-                            key,
-                            root,
-                            msgs: Vec::new(),
-                            ids: Vec::new(),
-                            forked_from: c["forked_from"].as_u64(),
-                            fork_at: c["fork_at"].as_u64().unwrap_or(0) as usize,
-                        },
-                    );
-                    ix.next_id = ix.next_id.max(id + 1);
-                }
-                Some("append") => {
-                    let Some(e) = ix.entries.get_mut(&id) else {
-                        continue;
-                    };
-                    let at = c["at"].as_u64().unwrap_or(e.msgs.len() as u64) as usize;
-                    let more: Option<Vec<Digest>> = c["messages"]
-                        .as_array()
-                        .into_iter()
-                        .flatten()
-                        .map(|m| m.as_str().and_then(unhex))
-                        .collect();
-                    if let (Some(more), true) = (more, at == e.msgs.len()) {
-                        let ids = c["ids"].as_array();
-                        extend_ids(&mut e.ids, more.len(), |i| {
-                            ids.and_then(|v| v.get(i)).and_then(|x| x.as_u64())
-                        });
-                        e.msgs.extend(more);
-                    }
-                }
-                _ => {}
+            if let Ok(c) = serde_json::from_str::<serde_json::Value>(line) {
+                ix.apply(&c);
             }
         }
-        let all: Vec<(u64, Digest, Vec<Digest>)> = ix
-            .entries
-            .iter()
-            .map(|(id, e)| (*id, e.root, e.msgs.clone()))
-            .collect();
-        for (id, root, msgs) in all {
-            ix.index_messages(id, root, &msgs, 0);
-        }
         ix
+    }
+
+    /// Apply one journal line (this server's or another's). Idempotent: a
+    /// conversation already known is not created again, and an append applies
+    /// only where the conversation ends, so a line read back twice changes
+    /// nothing. The conversation whose messages grew, if any.
+    pub fn apply(&mut self, c: &serde_json::Value) -> Option<u64> {
+        let id = c["id"].as_u64()?;
+        match c["op"].as_str() {
+            Some("new") => {
+                if self.entries.contains_key(&id) {
+                    return None;
+                }
+                let ns = c["namespace"].as_str()?;
+                let root = c["root"].as_str().and_then(unhex)?;
+                let key = c["key"].as_str().map(str::to_string);
+                if let Some(k) = &key {
+                    self.by_key.insert(k.clone(), id);
+                }
+                self.entries.insert(
+                    id,
+                    Entry {
+                        namespace: ns.to_string(),
+                        key,
+                        root,
+                        msgs: Vec::new(),
+                        ids: Vec::new(),
+                        forked_from: c["forked_from"].as_u64(),
+                        fork_at: c["fork_at"].as_u64().unwrap_or(0) as usize,
+                    },
+                );
+                if id & !0xffff_ffff == self.id_prefix {
+                    self.next_id = self.next_id.max((id & 0xffff_ffff) + 1);
+                }
+                None
+            }
+            Some("append") => {
+                let e = self.entries.get_mut(&id)?;
+                let at = c["at"].as_u64().unwrap_or(e.msgs.len() as u64) as usize;
+                let more: Vec<Digest> = c["messages"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .map(|m| m.as_str().and_then(unhex))
+                    .collect::<Option<_>>()?;
+                if at != e.msgs.len() || more.is_empty() {
+                    return None;
+                }
+                let ids = c["ids"].as_array();
+                extend_ids(&mut e.ids, more.len(), |i| {
+                    ids.and_then(|v| v.get(i)).and_then(|x| x.as_u64())
+                });
+                e.msgs.extend(more);
+                let (root, msgs) = (e.root, e.msgs.clone());
+                self.index_messages(id, root, &msgs, at);
+                Some(id)
+            }
+            _ => None,
+        }
     }
 }
 

@@ -9,7 +9,9 @@
 //! own wire format ([`wire`]). Every other route is passed through unchanged.
 //!
 //! One pool, one writer: the process holds the pool's lock and every conversation
-//! writes through the same [`uctx::memory::Memory`].
+//! writes through the same [`uctx::memory::Memory`]. On a team pool several servers
+//! (behind one load balancer) share the pool and the conversations' [`Journal`] in
+//! its database: each reads what the others added before it plans a request.
 #![deny(unsafe_code)]
 
 use std::net::SocketAddr;
@@ -120,10 +122,94 @@ pub enum ServeError {
     #[error("the pool is read-only; uctx serve must be the pool's writer")]
     ReadOnly,
     #[error(
-        "uctx serve keeps its conversations beside a pool directory, and {0} is a team pool — \
-         serve from a directory pool (--pool DIR)"
+        "uctx serve keeps its conversations beside a pool directory, and {0} has none — \
+         serve from a directory pool (--pool DIR), or start it with `uctx serve --pool URL`, \
+         which keeps them in the team pool's database"
     )]
     TeamPool(String),
+    #[error("cannot read the conversations' journal: {0}")]
+    Journal(String),
+}
+
+/// Where the server keeps its conversations ([`convo::Index`]'s changes, one JSON
+/// object a line), to match resent histories after a restart, and, when several
+/// servers share it, a history that another server began.
+pub trait Journal: Send + Sync {
+    /// The lines after `cursor` (0: from the start) and the cursor after them.
+    fn read_after(&self, cursor: u64) -> Result<(Vec<serde_json::Value>, u64), String>;
+    /// Append lines.
+    fn append(&self, lines: &[serde_json::Value]) -> Result<(), String>;
+    /// Replace the whole journal by `lines` (the index as it was read), where that is
+    /// this server's to do.
+    fn compact(&self, _lines: &[serde_json::Value]) {}
+    /// For a journal other servers write too: a number none of them holds, which
+    /// makes this server's conversation ids and namespaces its own.
+    fn shared_instance(&self) -> Result<Option<u64>, String> {
+        Ok(None)
+    }
+    /// The directory the status file for `uctx status` goes to, if any.
+    fn status_dir(&self) -> Option<PathBuf> {
+        None
+    }
+}
+
+/// The journal of a directory pool: [`SESSIONS_FILE`] beside its log, this
+/// process's alone (the pool has one writer).
+pub struct FileJournal {
+    dir: PathBuf,
+}
+
+impl FileJournal {
+    pub fn new(dir: &std::path::Path) -> FileJournal {
+        FileJournal {
+            dir: dir.to_path_buf(),
+        }
+    }
+
+    fn path(&self) -> PathBuf {
+        self.dir.join(SESSIONS_FILE)
+    }
+}
+
+impl Journal for FileJournal {
+    fn read_after(&self, cursor: u64) -> Result<(Vec<serde_json::Value>, u64), String> {
+        if cursor > 0 {
+            // Nobody else writes it: nothing new after the first read.
+            return Ok((Vec::new(), cursor));
+        }
+        let text = std::fs::read_to_string(self.path()).unwrap_or_default();
+        // A line that does not read (a torn last line after a kill) is skipped.
+        let lines = text
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect();
+        Ok((lines, 1))
+    }
+
+    fn append(&self, lines: &[serde_json::Value]) -> Result<(), String> {
+        use std::io::Write;
+        let text: String = lines.iter().map(|v| format!("{v}\n")).collect();
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.path())
+            .and_then(|mut f| f.write_all(text.as_bytes()))
+            .map_err(|e| format!("{}: {e}", self.path().display()))
+    }
+
+    fn compact(&self, lines: &[serde_json::Value]) {
+        // What was read, one snapshot, replacing the file atomically.
+        let path = self.path();
+        let tmp = path.with_extension("jsonl.tmp");
+        let text: String = lines.iter().map(|v| format!("{v}\n")).collect();
+        if std::fs::write(&tmp, text).is_ok() {
+            let _ = std::fs::rename(&tmp, &path);
+        }
+    }
+
+    fn status_dir(&self) -> Option<PathBuf> {
+        Some(self.dir.clone())
+    }
 }
 
 /// Off loopback, only with a token.
@@ -146,9 +232,11 @@ pub struct State {
     pub live: Mutex<convo::LiveMap>,
     housekeeping: AtomicU64,
     token_digest: Option<[u8; 32]>,
-    sessions_file: PathBuf,
-    /// The pool directory: the journal and the status file live beside the log.
-    dir: PathBuf,
+    journal: Arc<dyn Journal>,
+    /// How far this server has read the journal.
+    cursor: Mutex<u64>,
+    /// Whether other servers write the journal too (then it is read before each request).
+    shared: bool,
     persist_lock: Mutex<()>,
     /// Bounds the turns in flight at once (each holds a blocking thread).
     pub(crate) turns: Arc<tokio::sync::Semaphore>,
@@ -167,25 +255,36 @@ pub(crate) fn token_digest(token: &str) -> [u8; 32] {
 }
 
 impl State {
-    /// The state for a directory pool (a team pool has no directory for the journal).
+    /// The state for a directory pool: the journal beside its log.
     pub fn new(memory: Arc<Memory>, cfg: ServeConfig) -> Result<State, ServeError> {
-        let dir = match memory.pool().as_dir() {
-            Some(pool) => pool.dir().to_path_buf(),
+        let journal = match memory.pool().as_dir() {
+            Some(pool) => Arc::new(FileJournal::new(pool.dir())),
             None => return Err(ServeError::TeamPool(memory.pool().location())),
         };
+        State::with_journal(memory, cfg, journal)
+    }
+
+    /// The state with the conversations kept in `journal`. Blocks (reads it).
+    pub fn with_journal(
+        memory: Arc<Memory>,
+        cfg: ServeConfig,
+        journal: Arc<dyn Journal>,
+    ) -> Result<State, ServeError> {
         let upstream = Arc::new(upstream::Upstream::new(
             cfg.upstream.clone(),
             cfg.upstream_api_key.clone(),
             cfg.ctx,
         ));
-        let sessions_file = dir.join(SESSIONS_FILE);
-        let index = convo::Index::load(&sessions_file);
-        // Compact the journal: what was read, one snapshot, replacing it atomically.
-        let tmp = sessions_file.with_extension("jsonl.tmp");
-        let lines: String = index.snapshot().iter().map(|v| format!("{v}\n")).collect();
-        if std::fs::write(&tmp, lines).is_ok() {
-            let _ = std::fs::rename(&tmp, &sessions_file);
+        let instance = journal.shared_instance().map_err(ServeError::Journal)?;
+        let mut index = match instance {
+            Some(i) => convo::Index::for_instance(i),
+            None => convo::Index::new(),
+        };
+        let (lines, cursor) = journal.read_after(0).map_err(ServeError::Journal)?;
+        for line in &lines {
+            index.apply(line);
         }
+        journal.compact(&index.snapshot());
         Ok(State {
             token_digest: cfg.token.as_deref().map(token_digest),
             memory,
@@ -194,8 +293,9 @@ impl State {
             index: Mutex::new(index),
             live: Mutex::new(convo::LiveMap::new()),
             housekeeping: AtomicU64::new(0),
-            sessions_file,
-            dir,
+            journal,
+            cursor: Mutex::new(cursor),
+            shared: instance.is_some(),
             persist_lock: Mutex::new(()),
             turns: Arc::new(tokio::sync::Semaphore::new(MAX_TURNS_IN_FLIGHT)),
         })
@@ -237,7 +337,7 @@ impl State {
         serde_json::json!({
             "upstream": self.upstream.spec.to_string(),
             "pool": {
-                "dir": self.dir,
+                "dir": self.memory.pool().location(),
                 "slices": s.slices,
                 "tokens": s.tokens,
                 "bytes_on_disk": s.bytes_on_disk,
@@ -295,27 +395,59 @@ impl State {
         sessions
     }
 
-    /// Append what changed to the journal beside the pool, and rewrite the status file
-    /// (one entry per conversation, whatever their length).
+    /// On a shared journal, apply what other servers added since the last look, and
+    /// close this server's idle session of each conversation they extended (it resumes
+    /// from the pool, which holds their turns). Blocks.
+    pub(crate) fn catch_up(&self) {
+        if !self.shared {
+            return;
+        }
+        let mut cursor = lock(&self.cursor);
+        let (lines, next) = match self.journal.read_after(*cursor) {
+            Ok(r) => r,
+            Err(e) => {
+                // The request goes on as a new conversation would; the pool is the same.
+                eprintln!("uctx serve: {e}");
+                return;
+            }
+        };
+        *cursor = next;
+        let grown: Vec<u64> = {
+            let mut ix = lock(&self.index);
+            lines.iter().filter_map(|l| ix.apply(l)).collect()
+        };
+        drop(cursor);
+        let live = lock(&self.live);
+        for id in grown {
+            if let Some(Ok(mut l)) = live.get(&id).map(|l| l.try_lock()) {
+                if let Some(s) = l.session.take() {
+                    l.stats = s.stats();
+                }
+                l.backend = None;
+            }
+        }
+    }
+
+    /// Append what changed to the journal, and rewrite the status file (one entry per
+    /// conversation, whatever their length). Blocks.
     pub(crate) fn persist(&self) {
-        use std::io::Write;
         let _one_at_a_time = lock(&self.persist_lock);
         let lines = lock(&self.index).take_journal();
         if !lines.is_empty() {
-            let text: String = lines.iter().map(|v| format!("{v}\n")).collect();
-            let _ = std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(&self.sessions_file)
-                .and_then(|mut f| f.write_all(text.as_bytes()));
+            if let Err(e) = self.journal.append(&lines) {
+                eprintln!("uctx serve: cannot write the conversations' journal: {e}");
+            }
         }
         self.write_status();
     }
 
     /// The conversations' figures for `uctx status` (atomically: a temporary file renamed).
     fn write_status(&self) {
+        let Some(dir) = self.journal.status_dir() else {
+            return;
+        };
         let doc = serde_json::json!({"sessions": self.sessions_json(&lock(&self.index))});
-        let path = self.dir.join(STATUS_FILE);
+        let path = dir.join(STATUS_FILE);
         let tmp = path.with_extension("json.tmp");
         if std::fs::write(&tmp, doc.to_string()).is_ok() {
             let _ = std::fs::rename(&tmp, &path);
@@ -332,6 +464,19 @@ pub struct Server {
 
 /// Check the address, bind it, and build the routes.
 pub async fn bind(memory: Arc<Memory>, cfg: ServeConfig) -> Result<Server, ServeError> {
+    let journal: Arc<dyn Journal> = match memory.pool().as_dir() {
+        Some(pool) => Arc::new(FileJournal::new(pool.dir())),
+        None => return Err(ServeError::TeamPool(memory.pool().location())),
+    };
+    bind_with_journal(memory, cfg, journal).await
+}
+
+/// [`bind`] with the conversations kept in `journal` (a team pool's, in its database).
+pub async fn bind_with_journal(
+    memory: Arc<Memory>,
+    cfg: ServeConfig,
+    journal: Arc<dyn Journal>,
+) -> Result<Server, ServeError> {
     check_listen(&cfg)?;
     if memory.pool().is_read_only() {
         return Err(ServeError::ReadOnly);
@@ -340,7 +485,11 @@ pub async fn bind(memory: Arc<Memory>, cfg: ServeConfig) -> Result<Server, Serve
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .map_err(|source| ServeError::Bind { addr, source })?;
-    let state = Arc::new(State::new(memory, cfg)?);
+    // Reading the journal blocks (a team pool's client does): off the async threads.
+    let state = tokio::task::spawn_blocking(move || State::with_journal(memory, cfg, journal))
+        .await
+        .map_err(|e| ServeError::Journal(e.to_string()))??;
+    let state = Arc::new(state);
     let app = routes::router(Arc::clone(&state));
     Ok(Server {
         listener,
@@ -369,7 +518,7 @@ impl Server {
         let served = axum::serve(self.listener, self.app)
             .with_graceful_shutdown(shutdown)
             .await;
-        state.persist();
+        let _ = tokio::task::spawn_blocking(move || state.persist()).await;
         served
     }
 }

@@ -87,15 +87,25 @@ impl Memory {
     ) -> Result<Memory> {
         let pool = Pool::open(
             dir,
-            PoolOptions {
-                create,
-                read_only,
-                budget_bytes,
-                encoder_fingerprint: encoder.fingerprint(),
-                dim: encoder.dim(),
-            },
+            Memory::pool_options(&*encoder, create, read_only, budget_bytes),
         )?;
         Ok(Memory::new(Arc::new(pool), encoder))
+    }
+
+    /// The options that open a pool (a directory or a team pool) for `encoder`.
+    pub fn pool_options(
+        encoder: &dyn Encoder,
+        create: bool,
+        read_only: bool,
+        budget_bytes: Option<u64>,
+    ) -> PoolOptions {
+        PoolOptions {
+            create,
+            read_only,
+            budget_bytes,
+            encoder_fingerprint: encoder.fingerprint(),
+            dim: encoder.dim(),
+        }
     }
 
     /// A memory on any pool: a directory [`Pool`], or a team pool on a server.

@@ -120,11 +120,6 @@ fn init_ingest_recall_status_chat_and_clear_on_a_team_pool() {
         err.contains("is a team pool") && err.contains("--pool DIR"),
         "{err}"
     );
-    let out = run(uctx(pool).args(["serve", "--upstream", "reader"]));
-    no_panic(&out);
-    assert!(!out.status.success());
-    let err = text(&out.stderr);
-    assert!(err.contains("is a team pool"), "{err}");
 }
 
 #[test]
@@ -183,4 +178,167 @@ fn a_directory_pool_copies_into_a_team_pool_and_back() {
     ])));
     assert!(v[0]["text"].as_str().unwrap().contains("db-7"), "{v}");
     assert_eq!(v[0]["id"], doc.display().to_string());
+}
+
+/// `uctx serve --upstream reader` on a team pool, on a free loopback port;
+/// stopped (SIGTERM, then waited for) when dropped.
+struct Served {
+    child: std::process::Child,
+    addr: String,
+}
+
+impl Served {
+    fn start(pool: &Path) -> Served {
+        use std::io::BufRead;
+        let mut served = Served {
+            child: uctx(pool)
+                .args(["serve", "--upstream", "reader", "--listen", "127.0.0.1:0"])
+                .stdin(std::process::Stdio::null())
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap(),
+            addr: String::new(),
+        };
+        let mut err = std::io::BufReader::new(served.child.stderr.take().unwrap());
+        let mut seen = String::new();
+        loop {
+            let mut line = String::new();
+            if err.read_line(&mut line).unwrap() == 0 {
+                panic!("uctx serve exited: {seen}");
+            }
+            seen.push_str(&line);
+            if let Some(rest) = line.split("listening on http://").nth(1) {
+                served.addr = rest.split_whitespace().next().unwrap().to_string();
+                // Keep draining its messages so that it never blocks on a full pipe.
+                std::thread::spawn(move || std::io::copy(&mut err, &mut std::io::sink()));
+                return served;
+            }
+        }
+    }
+
+    /// SIGTERM, as a service manager stops it; how it exited.
+    fn stop(&mut self) -> std::process::ExitStatus {
+        let _ = std::process::Command::new("kill")
+            .arg(self.child.id().to_string())
+            .status();
+        self.child.wait().unwrap()
+    }
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            self.stop();
+        }
+    }
+}
+
+/// One HTTP/1.1 request with `Connection: close`; the response's body as JSON.
+fn http(
+    addr: &str,
+    method: &str,
+    path: &str,
+    body: Option<&serde_json::Value>,
+) -> serde_json::Value {
+    use std::io::Read;
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    let body = body.map(|b| b.to_string()).unwrap_or_default();
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw).unwrap();
+    let raw = text(&raw);
+    let (head, mut body) = raw.split_once("\r\n\r\n").unwrap();
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}\n{body}");
+    let decoded;
+    if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
+        let mut out = String::new();
+        let mut rest = body;
+        while let Some((size, after)) = rest.split_once("\r\n") {
+            let n = usize::from_str_radix(size.trim(), 16).unwrap();
+            if n == 0 {
+                break;
+            }
+            out.push_str(&after[..n]);
+            rest = &after[n + 2..];
+        }
+        decoded = out;
+        body = &decoded;
+    }
+    serde_json::from_str(body).unwrap_or_else(|e| panic!("not JSON ({e}): {body}"))
+}
+
+#[test]
+fn two_servers_on_a_team_pool_share_a_conversation() {
+    let Some(schema) = Schema::new("serve") else {
+        return;
+    };
+    let pool = Path::new(&schema.url);
+    run(uctx(pool).args(["init", "--pool-gb", "1"]));
+    let mut a = Served::start(pool);
+    let mut b = Served::start(pool);
+    let (addr_a, addr_b) = (a.addr.clone(), b.addr.clone());
+    let first = serde_json::json!({"role": "user", "content": "The release manager is grace."});
+    let v = http(
+        &addr_a,
+        "POST",
+        "/api/chat",
+        Some(&serde_json::json!({"model": "reader", "stream": false, "messages": [first]})),
+    );
+    let answer = v["message"].clone();
+    assert_eq!(answer["role"], "assistant", "{v}");
+    // The next turn of the same conversation reaches the other server, as behind a
+    // load balancer: it continues the conversation the first one began.
+    let v = http(
+        &addr_b,
+        "POST",
+        "/api/chat",
+        Some(
+            &serde_json::json!({"model": "reader", "stream": false, "messages": [
+                first, answer,
+                {"role": "user", "content": "Who is the release manager?"},
+            ]}),
+        ),
+    );
+    assert!(
+        v["message"]["content"].as_str().unwrap().contains("grace"),
+        "{v}"
+    );
+    let status = http(&addr_b, "GET", "/api/uctx/status", None);
+    let sessions = status["sessions"].as_array().unwrap();
+    assert_eq!(sessions.len(), 1, "{status}");
+    assert_eq!(sessions[0]["messages"], 4, "{status}");
+    let ns = sessions[0]["namespace"].as_str().unwrap().to_string();
+    let status_a = http(&addr_a, "GET", "/api/uctx/status", None);
+    assert_eq!(
+        status_a["sessions"][0]["namespace"],
+        ns.as_str(),
+        "{status_a}"
+    );
+    // Each message is in the pool once, in the one conversation's namespace.
+    let v = json(&run(uctx(pool).args(["--json", "status"])));
+    let spaces = v["namespaces"].as_array().unwrap();
+    assert_eq!(spaces.len(), 1, "{v}");
+    assert_eq!(spaces[0]["namespace"], ns.as_str(), "{v}");
+    for s in [&mut a, &mut b] {
+        let status = s.stop();
+        assert!(status.success(), "uctx serve stopped with {status}");
+    }
+    // A third server started later knows the conversation from the database.
+    let c = Served::start(pool);
+    let status_c = http(&c.addr, "GET", "/api/uctx/status", None);
+    assert_eq!(
+        status_c["sessions"][0]["namespace"],
+        ns.as_str(),
+        "{status_c}"
+    );
 }
