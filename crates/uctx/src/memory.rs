@@ -92,6 +92,16 @@ impl Memory {
         Ok(Memory::new(Arc::new(pool), encoder))
     }
 
+    /// A memory on any pool: a directory [`Pool`], or a team pool on a server.
+    /// The pool must hold vectors of `encoder` (its opener checks the fingerprint).
+    pub fn new(pool: Arc<dyn Store>, encoder: Arc<dyn Encoder>) -> Memory {
+        Memory {
+            pool,
+            encoder,
+            slice_tokens: chunk::SLICE_TOKENS,
+        }
+    }
+
     /// The options that open a pool (a directory or a team pool) for `encoder`.
     pub fn pool_options(
         encoder: &dyn Encoder,
@@ -105,16 +115,6 @@ impl Memory {
             budget_bytes,
             encoder_fingerprint: encoder.fingerprint(),
             dim: encoder.dim(),
-        }
-    }
-
-    /// A memory on any pool: a directory [`Pool`], or a team pool on a server.
-    /// The pool must hold vectors of `encoder` (its opener checks the fingerprint).
-    pub fn new(pool: Arc<dyn Store>, encoder: Arc<dyn Encoder>) -> Memory {
-        Memory {
-            pool,
-            encoder,
-            slice_tokens: chunk::SLICE_TOKENS,
         }
     }
 
