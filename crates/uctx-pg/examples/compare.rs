@@ -59,11 +59,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         dim: encoder.dim(),
     };
     let tmp = tempfile::tempdir()?;
-    let schema = format!("uctx_compare_{}", std::process::id());
-    let mut admin = postgres::Client::connect(url, postgres::NoTls)?;
-    admin.batch_execute(&format!("CREATE SCHEMA {schema}"))?;
-    let sep = if url.contains('?') { '&' } else { '?' };
-    let team_url = format!("{url}{sep}options=-c%20search_path%3D{schema}%2Cpublic");
+    let scratch = uctx_pg::Scratch::create(url, &format!("uctx_compare_{}", std::process::id()))?;
+    let team_url = scratch.url().to_string();
     let dir_pool = Arc::new(Pool::open(&tmp.path().join("pool"), opts.clone())?);
     let pools: Vec<(&str, Arc<dyn Store>)> = vec![
         ("directory", dir_pool.clone()),
@@ -171,6 +168,6 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         Ok(())
     })();
     drop(pools);
-    admin.batch_execute(&format!("DROP SCHEMA {schema} CASCADE"))?;
+    drop(scratch);
     result
 }

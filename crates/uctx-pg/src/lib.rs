@@ -30,9 +30,11 @@ use uctx::{Error, NewSlice, Result, Slice, SliceMeta, Source};
 
 mod copy;
 mod schema;
+mod scratch;
 
 pub use copy::{copy, Copied};
 pub use schema::SCHEMA_VERSION;
+pub use scratch::Scratch;
 
 /// Whether `spec` names a PostgreSQL pool (`postgres://…` or `postgresql://…`).
 pub fn is_url(spec: &str) -> bool {

@@ -11,7 +11,7 @@ use uctx::encoder::{Encoder, StaticEncoder};
 use uctx::memory::{Memory, Ranking, Unit};
 use uctx::pool::{Pool, PoolOptions, Scope, Store, WitnessEvent};
 use uctx::{Error, NewSlice, Source};
-use uctx_pg::PgPool;
+use uctx_pg::{PgPool, Scratch};
 
 const DIM: usize = 256;
 
@@ -28,25 +28,21 @@ fn opts(create: bool, fingerprint: &str) -> PoolOptions {
 /// Where one test's pool lives; reopened as often as the test likes.
 enum Place {
     Dir(tempfile::TempDir),
-    Pg {
-        url: String,
-        admin: String,
-        schema: String,
-    },
+    Pg(Scratch),
 }
 
 impl Place {
     fn name(&self) -> &'static str {
         match self {
             Place::Dir(_) => "directory",
-            Place::Pg { .. } => "postgres",
+            Place::Pg(_) => "postgres",
         }
     }
 
     fn open_with(&self, o: PoolOptions) -> uctx::Result<Arc<dyn Store>> {
         Ok(match self {
             Place::Dir(d) => Arc::new(Pool::open(&d.path().join("pool"), o)?),
-            Place::Pg { url, .. } => Arc::new(PgPool::open(url, &o)?),
+            Place::Pg(pg) => Arc::new(PgPool::open(pg.url(), &o)?),
         })
     }
 
@@ -60,17 +56,7 @@ impl Place {
     fn another(&self, first: &Arc<dyn Store>) -> Arc<dyn Store> {
         match self {
             Place::Dir(_) => Arc::clone(first),
-            Place::Pg { .. } => self.open(),
-        }
-    }
-}
-
-impl Drop for Place {
-    fn drop(&mut self) {
-        if let Place::Pg { admin, schema, .. } = self {
-            if let Ok(mut c) = postgres::Client::connect(admin, postgres::NoTls) {
-                let _ = c.batch_execute(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE"));
-            }
+            Place::Pg(_) => self.open(),
         }
     }
 }
@@ -81,19 +67,9 @@ fn places(test: &str) -> Vec<Place> {
     match std::env::var("UCTX_TEST_PG") {
         Ok(url) if !url.trim().is_empty() => {
             let schema = format!("uctx_test_{}_{test}", std::process::id());
-            let mut admin = postgres::Client::connect(&url, postgres::NoTls)
-                .unwrap_or_else(|e| panic!("UCTX_TEST_PG={url}: cannot connect: {e}"));
-            admin
-                .batch_execute(&format!(
-                    "DROP SCHEMA IF EXISTS {schema} CASCADE; CREATE SCHEMA {schema}"
-                ))
-                .unwrap();
-            let sep = if url.contains('?') { '&' } else { '?' };
-            out.push(Place::Pg {
-                url: format!("{url}{sep}options=-c%20search_path%3D{schema}%2Cpublic"),
-                admin: url,
-                schema,
-            });
+            let pg = Scratch::create(&url, &schema)
+                .unwrap_or_else(|e| panic!("UCTX_TEST_PG={url}: {e}"));
+            out.push(Place::Pg(pg));
         }
         _ => {
             static NOTE: Once = Once::new();
@@ -547,9 +523,10 @@ fn postgres_writers_over_a_budget_evict_one_at_a_time() {
     let Some(place) = pg_place("budget8") else {
         return;
     };
-    let Place::Pg { url, admin, schema } = &place else {
+    let Place::Pg(pg) = &place else {
         unreachable!()
     };
+    let (url, admin, schema) = (pg.url(), pg.server(), pg.name());
     let first = PgPool::open(url, &opts(true, "test-encoder")).unwrap();
     let pinned = first
         .append(&[(slice("p", "pinned under pressure", 0), vector(1, 0.0))])
@@ -559,7 +536,7 @@ fn postgres_writers_over_a_budget_evict_one_at_a_time() {
     first.set_budget(budget).unwrap();
     let writers: Vec<_> = (0..8u64)
         .map(|w| {
-            let url = url.clone();
+            let url = url.to_string();
             std::thread::spawn(move || {
                 let pool = PgPool::open(&url, &opts(false, "test-encoder")).unwrap();
                 for b in 0..40u64 {
@@ -703,9 +680,7 @@ fn a_read_only_handle_refuses_writes() {
 // ---- Postgres only ----------------------------------------------------------------------
 
 fn pg_place(test: &str) -> Option<Place> {
-    places(test)
-        .into_iter()
-        .find(|p| matches!(p, Place::Pg { .. }))
+    places(test).into_iter().find(|p| matches!(p, Place::Pg(_)))
 }
 
 #[test]
@@ -714,9 +689,10 @@ fn postgres_refuses_a_schema_newer_than_it_knows() {
         return;
     };
     drop(place.open());
-    let Place::Pg { admin, schema, url } = &place else {
+    let Place::Pg(pg) = &place else {
         unreachable!()
     };
+    let (url, admin, schema) = (pg.url(), pg.server(), pg.name());
     let mut c = postgres::Client::connect(admin, postgres::NoTls).unwrap();
     c.batch_execute(&format!(
         "UPDATE {schema}.uctx_meta SET value = '99' WHERE key = 'schema_version'"
@@ -731,6 +707,52 @@ fn postgres_refuses_a_schema_newer_than_it_knows() {
     );
     let err = PgPool::inspect(url).unwrap_err().to_string();
     assert!(err.contains("schema version 99"), "{err}");
+}
+
+#[test]
+fn postgres_migrates_a_version_1_pool_when_a_writer_opens_it() {
+    let Some(place) = pg_place("migrate") else {
+        return;
+    };
+    let pool = place.open();
+    let id = pool
+        .append(&[(slice("m", "written under version 1", 0), vector(2, 0.0))])
+        .unwrap()[0];
+    drop(pool);
+    let Place::Pg(pg) = &place else {
+        unreachable!()
+    };
+    let (url, schema) = (pg.url(), pg.name());
+    // What a version-1 pool holds: no serve journal, version 1 recorded.
+    let mut c = postgres::Client::connect(pg.server(), postgres::NoTls).unwrap();
+    c.batch_execute(&format!(
+        "DROP TABLE {schema}.uctx_serve_journal; DROP SEQUENCE {schema}.uctx_serve_instance; \
+         UPDATE {schema}.uctx_meta SET value = '1' WHERE key = 'schema_version'"
+    ))
+    .unwrap();
+    let mut ro = opts(false, "test-encoder");
+    ro.read_only = true;
+    let err = PgPool::open(url, &ro).unwrap_err().to_string();
+    assert!(
+        err.contains("schema version 1") && err.contains("open it once with a writer"),
+        "{err}"
+    );
+    let pool = PgPool::open(url, &opts(false, "test-encoder")).unwrap();
+    assert_eq!(
+        pool.get(id).unwrap().unwrap().text,
+        "written under version 1"
+    );
+    pool.journal_append(&["{\"op\":\"new\"}".to_string()])
+        .unwrap();
+    assert_eq!(pool.journal_after(0).unwrap().0.len(), 1);
+    let v: String = c
+        .query_one(
+            &format!("SELECT value FROM {schema}.uctx_meta WHERE key = 'schema_version'"),
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(v, uctx_pg::SCHEMA_VERSION.to_string());
 }
 
 #[test]
@@ -758,9 +780,10 @@ fn postgres_names_a_missing_database_and_a_missing_pool() {
     let Some(place) = pg_place("missing") else {
         return;
     };
-    let Place::Pg { admin, url, .. } = &place else {
+    let Place::Pg(pg) = &place else {
         unreachable!()
     };
+    let (url, admin) = (pg.url(), pg.server());
     let (base, _) = admin.rsplit_once('/').unwrap();
     let err = PgPool::open(&format!("{base}/no_such_db_here"), &opts(true, "e"))
         .unwrap_err()

@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 
 use uctx::pool::{PoolOptions, Scope, Store};
 use uctx::{NewSlice, Source};
-use uctx_pg::PgPool;
+use uctx_pg::{PgPool, Scratch};
 
 const DIM: usize = 256;
 
@@ -153,36 +153,12 @@ fn search_until(pool: &PgPool, n: usize, until: u64, out: &mut std::fs::File) {
 // ---- the parent -------------------------------------------------------------------------
 
 /// A schema of its own on the server named by `UCTX_TEST_PG`, dropped at the end.
-struct Schema {
-    admin: String,
-    name: String,
-    url: String,
-}
-
-impl Schema {
-    fn new(test: &str) -> Option<Schema> {
-        let admin = std::env::var("UCTX_TEST_PG")
-            .ok()
-            .filter(|u| !u.trim().is_empty())?;
-        let name = format!("uctx_proc_{}_{test}", std::process::id());
-        let mut c = postgres::Client::connect(&admin, postgres::NoTls)
-            .unwrap_or_else(|e| panic!("UCTX_TEST_PG={admin}: cannot connect: {e}"));
-        c.batch_execute(&format!(
-            "DROP SCHEMA IF EXISTS {name} CASCADE; CREATE SCHEMA {name}"
-        ))
-        .unwrap();
-        let sep = if admin.contains('?') { '&' } else { '?' };
-        let url = format!("{admin}{sep}options=-c%20search_path%3D{name}%2Cpublic");
-        Some(Schema { admin, name, url })
-    }
-}
-
-impl Drop for Schema {
-    fn drop(&mut self) {
-        if let Ok(mut c) = postgres::Client::connect(&self.admin, postgres::NoTls) {
-            let _ = c.batch_execute(&format!("DROP SCHEMA IF EXISTS {} CASCADE", self.name));
-        }
-    }
+fn scratch(test: &str) -> Option<Scratch> {
+    let server = std::env::var("UCTX_TEST_PG")
+        .ok()
+        .filter(|u| !u.trim().is_empty())?;
+    let name = format!("uctx_proc_{}_{test}", std::process::id());
+    Some(Scratch::create(&server, &name).unwrap_or_else(|e| panic!("UCTX_TEST_PG: {e}")))
 }
 
 fn spawn(role: &str, url: &str, out: &Path, until: u64) -> Child {
@@ -247,7 +223,7 @@ fn wait_all(children: Vec<Child>) {
 
 #[test]
 fn writer_and_searcher_processes() {
-    let Some(schema) = Schema::new("stress") else {
+    let Some(schema) = scratch("stress") else {
         return;
     };
     let _one = SERVER.lock().unwrap_or_else(|p| p.into_inner());
@@ -255,7 +231,7 @@ fn writer_and_searcher_processes() {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(120);
-    drop(PgPool::open(&schema.url, &opts(true)).unwrap());
+    drop(PgPool::open(schema.url(), &opts(true)).unwrap());
     let dir = tempfile::tempdir().unwrap();
     let start = Instant::now();
     let until = now_ms() + seconds * 1000;
@@ -263,13 +239,13 @@ fn writer_and_searcher_processes() {
     for n in 0..8 {
         children.push(spawn(
             &format!("writer:{n}"),
-            &schema.url,
+            schema.url(),
             &dir.path().join(format!("writer-{n}")),
             until,
         ));
         children.push(spawn(
             &format!("searcher:{n}"),
-            &schema.url,
+            schema.url(),
             &dir.path().join(format!("searcher-{n}")),
             until,
         ));
@@ -300,7 +276,7 @@ fn writer_and_searcher_processes() {
         );
     }
     assert!(searches >= 16, "only {searches} searches ran");
-    let pool = PgPool::open(&schema.url, &opts(false)).unwrap();
+    let pool = PgPool::open(schema.url(), &opts(false)).unwrap();
     check_acknowledged(&pool, &acks);
     // Nothing but what was acknowledged: no failed write left a row.
     assert_eq!(pool.stats().unwrap().slices, acks.slices.len() as u64);
@@ -343,19 +319,19 @@ fn a_server_crash_loses_nothing_acknowledged() {
     if std::env::var_os("UCTX_TEST_PG_KILL").is_none() {
         return;
     }
-    let Some(schema) = Schema::new("crash") else {
+    let Some(schema) = scratch("crash") else {
         return;
     };
     let _one = SERVER.lock().unwrap_or_else(|p| p.into_inner());
-    let port = port_of(&schema.admin);
-    drop(PgPool::open(&schema.url, &opts(true)).unwrap());
+    let port = port_of(schema.server());
+    drop(PgPool::open(schema.url(), &opts(true)).unwrap());
     let dir = tempfile::tempdir().unwrap();
     let until = now_ms() + 16_000;
     let writers: Vec<Child> = (0..8)
         .map(|n| {
             spawn(
                 &format!("writer:{n}"),
-                &schema.url,
+                schema.url(),
                 &dir.path().join(format!("writer-{n}")),
                 until,
             )
@@ -391,7 +367,7 @@ fn a_server_crash_loses_nothing_acknowledged() {
             "writer {n} did not resume after the restart"
         );
     }
-    let pool = PgPool::open(&schema.url, &opts(false)).unwrap();
+    let pool = PgPool::open(schema.url(), &opts(false)).unwrap();
     check_acknowledged(&pool, &acks);
     // A write cut off at its commit may have been applied unacknowledged; no more than those.
     let held = pool.stats().unwrap().slices;

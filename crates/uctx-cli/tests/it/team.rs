@@ -6,50 +6,28 @@ use std::path::Path;
 
 use super::{json, no_panic, run, run_with_input, text, uctx};
 
-struct Schema {
-    admin: String,
-    name: String,
-    url: String,
-}
-
-impl Schema {
-    fn new(test: &str) -> Option<Schema> {
-        let admin = match std::env::var("UCTX_TEST_PG") {
-            Ok(u) if !u.trim().is_empty() => u,
-            _ => {
-                let _ = writeln!(
-                    std::io::stderr(),
-                    "note: UCTX_TEST_PG is not set: skipped the team-pool CLI test {test}"
-                );
-                return None;
-            }
-        };
-        let name = format!("uctx_cli_{}_{test}", std::process::id());
-        let mut c = postgres::Client::connect(&admin, postgres::NoTls).unwrap();
-        c.batch_execute(&format!(
-            "DROP SCHEMA IF EXISTS {name} CASCADE; CREATE SCHEMA {name}"
-        ))
-        .unwrap();
-        let sep = if admin.contains('?') { '&' } else { '?' };
-        let url = format!("{admin}{sep}options=-c%20search_path%3D{name}%2Cpublic");
-        Some(Schema { admin, name, url })
-    }
-}
-
-impl Drop for Schema {
-    fn drop(&mut self) {
-        if let Ok(mut c) = postgres::Client::connect(&self.admin, postgres::NoTls) {
-            let _ = c.batch_execute(&format!("DROP SCHEMA IF EXISTS {} CASCADE", self.name));
+/// A team pool of the test's own on the server `UCTX_TEST_PG` names.
+fn scratch(test: &str) -> Option<uctx_pg::Scratch> {
+    let server = match std::env::var("UCTX_TEST_PG") {
+        Ok(u) if !u.trim().is_empty() => u,
+        _ => {
+            let _ = writeln!(
+                std::io::stderr(),
+                "note: UCTX_TEST_PG is not set: skipped the team-pool CLI test {test}"
+            );
+            return None;
         }
-    }
+    };
+    let name = format!("uctx_cli_{}_{test}", std::process::id());
+    Some(uctx_pg::Scratch::create(&server, &name).unwrap())
 }
 
 #[test]
 fn init_ingest_recall_status_chat_and_clear_on_a_team_pool() {
-    let Some(schema) = Schema::new("commands") else {
+    let Some(schema) = scratch("commands") else {
         return;
     };
-    let pool = Path::new(&schema.url);
+    let pool = Path::new(schema.url());
     let dir = tempfile::tempdir().unwrap();
     let docs = dir.path().join("docs");
     std::fs::create_dir(&docs).unwrap();
@@ -124,10 +102,10 @@ fn init_ingest_recall_status_chat_and_clear_on_a_team_pool() {
 
 #[test]
 fn a_team_pool_that_is_not_there_is_named_with_the_fix() {
-    let Some(schema) = Schema::new("absent") else {
+    let Some(schema) = scratch("absent") else {
         return;
     };
-    let out = run(uctx(Path::new(&schema.url)).args(["recall", "anything"]));
+    let out = run(uctx(Path::new(schema.url())).args(["recall", "anything"]));
     no_panic(&out);
     assert!(!out.status.success());
     let err = text(&out.stderr);
@@ -151,7 +129,7 @@ fn a_team_pool_that_is_not_there_is_named_with_the_fix() {
 
 #[test]
 fn a_directory_pool_copies_into_a_team_pool_and_back() {
-    let Some(schema) = Schema::new("copy") else {
+    let Some(schema) = scratch("copy") else {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
@@ -164,11 +142,11 @@ fn a_directory_pool_copies_into_a_team_pool_and_back() {
     let v = json(&run(uctx(&a)
         .args(["--json", "pool", "copy"])
         .arg(&a)
-        .arg(&schema.url)));
+        .arg(schema.url())));
     assert_eq!(v["slices"], 1, "{v}");
     assert!(!v["to"].as_str().unwrap().contains("options"), "{v}");
     let v = json(&run(uctx(&a)
-        .args(["--json", "pool", "copy", &schema.url])
+        .args(["--json", "pool", "copy", schema.url()])
         .arg(&b)));
     assert_eq!(v["slices"], 1, "{v}");
     let v = json(&run(uctx(&b).args([
@@ -279,10 +257,10 @@ fn http(
 
 #[test]
 fn two_servers_on_a_team_pool_share_a_conversation() {
-    let Some(schema) = Schema::new("serve") else {
+    let Some(schema) = scratch("serve") else {
         return;
     };
-    let pool = Path::new(&schema.url);
+    let pool = Path::new(schema.url());
     run(uctx(pool).args(["init", "--pool-gb", "1"]));
     let mut a = Served::start(pool);
     let mut b = Served::start(pool);
