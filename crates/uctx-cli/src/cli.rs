@@ -159,9 +159,10 @@ pub struct PoolArgs {
 
 #[derive(Subcommand, Debug)]
 pub enum PoolCommand {
-    /// Copy every slice of SRC into DST (created if absent; must be empty): text,
-    /// provenance, pins and uses; ids are DST's own, in SRC's order. Each is a pool
-    /// directory or a postgres:// URL.
+    /// Copy every slice of SRC into DST (created if absent): text, provenance, pins
+    /// and uses. A team pool keeps SRC's ids, and a copy into one that was cut short
+    /// resumes when run again; a directory must be empty and numbers its own ids, in
+    /// SRC's order. Each is a pool directory or a postgres:// URL.
     Copy {
         #[arg(value_name = "SRC")]
         src: String,

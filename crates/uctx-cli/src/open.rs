@@ -783,17 +783,30 @@ pub fn pool(g: &Global, a: &PoolArgs) -> anyhow::Result<ExitCode> {
                     "slices": done.slices,
                     "pinned": done.pinned,
                     "uses": done.uses,
+                    "kept_ids": done.kept_ids,
+                    "resumed": done.resumed,
                     "from": from.location(),
                     "to": to.location(),
                 }))?;
             } else {
+                if done.resumed > 0 {
+                    println!(
+                        "resumed an interrupted copy: {} slices were already there",
+                        done.resumed
+                    );
+                }
                 println!(
-                    "copied {} slices ({} pinned, {} uses) from {} to {}",
+                    "copied {} slices ({} pinned, {} uses) from {} to {}{}",
                     done.slices,
                     done.pinned,
                     done.uses,
                     from.location(),
-                    to.location()
+                    to.location(),
+                    if done.kept_ids {
+                        ", keeping their ids"
+                    } else {
+                        " (ids are its own, in the same order)"
+                    }
                 );
             }
             Ok(ExitCode::SUCCESS)

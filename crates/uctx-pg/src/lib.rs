@@ -726,12 +726,32 @@ impl PgPool {
     }
 }
 
-impl Store for PgPool {
-    fn append(&self, batch: &[(NewSlice, Vec<f32>)]) -> Result<Vec<u64>> {
+impl PgPool {
+    /// Write `batch` in one transaction: with ids from the sequence, or (an
+    /// import) with the ids, times and witness state of `given`, one a slice,
+    /// after which the sequence is moved past them. The ids written.
+    fn write_rows(
+        &self,
+        batch: &[(NewSlice, Vec<f32>)],
+        given: Option<&[SliceMeta]>,
+    ) -> Result<Vec<u64>> {
         if batch.is_empty() {
             return Ok(Vec::new());
         }
-        self.writable("append slices")?;
+        let what = if given.is_some() {
+            "import slices"
+        } else {
+            "append slices"
+        };
+        self.writable(what)?;
+        if let Some(g) = given {
+            let increasing = g.windows(2).all(|w| w[0].id < w[1].id);
+            if g.len() != batch.len() || !increasing || g.iter().any(|m| m.id > i64::MAX as u64) {
+                return Err(Error::invalid(
+                    "an import needs one id a slice, increasing and below 2^63",
+                ));
+            }
+        }
         struct Row_ {
             namespace: String,
             source: i16,
@@ -797,22 +817,47 @@ impl Store for PgPool {
         let n = rows.len() as i64;
         let texts: Vec<std::borrow::Cow<'_, str>> =
             batch.iter().map(|(s, _)| searchable(&s.text)).collect();
-        let ids = self.with_write("append slices", |c| {
+        // (time, uses, last use, pinned) of each row, for an import.
+        let kept: Option<Vec<(i64, i32, i64, bool)>> = given.map(|g| {
+            g.iter()
+                .map(|m| {
+                    (
+                        m.time_ms.min(i64::MAX as u64) as i64,
+                        m.uses.min(i32::MAX as u32) as i32,
+                        m.last_used_seq.min(i64::MAX as u64) as i64,
+                        m.pinned,
+                    )
+                })
+                .collect()
+        });
+        let ids = self.with_write(what, |c| {
             let mut tx = c.transaction()?;
-            let mut ids: Vec<i64> = tx
-                .query("SELECT nextval('uctx_slice_id') FROM generate_series(1, $1::bigint)", &[&n])?
-                .iter()
-                .map(|r| r.get(0))
-                .collect();
-            ids.sort_unstable();
+            let ids: Vec<i64> = match given {
+                Some(g) => g.iter().map(|m| m.id as i64).collect(),
+                None => {
+                    let mut ids: Vec<i64> = tx
+                        .query(
+                            "SELECT nextval('uctx_slice_id') FROM generate_series(1, $1::bigint)",
+                            &[&n],
+                        )?
+                        .iter()
+                        .map(|r| r.get(0))
+                        .collect();
+                    ids.sort_unstable();
+                    ids
+                }
+            };
             let insert = tx.prepare(&format!(
                 "INSERT INTO uctx_slices (id, namespace, source, tokens, turn, ext_id, time_ms, bytes, salience, \
-                 last_used_seq, text_len, text_z, scale, embedding, tsv) \
+                 uses, last_used_seq, pinned, text_len, text_z, scale, embedding, tsv) \
                  SELECT $1::bigint, $2::text, $3::smallint, $4::integer, $5::bigint, $6::text, $7::bigint, \
-                 $8::bigint + pg_column_size(t.v), $9::real, $1::bigint, $10::integer, $11::bytea, $12::real, \
+                 $8::bigint + pg_column_size(t.v), $9::real, $15::integer, $16::bigint, $17::boolean, \
+                 $10::integer, $11::bytea, $12::real, \
                  $13::halfvec, t.v FROM (SELECT to_tsvector('{TEXT_SEARCH_CONFIG}', $14::text) AS v) AS t"
             ))?;
-            for ((r, id), text) in rows.iter().zip(&ids).zip(&texts) {
+            for (i, ((r, id), text)) in rows.iter().zip(&ids).zip(&texts).enumerate() {
+                let (time_ms, uses, last_used, pinned) =
+                    kept.as_ref().map_or((time_ms, 0, *id, false), |k| k[i]);
                 tx.execute(
                     &insert,
                     &[
@@ -830,7 +875,17 @@ impl Store for PgPool {
                         &r.scale,
                         &r.embedding,
                         &text.as_ref(),
+                        &uses,
+                        &last_used,
+                        &pinned,
                     ],
+                )?;
+            }
+            if let Some(&last) = ids.last().filter(|_| given.is_some()) {
+                // Later appends draw ids above the imported ones.
+                tx.execute(
+                    "SELECT setval('uctx_slice_id', GREATEST($1, (SELECT last_value FROM uctx_slice_id)))",
+                    &[&last],
                 )?;
             }
             tx.commit()?;
@@ -839,6 +894,33 @@ impl Store for PgPool {
         let written: i64 = rows.iter().map(|r| r.bytes).sum();
         self.after_write(written.max(0) as u64);
         Ok(ids.into_iter().map(|id| id as u64).collect())
+    }
+}
+
+impl Store for PgPool {
+    fn append(&self, batch: &[(NewSlice, Vec<f32>)]) -> Result<Vec<u64>> {
+        self.write_rows(batch, None)
+    }
+
+    fn import(&self, batch: &[(Slice, Vec<f32>)]) -> Result<bool> {
+        let (metas, new): (Vec<SliceMeta>, Vec<(NewSlice, Vec<f32>)>) = batch
+            .iter()
+            .map(|(s, v)| {
+                let m = &s.meta;
+                let n = NewSlice {
+                    namespace: m.namespace.clone(),
+                    source: m.source,
+                    text: s.text.clone(),
+                    tokens: m.tokens,
+                    turn: m.turn,
+                    ext_id: m.ext_id.clone(),
+                    salience: m.salience,
+                };
+                (m.clone(), (n, v.clone()))
+            })
+            .unzip();
+        self.write_rows(&new, Some(&metas))?;
+        Ok(true)
     }
 
     fn get(&self, id: u64) -> Result<Option<Slice>> {

@@ -710,6 +710,105 @@ fn postgres_refuses_a_schema_newer_than_it_knows() {
 }
 
 #[test]
+fn postgres_a_copy_cut_short_resumes_keeping_ids_pins_and_uses() {
+    let Some(to) = pg_place("resume") else {
+        return;
+    };
+    let encoder: Arc<dyn Encoder> = Arc::new(StaticEncoder::bundled().unwrap());
+    let o = PoolOptions {
+        dim: encoder.dim(),
+        ..opts(true, &encoder.fingerprint())
+    };
+    let from = Place::Dir(tempfile::tempdir().unwrap());
+    let src = from.open_with(o.clone()).unwrap();
+    let memory = Memory::new(Arc::clone(&src), Arc::clone(&encoder));
+    for n in 0..700u64 {
+        let text = format!(
+            "note {n}: the build of module {} takes {} seconds",
+            n % 37,
+            n * 7 % 101
+        );
+        let unit = Unit {
+            namespace: if n % 3 == 0 { "ops" } else { "dev" },
+            source: Source::Document,
+            text: &text,
+            turn: n,
+            ext_id: None,
+        };
+        memory.write(&[unit]).unwrap();
+    }
+    // Gaps in the source's ids, pins and uses.
+    let ids = src.ids(Scope::All).unwrap();
+    src.forget(&[ids[10], ids[400]]).unwrap();
+    src.record(&[
+        WitnessEvent::Pin(ids[5]),
+        WitnessEvent::Pin(ids[600]),
+        WitnessEvent::Used(ids[3]),
+        WitnessEvent::Used(ids[650]),
+        WitnessEvent::Used(ids[650]),
+    ])
+    .unwrap();
+    let dst = to.open_with(o.clone()).unwrap();
+    // The copy was cut short after its first batch: that batch is in, whole.
+    let metas = src.metas(Scope::All).unwrap();
+    let first: Vec<_> = metas[..256]
+        .iter()
+        .map(|m| {
+            let s = src.get(m.id).unwrap().unwrap();
+            let v = encoder.encode(&s.text);
+            (s, v)
+        })
+        .collect();
+    assert!(dst.import(&first).unwrap());
+    let done = uctx_pg::copy(&*src, &*dst, &*encoder, &|_, _| {}).unwrap();
+    assert_eq!(done.resumed, 256);
+    assert_eq!(done.slices, metas.len() as u64 - 256);
+    assert!(done.kept_ids);
+    let (a, b) = (
+        src.metas(Scope::All).unwrap(),
+        dst.metas(Scope::All).unwrap(),
+    );
+    assert_eq!(a.len(), b.len());
+    for (x, y) in a.iter().zip(&b) {
+        assert_eq!(x.id, y.id);
+        assert_eq!(
+            (
+                &x.namespace,
+                x.turn,
+                x.uses,
+                x.pinned,
+                x.time_ms,
+                x.last_used_seq
+            ),
+            (
+                &y.namespace,
+                y.turn,
+                y.uses,
+                y.pinned,
+                y.time_ms,
+                y.last_used_seq
+            ),
+            "slice {}",
+            x.id
+        );
+        assert_eq!(
+            src.get(x.id).unwrap().unwrap().text,
+            dst.get(y.id).unwrap().unwrap().text
+        );
+    }
+    // Writers after the copy draw ids above the copied ones.
+    let next = dst
+        .append(&[(slice("ops", "after the copy", 0), vector(1, 0.0))])
+        .unwrap()[0];
+    assert!(next > *a.last().map(|m| &m.id).unwrap());
+    // A pool that is not an interrupted copy of the source is refused.
+    let other = Place::Dir(tempfile::tempdir().unwrap());
+    let unrelated = other.open_with(o.clone()).unwrap();
+    let err = uctx_pg::copy(&*unrelated, &*dst, &*encoder, &|_, _| {}).unwrap_err();
+    assert!(err.to_string().contains("not an interrupted copy"), "{err}");
+}
+
+#[test]
 fn postgres_migrates_a_version_1_pool_when_a_writer_opens_it() {
     let Some(place) = pg_place("migrate") else {
         return;
@@ -839,15 +938,26 @@ fn a_copy_keeps_text_provenance_pins_and_uses_either_way() {
             let what = format!("{} → {}", from.name(), to.name());
             let dst = to.open_with(o.clone()).unwrap();
             let done = uctx_pg::copy(&*src, &*dst, &*encoder, &|_, _| {}).unwrap();
+            // A team pool keeps the source's ids; a directory numbers its own.
+            let team = matches!(to, Place::Pg(_));
             assert_eq!(
                 done,
                 uctx_pg::Copied {
                     slices: 4,
                     pinned: 1,
-                    uses: 3
+                    uses: 3,
+                    kept_ids: team,
+                    resumed: 0,
                 },
                 "{what}"
             );
+            if team {
+                assert_eq!(
+                    src.ids(Scope::All).unwrap(),
+                    dst.ids(Scope::All).unwrap(),
+                    "{what}"
+                );
+            }
             let (a, b) = (
                 src.metas(Scope::All).unwrap(),
                 dst.metas(Scope::All).unwrap(),
@@ -886,12 +996,21 @@ fn a_copy_keeps_text_provenance_pins_and_uses_either_way() {
             let copy = Memory::new(Arc::clone(&dst), Arc::clone(&encoder));
             let hit = copy.recall("when do backups run", 1, Scope::All).unwrap();
             assert_eq!(hit[0].slice.text, "backups run at 02:00", "{what}");
-            // A second copy into the same pool is refused: nothing is doubled.
-            let err = uctx_pg::copy(&*src, &*dst, &*encoder, &|_, _| {}).unwrap_err();
-            assert!(
-                err.to_string().contains("already holds 4 slices"),
-                "{what}: {err}"
-            );
+            // A second copy into the same pool doubles nothing: a team pool finds
+            // the copy complete (the same ids), a directory refuses it.
+            match uctx_pg::copy(&*src, &*dst, &*encoder, &|_, _| {}) {
+                Ok(again) => {
+                    assert!(team, "{what}");
+                    assert_eq!((again.slices, again.resumed), (0, 4), "{what}")
+                }
+                Err(e) => {
+                    assert!(!team, "{what}");
+                    assert!(
+                        e.to_string().contains("already holds 4 slices"),
+                        "{what}: {e}"
+                    )
+                }
+            }
             assert_eq!(dst.stats().unwrap().slices, 4, "{what} ({j})");
         }
     }

@@ -144,7 +144,14 @@ fn a_directory_pool_copies_into_a_team_pool_and_back() {
         .arg(&a)
         .arg(schema.url())));
     assert_eq!(v["slices"], 1, "{v}");
+    assert_eq!(v["kept_ids"], true, "{v}");
     assert!(!v["to"].as_str().unwrap().contains("options"), "{v}");
+    // Run again, the copy finds itself complete: nothing is doubled.
+    let v = json(&run(uctx(&a)
+        .args(["--json", "pool", "copy"])
+        .arg(&a)
+        .arg(schema.url())));
+    assert_eq!((&v["slices"], &v["resumed"]), (&0.into(), &1.into()), "{v}");
     let v = json(&run(uctx(&a)
         .args(["--json", "pool", "copy", schema.url()])
         .arg(&b)));

@@ -40,6 +40,14 @@ pub trait Store: Send + Sync {
     /// them with [`Store::search`]'s.
     fn lexical_search(&self, query: &str, k: usize, scope: Scope<'_>) -> Result<Vec<(u64, f32)>>;
 
+    /// Append slices another pool held, keeping their ids, write times, pins,
+    /// uses and last use (`uctx pool copy`); ids must increase and lie above
+    /// every id this pool has given. A pool that gives only ids of its own
+    /// writes nothing and returns `false` (an empty batch asks which it is).
+    fn import(&self, _batch: &[(Slice, Vec<f32>)]) -> Result<bool> {
+        Ok(false)
+    }
+
     /// Record what the witness learned; unknown ids are ignored.
     fn record(&self, events: &[WitnessEvent]) -> Result<()>;
 
