@@ -115,19 +115,7 @@ pub fn copy(
 fn append_renumbered(dst: &dyn Store, batch: &[(Slice, Vec<f32>)]) -> Result<()> {
     let new: Vec<(NewSlice, Vec<f32>)> = batch
         .iter()
-        .map(|(s, v)| {
-            let m = &s.meta;
-            let n = NewSlice {
-                namespace: m.namespace.clone(),
-                source: m.source,
-                text: s.text.clone(),
-                tokens: m.tokens,
-                turn: m.turn,
-                ext_id: m.ext_id.clone(),
-                salience: m.salience,
-            };
-            (n, v.clone())
-        })
+        .map(|(s, v)| (crate::unwritten(s), v.clone()))
         .collect();
     let ids = dst.append(&new)?;
     let mut events = Vec::new();

@@ -239,21 +239,43 @@ fn db_message(e: &postgres::Error) -> String {
     }
 }
 
+/// The URL's connection settings (a connect timeout when it names none) and its
+/// password-free form for messages.
+fn config_of(url: &str) -> Result<(String, Config)> {
+    let location = redacted(url);
+    let mut config = Config::from_str(url).map_err(|e| {
+        Error::invalid(format!(
+            "{location} is not a PostgreSQL URL ({e}); write postgres://USER[:PASSWORD]@HOST[:PORT]/DATABASE"
+        ))
+    })?;
+    if config.get_connect_timeout().is_none() {
+        config.connect_timeout(CONNECT_TIMEOUT);
+    }
+    Ok((location, config))
+}
+
+/// What an append of `s` would write: its text and provenance, without its
+/// id, time and witness state.
+pub(crate) fn unwritten(s: &Slice) -> NewSlice {
+    let m = &s.meta;
+    NewSlice {
+        namespace: m.namespace.clone(),
+        source: m.source,
+        text: s.text.clone(),
+        tokens: m.tokens,
+        turn: m.turn,
+        ext_id: m.ext_id.clone(),
+        salience: m.salience,
+    }
+}
+
 impl PgPool {
     /// Open (or, with `opts.create`, create) the team pool at `url`. Checks
     /// pgvector, migrates an older schema (a writer), refuses a newer one,
     /// and checks the encoder fingerprint and dimension as a directory pool
     /// does.
     pub fn open(url: &str, opts: &PoolOptions) -> Result<PgPool> {
-        let location = redacted(url);
-        let mut config = Config::from_str(url).map_err(|e| {
-            Error::invalid(format!(
-                "{location} is not a PostgreSQL URL ({e}); write postgres://USER[:PASSWORD]@HOST[:PORT]/DATABASE"
-            ))
-        })?;
-        if config.get_connect_timeout().is_none() {
-            config.connect_timeout(CONNECT_TIMEOUT);
-        }
+        let (location, mut config) = config_of(url)?;
         if config.get_application_name().is_none() {
             config.application_name("uctx");
         }
@@ -297,15 +319,7 @@ impl PgPool {
     /// The encoder fingerprint and dimension of the team pool at `url`, from
     /// its `uctx_meta` alone (like [`Pool::inspect`]).
     pub fn inspect(url: &str) -> Result<(String, usize)> {
-        let location = redacted(url);
-        let mut config = Config::from_str(url).map_err(|e| {
-            Error::invalid(format!(
-                "{location} is not a PostgreSQL URL ({e}); write postgres://USER[:PASSWORD]@HOST[:PORT]/DATABASE"
-            ))
-        })?;
-        if config.get_connect_timeout().is_none() {
-            config.connect_timeout(CONNECT_TIMEOUT);
-        }
+        let (location, config) = config_of(url)?;
         let mut client = config
             .connect(NoTls)
             .map_err(|e| connect_error(&location, &config, e))?;
@@ -550,6 +564,11 @@ const TSQUERY: &str =
     "(SELECT replace(plainto_tsquery('english', $1)::text, ' & ', ' | ')::tsquery AS q) AS query";
 
 impl PgPool {
+    /// A row's [`SliceMeta`], or the error that says the row was changed outside uctx.
+    fn meta_of(&self, row: &Row) -> Result<SliceMeta> {
+        meta_of(row).map_err(|e| self.corrupt(e))
+    }
+
     fn corrupt(&self, detail: String) -> Error {
         server_error(
             &self.location,
@@ -905,19 +924,7 @@ impl Store for PgPool {
     fn import(&self, batch: &[(Slice, Vec<f32>)]) -> Result<bool> {
         let (metas, new): (Vec<SliceMeta>, Vec<(NewSlice, Vec<f32>)>) = batch
             .iter()
-            .map(|(s, v)| {
-                let m = &s.meta;
-                let n = NewSlice {
-                    namespace: m.namespace.clone(),
-                    source: m.source,
-                    text: s.text.clone(),
-                    tokens: m.tokens,
-                    turn: m.turn,
-                    ext_id: m.ext_id.clone(),
-                    salience: m.salience,
-                };
-                (m.clone(), (n, v.clone()))
-            })
+            .map(|(s, v)| (s.meta.clone(), (unwritten(s), v.clone())))
             .unzip();
         self.write_rows(&new, Some(&metas))?;
         Ok(true)
@@ -934,7 +941,7 @@ impl Store for PgPool {
         let Some(row) = row else {
             return Ok(None);
         };
-        let meta = meta_of(&row).map_err(|e| self.corrupt(e))?;
+        let meta = self.meta_of(&row)?;
         let len: i32 = row.get(12);
         let z: Vec<u8> = row.get(13);
         let text = zstd::bulk::decompress(&z, len.max(0) as usize)
@@ -953,14 +960,13 @@ impl Store for PgPool {
                 &[&id],
             )
         })?;
-        row.map(|r| meta_of(&r).map_err(|e| self.corrupt(e)))
-            .transpose()
+        row.map(|r| self.meta_of(&r)).transpose()
     }
 
     fn metas(&self, scope: Scope<'_>) -> Result<Vec<SliceMeta>> {
         self.metas_where("list slices", "true", scope, META)?
             .iter()
-            .map(|r| meta_of(r).map_err(|e| self.corrupt(e)))
+            .map(|r| self.meta_of(r))
             .collect()
     }
 
@@ -1006,7 +1012,7 @@ impl Store for PgPool {
         })?;
         let mut hits = Vec::with_capacity(rows.len());
         for r in &rows {
-            let meta = meta_of(r).map_err(|e| self.corrupt(e))?;
+            let meta = self.meta_of(r)?;
             let distance: Option<f64> = r.get(12);
             let score = distance.map_or(0.0, |d| (1.0 - d) as f32);
             hits.push(Hit {
