@@ -56,13 +56,36 @@ pub fn encoder(g: &Global) -> anyhow::Result<Arc<dyn Encoder>> {
     })
 }
 
+/// A directory pool with its encoder. The bundled encoder, whose identity is known before
+/// it loads, loads on another thread while the pool opens.
+fn dir_memory(
+    g: &Global,
+    dir: &std::path::Path,
+    create: bool,
+    read_only: bool,
+    budget: Option<u64>,
+) -> anyhow::Result<Memory> {
+    Ok(match &g.encoder {
+        Some(_) => Memory::open(dir, encoder(g)?, create, read_only, budget)?,
+        None => Memory::open_loading(
+            dir,
+            uctx::encoder::BUNDLED_FINGERPRINT,
+            uctx::encoder::BUNDLED_DIM,
+            || Ok(Arc::new(StaticEncoder::bundled()?) as Arc<dyn Encoder>),
+            create,
+            read_only,
+            budget,
+        )?,
+    })
+}
+
 /// Open the pool for writing, creating it (default budget) if absent.
 pub fn memory_rw(g: &Global) -> anyhow::Result<Arc<Memory>> {
     if let Some(url) = pool_url(g) {
         return Ok(Arc::new(team_memory(url, encoder(g)?, false, None)?));
     }
     let dir = pool_dir(g)?;
-    let memory = Memory::open(&dir, encoder(g)?, true, false, None)?;
+    let memory = dir_memory(g, &dir, true, false, None)?;
     crate::repair::warn_cut(memory.pool());
     crate::repair::note_rebuilt(memory.pool());
     crate::repair::note_checkpoint(memory.pool());
@@ -109,13 +132,7 @@ pub fn memory_ro(g: &Global) -> anyhow::Result<Arc<Memory>> {
         return Ok(Arc::new(team_memory(url, encoder(g)?, true, None)?));
     }
     let dir = existing_pool_dir(g)?;
-    Ok(Arc::new(Memory::open(
-        &dir,
-        encoder(g)?,
-        false,
-        true,
-        None,
-    )?))
+    Ok(Arc::new(dir_memory(g, &dir, false, true, None)?))
 }
 
 /// Backend options from the flags, then the environment.
@@ -236,14 +253,16 @@ pub fn init(g: &Global, a: &InitArgs) -> anyhow::Result<ExitCode> {
         let headroom = budget / 4 * 3;
         if budget + headroom > free {
             eprintln!(
-                "warning: {:.1} GB free at {}: a full {gb} GB pool needs about {:.1} GB more                  while it compacts (a second copy of its log); until then compaction fails and                  says so, and nothing is lost — free space, or choose a smaller --pool-gb",
+                "warning: {:.1} GB free at {}: a full {gb} GB pool needs about {:.1} GB more \
+                 while it compacts (a second copy of its log); until then compaction fails and \
+                 says so, and nothing is lost — free space, or choose a smaller --pool-gb",
                 free as f64 / GB,
                 dir.display(),
                 headroom as f64 / GB
             );
         }
     }
-    let memory = Memory::open(&dir, encoder(g)?, true, false, Some(budget))?;
+    let memory = dir_memory(g, &dir, true, false, Some(budget))?;
     crate::repair::warn_cut(memory.pool());
     crate::repair::note_rebuilt(memory.pool());
     memory.pool().set_budget(budget)?;

@@ -92,6 +92,47 @@ impl Memory {
         Ok(Memory::new(Arc::new(pool), encoder))
     }
 
+    /// [`Memory::open`] with the encoder loaded by `load` on another thread while the pool
+    /// opens (the two take about as long). `fingerprint` and `dim` are the encoder's, known
+    /// before it loads (the bundled model's are constants,
+    /// [`crate::encoder::BUNDLED_FINGERPRINT`]); the loaded encoder must agree.
+    pub fn open_loading(
+        dir: &Path,
+        fingerprint: &str,
+        dim: usize,
+        load: impl FnOnce() -> Result<Arc<dyn Encoder>> + Send,
+        create: bool,
+        read_only: bool,
+        budget_bytes: Option<u64>,
+    ) -> Result<Memory> {
+        let (pool, encoder) = std::thread::scope(|s| {
+            let encoder = s.spawn(load);
+            let pool = Pool::open(
+                dir,
+                PoolOptions {
+                    create,
+                    read_only,
+                    budget_bytes,
+                    encoder_fingerprint: fingerprint.to_string(),
+                    dim,
+                },
+            );
+            let encoder = encoder
+                .join()
+                .unwrap_or_else(|_| Err(Error::Encoder("loading the encoder failed".into())));
+            (pool, encoder)
+        });
+        let (pool, encoder) = (pool?, encoder?);
+        if encoder.fingerprint() != fingerprint || encoder.dim() != dim {
+            return Err(Error::Encoder(format!(
+                "the encoder loaded as {} ({} dimensions), not {fingerprint} ({dim}) as expected",
+                encoder.fingerprint(),
+                encoder.dim()
+            )));
+        }
+        Ok(Memory::new(Arc::new(pool), encoder))
+    }
+
     /// A memory on any pool: a directory [`Pool`], or a team pool on a server.
     /// The pool must hold vectors of `encoder` (its opener checks the fingerprint).
     pub fn new(pool: Arc<dyn Store>, encoder: Arc<dyn Encoder>) -> Memory {

@@ -3,7 +3,7 @@
 use crate::Result;
 
 mod static_model;
-pub use static_model::{StaticEncoder, BUNDLED_NAME};
+pub use static_model::{StaticEncoder, BUNDLED_DIM, BUNDLED_FINGERPRINT, BUNDLED_NAME};
 
 /// An embedding model: text in, L2-normalized vector of [`Encoder::dim`] floats out.
 ///

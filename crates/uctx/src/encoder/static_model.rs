@@ -31,6 +31,12 @@ const BUNDLED_TABLE: &[u8] = include_bytes!("../../assets/model/model.safetensor
 const BUNDLED_CONFIG: &[u8] = include_bytes!("../../assets/model/config.json");
 /// The name the bundled model's fingerprint carries.
 pub const BUNDLED_NAME: &str = "uctx-minilm-l6-static-256";
+/// The bundled model's fingerprint: what loading it computes (a test checks the two agree),
+/// known without loading it, so that a pool can be opened while the model loads, and an open
+/// does not hash the whole table.
+pub const BUNDLED_FINGERPRINT: &str = "uctx-minilm-l6-static-256:73f5ab0777254a52:256";
+/// The bundled model's dimension.
+pub const BUNDLED_DIM: usize = 256;
 
 /// Pieces longer than this (in bytes) are tokenized every time instead of cached.
 const MAX_CACHED_PIECE: usize = 48;
@@ -54,8 +60,8 @@ struct Inner {
     /// Identifies this loaded model in the per-thread piece caches.
     id: u64,
     tokenizer: Tokenizer,
-    /// `vocab × dim` rows, already multiplied by their per-row scale and per-token weight.
-    table: Vec<f32>,
+    /// The embedding table.
+    table: Table,
     dim: usize,
     vocab: usize,
     unk: Option<u32>,
@@ -92,6 +98,7 @@ impl StaticEncoder {
             BUNDLED_TOKENIZER,
             BUNDLED_TABLE,
             BUNDLED_CONFIG,
+            Some(BUNDLED_FINGERPRINT),
         )
     }
 
@@ -119,28 +126,40 @@ impl StaticEncoder {
             Err(e) => return Err(model_error(dir, format!("cannot read config.json: {e}"))),
         };
         let name = model_name(&config);
-        Self::from_parts(&name, dir, &tokenizer, &table, &config)
+        Self::from_parts(&name, dir, &tokenizer, &table, &config, None)
     }
 
+    /// Build the model from its files' bytes. The tokenizer is parsed on a thread of its own
+    /// while the table is read; `known_fingerprint` (the bundled model's) skips hashing.
     fn from_parts(
         name: &str,
         origin: &Path,
         tokenizer_json: &[u8],
         table_bytes: &[u8],
         config_json: &[u8],
+        known_fingerprint: Option<&str>,
     ) -> Result<StaticEncoder> {
         let config: serde_json::Value = serde_json::from_slice(config_json)
             .map_err(|e| model_error(origin, format!("config.json is not valid JSON: {e}")))?;
-        let tok_value: serde_json::Value = serde_json::from_slice(tokenizer_json)
-            .map_err(|e| model_error(origin, format!("tokenizer.json is not valid JSON: {e}")))?;
-        let mut tokenizer = Tokenizer::from_bytes(tokenizer_json)
-            .map_err(|e| model_error(origin, format!("tokenizer.json: {e}")))?;
-        tokenizer
-            .with_truncation(None)
-            .map_err(|e| model_error(origin, format!("tokenizer.json: {e}")))?;
-        tokenizer.with_padding(None);
-
-        let (table, vocab, dim) = load_table(origin, table_bytes)?;
+        let (tokenizer, loaded) = std::thread::scope(|s| {
+            let tokenizer = s.spawn(|| {
+                let mut tokenizer = Tokenizer::from_bytes(tokenizer_json)
+                    .map_err(|e| model_error(origin, format!("tokenizer.json: {e}")))?;
+                tokenizer
+                    .with_truncation(None)
+                    .map_err(|e| model_error(origin, format!("tokenizer.json: {e}")))?;
+                tokenizer.with_padding(None);
+                Ok::<_, Error>(tokenizer)
+            });
+            let loaded = tokenizer_meta(origin, tokenizer_json)
+                .and_then(|meta| Ok((meta, load_table(origin, table_bytes)?)));
+            let tokenizer = tokenizer
+                .join()
+                .unwrap_or_else(|_| Err(model_error(origin, "parsing tokenizer.json failed")));
+            (tokenizer, loaded)
+        });
+        let tokenizer = tokenizer?;
+        let (tok_value, (table, vocab, dim)) = loaded?;
         let tok_vocab = tokenizer.get_vocab_size(true);
         if vocab < tok_vocab {
             return Err(model_error(
@@ -168,23 +187,10 @@ impl StaticEncoder {
             })
             .unwrap_or_default();
 
-        // The identity of what the model computes: its vocabulary (by id) and its table, so
-        // that the same model saved elsewhere keeps its fingerprint.
-        let mut h = Fx::default();
-        let mut by_id: Vec<(u32, String)> = tokenizer
-            .get_vocab(true)
-            .into_iter()
-            .map(|(t, id)| (id, t))
-            .collect();
-        by_id.sort_unstable();
-        for (id, t) in &by_id {
-            h.write_u32(*id);
-            h.write(t.as_bytes());
-        }
-        for x in &table {
-            h.write_u32(x.to_bits());
-        }
-        let fingerprint = format!("{name}:{:016x}:{dim}", h.finish());
+        let fingerprint = match known_fingerprint {
+            Some(f) => f.to_string(),
+            None => fingerprint(name, &tokenizer, &table, vocab, dim),
+        };
 
         Ok(StaticEncoder {
             inner: Arc::new(Inner {
@@ -248,10 +254,12 @@ impl StaticEncoder {
             .tokenizer
             .to_string(false)
             .map_err(|e| Error::Encoder(format!("serializing the tokenizer: {e}")))?;
-        let mut bytes = Vec::with_capacity(self.inner.table.len() * 4);
-        for x in &self.inner.table {
-            bytes.extend_from_slice(&x.to_le_bytes());
-        }
+        let mut bytes = Vec::with_capacity(self.inner.vocab * self.inner.dim * 4);
+        self.inner
+            .table
+            .for_each_value(self.inner.vocab, self.inner.dim, |x| {
+                bytes.extend_from_slice(&x.to_le_bytes())
+            });
         let shape = vec![self.inner.vocab, self.inner.dim];
         let view = safetensors::tensor::TensorView::new(Dtype::F32, shape, &bytes)
             .map_err(|e| Error::Encoder(format!("building the table: {e}")))?;
@@ -351,8 +359,7 @@ impl Inner {
                 return;
             }
             known += 1;
-            let start = id as usize * dim;
-            add_row(&mut acc, &self.table[start..start + dim]);
+            self.table.add_row(&mut acc, id as usize, dim);
         });
         if known == 0 && unknown > 0 {
             // Nothing the model knows: rows chosen by a hash of each word, so that two
@@ -360,8 +367,8 @@ impl Inner {
             for word in text.split_whitespace() {
                 let mut h = Fx::default();
                 h.write(word.as_bytes());
-                let row = (h.finish() % self.vocab as u64) as usize * dim;
-                add_row(&mut acc, &self.table[row..row + dim]);
+                let tok = (h.finish() % self.vocab as u64) as usize;
+                self.table.add_row(&mut acc, tok, dim);
             }
         }
         normalize(&mut acc);
@@ -442,10 +449,68 @@ impl Inner {
     }
 }
 
-#[inline]
-fn add_row(acc: &mut [f32], row: &[f32]) {
-    for (a, r) in acc.iter_mut().zip(row) {
-        *a += r;
+/// The embedding table: float rows, or the int8 rows of the file kept as they are (a quarter
+/// of the memory, and nothing to convert when the model loads).
+#[derive(Clone)]
+enum Table {
+    /// `vocab × dim` rows, already multiplied by their per-row scale and per-token weight.
+    F32(Vec<f32>),
+    /// `rows × dim` codes as stored; a token's values are `code × row_scale[row] × weight`.
+    I8 {
+        codes: Vec<i8>,
+        /// Each token's row (the model's `mapping`); the token itself without one.
+        mapping: Option<Vec<usize>>,
+        /// Each row's scale (the model's `scales`; 1 without them).
+        row_scale: Vec<f32>,
+        /// Each token's weight (the model's `weights`), if it has them.
+        weights: Option<Vec<f32>>,
+    },
+}
+
+impl Table {
+    /// Add token `tok`'s row to `acc`.
+    #[inline]
+    fn add_row(&self, acc: &mut [f32], tok: usize, dim: usize) {
+        match self {
+            Table::F32(t) => {
+                for (a, r) in acc.iter_mut().zip(&t[tok * dim..(tok + 1) * dim]) {
+                    *a += r;
+                }
+            }
+            Table::I8 {
+                codes,
+                mapping,
+                row_scale,
+                weights,
+            } => {
+                let row = mapping.as_ref().map_or(tok, |m| m[tok]);
+                let k = row_scale[row] * weights.as_ref().map_or(1.0, |w| w[tok]);
+                crate::pool::vector::add_scaled_i8(acc, &codes[row * dim..(row + 1) * dim], k);
+            }
+        }
+    }
+
+    /// Every value of the `vocab × dim` float table, token by token, as a float table would
+    /// hold it (the fingerprint and `save` read it so).
+    fn for_each_value(&self, vocab: usize, dim: usize, mut f: impl FnMut(f32)) {
+        match self {
+            Table::F32(t) => t.iter().for_each(|&x| f(x)),
+            Table::I8 {
+                codes,
+                mapping,
+                row_scale,
+                weights,
+            } => {
+                for tok in 0..vocab {
+                    let row = mapping.as_ref().map_or(tok, |m| m[tok]);
+                    let s = row_scale[row];
+                    for &c in &codes[row * dim..(row + 1) * dim] {
+                        let x = c as f32 * s;
+                        f(weights.as_ref().map_or(x, |w| x * w[tok]));
+                    }
+                }
+            }
+        }
     }
 }
 
@@ -630,9 +695,63 @@ fn piecewise_ok(tok: &serde_json::Value) -> (bool, [bool; 256]) {
     (normalizer_ok && pre_ok && added_ok, starts)
 }
 
-/// Read the embedding table as `vocab × dim` float32 rows with scales, per-token weights and
-/// the token mapping applied.
-fn load_table(origin: &Path, bytes: &[u8]) -> Result<(Vec<f32>, usize, usize)> {
+/// The identity of what a model computes: its vocabulary (by id) and its table, so that the
+/// same model saved elsewhere keeps its fingerprint.
+fn fingerprint(
+    name: &str,
+    tokenizer: &Tokenizer,
+    table: &Table,
+    vocab: usize,
+    dim: usize,
+) -> String {
+    let mut h = Fx::default();
+    let mut by_id: Vec<(u32, String)> = tokenizer
+        .get_vocab(true)
+        .into_iter()
+        .map(|(t, id)| (id, t))
+        .collect();
+    by_id.sort_unstable();
+    for (id, t) in &by_id {
+        h.write_u32(*id);
+        h.write(t.as_bytes());
+    }
+    table.for_each_value(vocab, dim, |x| h.write_u32(x.to_bits()));
+    format!("{name}:{:016x}:{dim}", h.finish())
+}
+
+/// What the encoder reads of `tokenizer.json` beside the tokenizer itself: the normalizer,
+/// the pre-tokenizer, the added tokens and the unknown token, as one JSON object (the
+/// vocabulary is skipped, not copied).
+fn tokenizer_meta(origin: &Path, json: &[u8]) -> Result<serde_json::Value> {
+    #[derive(serde::Deserialize)]
+    struct Meta {
+        #[serde(default)]
+        normalizer: serde_json::Value,
+        #[serde(default)]
+        pre_tokenizer: serde_json::Value,
+        #[serde(default)]
+        added_tokens: serde_json::Value,
+        #[serde(default)]
+        model: Model,
+    }
+    #[derive(serde::Deserialize, Default)]
+    struct Model {
+        #[serde(default)]
+        unk_token: serde_json::Value,
+    }
+    let m: Meta = serde_json::from_slice(json)
+        .map_err(|e| model_error(origin, format!("tokenizer.json is not valid JSON: {e}")))?;
+    Ok(serde_json::json!({
+        "normalizer": m.normalizer,
+        "pre_tokenizer": m.pre_tokenizer,
+        "added_tokens": m.added_tokens,
+        "model": { "unk_token": m.model.unk_token },
+    }))
+}
+
+/// Read the embedding table with its scales, per-token weights and token mapping: an int8
+/// table as it is stored, any other as `vocab × dim` float32 rows with all of them applied.
+fn load_table(origin: &Path, bytes: &[u8]) -> Result<(Table, usize, usize)> {
     let st = SafeTensors::deserialize(bytes)
         .map_err(|e| model_error(origin, format!("model.safetensors: {e}")))?;
     let emb = st
@@ -647,19 +766,19 @@ fn load_table(origin: &Path, bytes: &[u8]) -> Result<(Vec<f32>, usize, usize)> {
         ));
     }
     let (rows, dim) = (shape[0], shape[1]);
-    let mut values = to_f32(origin, "embeddings", emb.dtype(), emb.data())?;
-    if let Ok(scales) = st.tensor("scales") {
-        let scales = to_f32(origin, "scales", scales.dtype(), scales.data())?;
-        if scales.len() != rows {
-            return Err(model_error(
-                origin,
-                "`scales` needs one value per table row",
-            ));
+    let scales = match st.tensor("scales") {
+        Ok(scales) => {
+            let scales = to_f32(origin, "scales", scales.dtype(), scales.data())?;
+            if scales.len() != rows {
+                return Err(model_error(
+                    origin,
+                    "`scales` needs one value per table row",
+                ));
+            }
+            Some(scales)
         }
-        for (row, s) in values.chunks_exact_mut(dim).zip(&scales) {
-            row.iter_mut().for_each(|x| *x *= s);
-        }
-    }
+        Err(_) => None,
+    };
     let mapping = match st.tensor("mapping") {
         Ok(m) => Some(to_index(origin, m.dtype(), m.data())?),
         Err(_) => None,
@@ -678,25 +797,50 @@ fn load_table(origin: &Path, bytes: &[u8]) -> Result<(Vec<f32>, usize, usize)> {
             return Err(model_error(origin, "`weights` needs one value per token"));
         }
     }
+    if let Some(&row) = mapping.iter().flatten().find(|&&r| r >= rows) {
+        return Err(model_error(
+            origin,
+            format!("`mapping` points at row {row} of {rows}"),
+        ));
+    }
+    let not_finite = |v: &Option<Vec<f32>>| v.iter().flatten().any(|x| !x.is_finite());
+    if not_finite(&scales) || not_finite(&weights) {
+        return Err(model_error(
+            origin,
+            "the embedding table holds NaN or infinite values",
+        ));
+    }
+    if emb.dtype() == Dtype::I8 {
+        let codes: Vec<i8> = emb.data().iter().map(|&b| b as i8).collect();
+        if codes.len() != rows * dim {
+            return Err(model_error(origin, "the embedding table is cut short"));
+        }
+        let table = Table::I8 {
+            codes,
+            mapping,
+            row_scale: scales.unwrap_or_else(|| vec![1.0; rows]),
+            weights,
+        };
+        return Ok((table, vocab, dim));
+    }
+    let mut values = to_f32(origin, "embeddings", emb.dtype(), emb.data())?;
+    if values.len() != rows * dim {
+        return Err(model_error(origin, "the embedding table is cut short"));
+    }
+    if let Some(scales) = &scales {
+        for (row, s) in values.chunks_exact_mut(dim).zip(scales) {
+            row.iter_mut().for_each(|x| *x *= s);
+        }
+    }
     let table = if mapping.is_none() && weights.is_none() {
         values
     } else {
         let mut out = Vec::with_capacity(vocab * dim);
         for tok in 0..vocab {
-            let row = match &mapping {
-                Some(m) => m[tok],
-                None => tok,
-            };
-            if row >= rows {
-                return Err(model_error(
-                    origin,
-                    format!("`mapping` points at row {row} of {rows}"),
-                ));
-            }
+            let row = mapping.as_ref().map_or(tok, |m| m[tok]);
             let w = weights.as_ref().map_or(1.0, |w| w[tok]);
             out.extend(values[row * dim..(row + 1) * dim].iter().map(|x| x * w));
         }
-        values.clear();
         out
     };
     if table.iter().any(|x| !x.is_finite()) {
@@ -705,7 +849,7 @@ fn load_table(origin: &Path, bytes: &[u8]) -> Result<(Vec<f32>, usize, usize)> {
             "the embedding table holds NaN or infinite values",
         ));
     }
-    Ok((table, vocab, dim))
+    Ok((Table::F32(table), vocab, dim))
 }
 
 fn to_f32(origin: &Path, name: &str, dtype: Dtype, data: &[u8]) -> Result<Vec<f32>> {
@@ -796,5 +940,43 @@ mod tests {
             "pre_tokenizer": {"type": "Metaspace"},
         });
         assert!(!piecewise_ok(&meta).0);
+    }
+
+    #[test]
+    fn the_bundled_fingerprint_is_what_its_files_hash_to() {
+        let computed = StaticEncoder::from_parts(
+            BUNDLED_NAME,
+            Path::new("<bundled>"),
+            BUNDLED_TOKENIZER,
+            BUNDLED_TABLE,
+            BUNDLED_CONFIG,
+            None,
+        )
+        .unwrap();
+        // A changed bundled model needs a new BUNDLED_FINGERPRINT: the value printed here.
+        assert_eq!(computed.fingerprint(), BUNDLED_FINGERPRINT);
+        let bundled = StaticEncoder::bundled().unwrap();
+        assert_eq!(bundled.fingerprint(), BUNDLED_FINGERPRINT);
+        assert_eq!(bundled.dim(), BUNDLED_DIM);
+    }
+
+    #[test]
+    fn tokenizer_meta_reads_what_the_whole_file_says() {
+        let whole: serde_json::Value = serde_json::from_slice(BUNDLED_TOKENIZER).unwrap();
+        let meta = tokenizer_meta(Path::new("<bundled>"), BUNDLED_TOKENIZER).unwrap();
+        for key in [
+            "/normalizer",
+            "/pre_tokenizer",
+            "/added_tokens",
+            "/model/unk_token",
+        ] {
+            assert_eq!(meta.pointer(key), whole.pointer(key), "{key}");
+        }
+        assert_eq!(piecewise_ok(&meta), piecewise_ok(&whole));
+        let bad = tokenizer_meta(Path::new("x"), b"{not json").unwrap_err();
+        assert!(
+            bad.to_string().contains("tokenizer.json is not valid JSON"),
+            "{bad}"
+        );
     }
 }

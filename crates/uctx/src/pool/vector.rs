@@ -49,6 +49,24 @@ pub fn dots_i8(q: &[i8], rows: &[i8], out: &mut Vec<i32>) {
     }
 }
 
+/// `acc += k × codes`, element by element (the encoder adds its int8 table rows so). The
+/// same products and sums on every CPU: the AVX2 path multiplies, then adds, as the plain
+/// one does.
+#[inline]
+pub fn add_scaled_i8(acc: &mut [f32], codes: &[i8], k: f32) {
+    #[cfg(target_arch = "x86_64")]
+    if acc.len() == codes.len()
+        && acc.len().is_multiple_of(8)
+        && std::arch::is_x86_feature_detected!("avx2")
+    {
+        avx2::add_scaled(acc, codes, k);
+        return;
+    }
+    for (a, &c) in acc.iter_mut().zip(codes) {
+        *a += c as f32 * k;
+    }
+}
+
 /// The i8 dot product in AVX2: `maddubs` multiplies unsigned by signed
 /// bytes, so |q| meets each row byte carrying q's sign; codes stay within
 /// ±127, so the pairwise i16 sums (at most 2·127·127) cannot saturate.
@@ -60,6 +78,29 @@ mod avx2 {
     pub fn dots(q: &[i8], rows: &[i8], out: &mut Vec<i32>) {
         // SAFETY: the caller checked `is_x86_feature_detected!("avx2")`.
         unsafe { dots_avx2(q, rows, out) }
+    }
+
+    pub fn add_scaled(acc: &mut [f32], codes: &[i8], k: f32) {
+        // SAFETY: the caller checked `is_x86_feature_detected!("avx2")` and that both
+        // slices have the same length, a multiple of 8.
+        unsafe { add_scaled_avx2(acc, codes, k) }
+    }
+
+    #[target_feature(enable = "avx2")]
+    unsafe fn add_scaled_avx2(acc: &mut [f32], codes: &[i8], k: f32) {
+        let kk = _mm256_set1_ps(k);
+        let mut i = 0;
+        while i + 8 <= acc.len() {
+            // SAFETY: i + 8 <= acc.len() = codes.len(); unaligned loads and stores.
+            let c8 = _mm_loadl_epi64(codes.as_ptr().add(i) as *const __m128i);
+            let c = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(c8));
+            let a = _mm256_loadu_ps(acc.as_ptr().add(i));
+            _mm256_storeu_ps(
+                acc.as_mut_ptr().add(i),
+                _mm256_add_ps(a, _mm256_mul_ps(c, kk)),
+            );
+            i += 8;
+        }
     }
 
     #[target_feature(enable = "avx2")]
@@ -145,6 +186,14 @@ mod tests {
         let mut out = Vec::new();
         dots_i8(&qa, &rows, &mut out);
         assert_eq!(out, vec![dot_i8(&qa, &qb), dot_i8(&qa, &qa)]);
+        // Both paths of add_scaled_i8 give the same bits.
+        let mut fast = vec![0.25f32; 256];
+        add_scaled_i8(&mut fast, &qa, 0.013);
+        let mut plain = vec![0.25f32; 256];
+        for (p, &c) in plain.iter_mut().zip(&qa) {
+            *p += c as f32 * 0.013;
+        }
+        assert_eq!(fast, plain);
         let mut z = Vec::new();
         assert_eq!(quantize(&[0.0, f32::NAN], &mut z), 0.0);
         assert_eq!(z, vec![0, 0]);
