@@ -20,7 +20,10 @@ pub const RRF_K: f32 = 60.0;
 /// Function words — articles, pronouns, auxiliaries, prepositions, conjunctions, wh-words,
 /// quantifiers, their contractions — that say nothing of what a text is about: the one list
 /// for whatever matches content words (excerpts, the reader, the benches' checks). Sorted.
-/// BM25 keeps them: its idf already weighs them down.
+/// BM25 indexes them, but a query scores only its other terms when it has any: their idf
+/// weighs them down, not to nothing, and over a long question they outweigh the one rare
+/// word that matters (chosen on the tuning splits: LoCoMo recall@10 0.629 → 0.664, msmarco
+/// nDCG@10 0.714 → 0.726, dbpedia 0.399 → 0.382; the mean of the three rose).
 pub const STOPWORDS: &[&str] = &[
     "a", "about", "after", "again", "all", "also", "am", "an", "and", "any", "are", "as", "at",
     "be", "been", "before", "being", "but", "by", "can", "could", "did", "do", "does", "doesn't",
@@ -71,8 +74,8 @@ impl Fusion {
     /// on their tuning splits only (half of each BEIR set's queries, LoCoMo conversations
     /// 0-4), and reported on the held-out rest.
     pub const DEFAULT: Fusion = Fusion {
-        norm: Norm::Max,
-        dense_weight: 0.2,
+        norm: Norm::MinMax,
+        dense_weight: 0.3,
     };
 }
 

@@ -1125,14 +1125,25 @@ impl Lex {
 
     /// The `k` best slices for `query` among namespace `ns` (all when
     /// `None`), best first, as (id, BM25 score); ties go to the smaller id.
+    /// The query's function words ([`crate::lexical::STOPWORDS`]) count only
+    /// when it has no other term.
     pub fn search(&self, query: &str, k: usize, ns: Option<u32>) -> Vec<(u64, f32)> {
         let mut qterms: Vec<String> = Vec::new();
+        let mut function: Vec<String> = Vec::new();
         for_each_term(query, |t| {
+            let list = if crate::lexical::is_stopword(t) {
+                &mut function
+            } else {
+                &mut qterms
+            };
             let t = stem(t);
-            if !qterms.iter().any(|q| q == t) {
-                qterms.push(t.to_string());
+            if !list.iter().any(|q| q == t) {
+                list.push(t.to_string());
             }
         });
+        if qterms.is_empty() {
+            qterms = function;
+        }
         let live: usize = self
             .segs
             .iter()
