@@ -3,6 +3,7 @@
 //! CLI only parses flags and prints.
 
 pub mod beir;
+pub mod churn;
 pub mod drift;
 pub mod encoder;
 pub mod locomo;

@@ -4,10 +4,10 @@ use std::io::IsTerminal;
 use std::process::ExitCode;
 
 use uctx::encoder::StaticEncoder;
-use uctx_bench::{beir, drift, encoder, locomo, locomo_qa, scale};
+use uctx_bench::{beir, churn, drift, encoder, locomo, locomo_qa, scale};
 
 use crate::cli::{
-    BeirArgs, BenchArgs, BenchCommand, DriftArgs, EncoderBenchArgs, Global, LocomoArgs,
+    BeirArgs, BenchArgs, BenchCommand, ChurnArgs, DriftArgs, EncoderBenchArgs, Global, LocomoArgs,
     LocomoQaArgs, ScaleArgs,
 };
 use crate::open;
@@ -15,6 +15,7 @@ use crate::open;
 pub fn bench(g: &Global, a: &BenchArgs) -> anyhow::Result<ExitCode> {
     match &a.which {
         BenchCommand::Beir(b) => bench_beir(g, b),
+        BenchCommand::Churn(c) => bench_churn(g, c),
         BenchCommand::Drift(d) => bench_drift(g, d),
         BenchCommand::Encoder(e) => bench_encoder(g, e),
         BenchCommand::Locomo(l) => bench_locomo(g, l),
@@ -22,6 +23,43 @@ pub fn bench(g: &Global, a: &BenchArgs) -> anyhow::Result<ExitCode> {
         BenchCommand::Scale(s) => bench_scale(g, s),
         BenchCommand::Serve(s) => crate::serve::bench(g, s),
     }
+}
+
+fn bench_churn(g: &Global, a: &ChurnArgs) -> anyhow::Result<ExitCode> {
+    if !(a.mb.is_finite() && a.mb >= 1.0) {
+        anyhow::bail!("--mb must be at least 1 (MB), got {}", a.mb);
+    }
+    if !(a.factor.is_finite() && a.factor > 0.0) {
+        anyhow::bail!("--factor must be a positive number, got {}", a.factor);
+    }
+    if a.batch == 0 {
+        anyhow::bail!("--batch must be at least 1");
+    }
+    let pool_dir = match &a.dir {
+        Some(d) => d.clone(),
+        None => dirs::data_dir()
+            .map(|d| d.join("uctx").join("bench-churn-pool"))
+            .ok_or_else(|| {
+                anyhow::anyhow!("no data directory is known for this user; pass --dir")
+            })?,
+    };
+    // Emptied first: never a directory that holds anything but a pool.
+    let is_pool_or_empty = std::fs::read_dir(&pool_dir).map_or(true, |mut entries| {
+        pool_dir.join(uctx::pool::LOG_FILE).exists() || entries.next().is_none()
+    });
+    if !is_pool_or_empty {
+        anyhow::bail!(
+            "{} holds files that are not a pool; pass --dir with a new or empty directory",
+            pool_dir.display()
+        );
+    }
+    let report = churn::run(&churn::Args {
+        pool_dir,
+        budget: (a.mb * 1e6) as u64,
+        factor: a.factor,
+        batch: a.batch,
+    })?;
+    emit(g, &report, churn::table(&report))
 }
 
 fn bench_scale(g: &Global, a: &ScaleArgs) -> anyhow::Result<ExitCode> {

@@ -257,6 +257,8 @@ pub struct BenchArgs {
 pub enum BenchCommand {
     /// Document retrieval on a BEIR-format set: nDCG@10, recall@10/100 for BM25, dense and hybrid.
     Beir(BeirArgs),
+    /// A pool held at its budget: write amplification, append latency with and without maintenance, writer memory.
+    Churn(ChurnArgs),
     /// Engine OFF (sliding window) against ON (paged memory) on a long scripted build.
     Drift(DriftArgs),
     /// Encoder speed on one thread, against the Python model2vec package on the same model.
@@ -269,6 +271,22 @@ pub enum BenchCommand {
     Scale(ScaleArgs),
     /// What uctx serve adds: first-byte latency through the proxy against direct, and requests per second.
     Serve(crate::serve::BenchServeArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct ChurnArgs {
+    /// The pool's budget, in MB.
+    #[arg(long, default_value_t = 64.0)]
+    pub mb: f64,
+    /// Bytes appended at the budget, as a multiple of the budget.
+    #[arg(long, default_value_t = 10.0)]
+    pub factor: f64,
+    /// Slices per append.
+    #[arg(long, default_value_t = 8)]
+    pub batch: usize,
+    /// Where to build the benchmark's pool (emptied first) [default: uctx/bench-churn-pool under the user's data directory].
+    #[arg(long, value_name = "DIR")]
+    pub dir: Option<std::path::PathBuf>,
 }
 
 #[derive(Args, Debug)]

@@ -192,6 +192,14 @@ pub fn ingest(g: &Global, a: &IngestArgs) -> anyhow::Result<ExitCode> {
     ing.flush()?;
     ing.bar.finish_and_clear();
     let seconds = start.elapsed().as_secs_f64();
+    // The budget is kept by the pool's maintenance thread: the totals below
+    // are the pool's once it is done.
+    if let Some(pool) = memory.pool().as_dir() {
+        pool.settle();
+        if let Some(e) = pool.maintenance_error() {
+            eprintln!("warning: pool maintenance failed (nothing acknowledged is lost): {e}");
+        }
+    }
     let stats = memory.pool().stats()?;
     let tokens = ing.tokens;
     if g.json {

@@ -939,7 +939,7 @@ impl Ann {
                 gone.push(s.name);
             }
         }
-        // Deletes wait on the writer lock that the build held, so the new
+        // Deletes wait on the maintenance lock that the build held, so the new
         // segment holds no deleted row.
         if let Some(seg) = built.segment {
             self.next_gen = self.next_gen.max(seg.gen + 1);

@@ -8,6 +8,7 @@ impl Pool {
     /// Remove the slices `ids` from the pool, durably (as eviction removes them: gone
     /// from search, reads and totals); returns how many of them were live.
     pub fn forget(&self, ids: &[u64]) -> Result<u64> {
+        let _m = self.lock_maint();
         let mut w = self.lock_writer()?;
         let live: Vec<u64> = {
             let s = self.read();
@@ -20,7 +21,7 @@ impl Pool {
             return Ok(0);
         }
         self.commit(&mut w, &[Rec::Evict(live.clone())], "forget slices")?;
-        self.maintain(&mut w);
+        self.kick();
         Ok(live.len() as u64)
     }
 }

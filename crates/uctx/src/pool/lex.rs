@@ -44,7 +44,7 @@ use super::le::{get_u32, get_u64, pad8};
 use super::state::State;
 use super::storage::{Dir, Mapped};
 use super::top::Top;
-use super::{Pool, Scope, Writer};
+use super::{Maint, Pool, Scope};
 use crate::lexical::{for_each_term, stem, ANALYSIS, B, K1};
 use crate::slice::NewSlice;
 use crate::Result;
@@ -1307,7 +1307,7 @@ impl Lex {
                 gone.push(self.segs.remove(pos).file.name.clone());
             }
         }
-        // Deletes wait on the writer lock that the build held.
+        // Deletes wait on the maintenance lock that the build held.
         if let Some(seg) = built.seg {
             self.next_gen = self.next_gen.max(seg.gen + 1);
             self.segs.push(Seg::new(seg));
@@ -1627,6 +1627,10 @@ impl Pool {
             .enumerate()
             .map(|(i, ((n, _), g))| Doc::analyze(first + i as u64, g, &n.text))
             .collect();
+        // Never beside a catch-up, which may be reading these same slices
+        // from the log (and sealing what it read) on the maintenance thread.
+        let filling = self.read().lex.filling.clone();
+        let _one = filling.lock().unwrap_or_else(|p| p.into_inner());
         let mut s = self.write_state();
         // Only when everything before is indexed; otherwise the next
         // catch-up reads these from the log.
@@ -1639,7 +1643,7 @@ impl Pool {
     /// the log into the index. A writer builds a segment for each hole
     /// below the top of the segments' ranges (and reports it); the rest
     /// goes to the tail.
-    pub(super) fn lex_catch_up(&self, mut writer: Option<&mut Writer>) -> Result<()> {
+    pub(super) fn lex_catch_up(&self, mut writer: Option<&mut Maint>) -> Result<()> {
         let filling = self.read().lex.filling.clone();
         let _one = filling.lock().unwrap_or_else(|p| p.into_inner());
         let (holes, upto) = {
@@ -1747,7 +1751,7 @@ impl Pool {
     }
 
     /// Keep the lexical index in shape (the writer, after each write).
-    pub(super) fn maintain_lexical(&self, w: &mut Writer) -> Result<()> {
+    pub(super) fn maintain_lexical(&self, w: &mut Maint) -> Result<()> {
         self.lex_catch_up(Some(&mut *w))?;
         let over = {
             let s = self.read();
@@ -1756,7 +1760,7 @@ impl Pool {
         self.lex_jobs(w, over)
     }
 
-    fn lex_jobs(&self, _w: &mut Writer, over: bool) -> Result<()> {
+    fn lex_jobs(&self, _w: &mut Maint, over: bool) -> Result<()> {
         loop {
             let (prepared, names) = {
                 let s = self.read();

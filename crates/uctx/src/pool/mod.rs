@@ -6,7 +6,7 @@
 //! - ids are assigned in write order, strictly increasing, never reused.
 
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Condvar, Mutex, RwLock};
 
 use crate::slice::{NewSlice, Slice, SliceMeta};
 use crate::witness::{self, WitnessParams};
@@ -146,8 +146,45 @@ struct Writer {
     compressor: Option<(u32, zstd::bulk::Compressor<'static>)>,
     /// Live slices at which to try training a dictionary (again).
     dict_retry_at: usize,
+}
+
+/// The maintenance side: eviction, compaction, index seals and merges and
+/// checkpoints take this lock, one at a time. Appends never do (they take
+/// only the [`Writer`]); deletes do, so that an index segment being built
+/// never gains a deleted row. Order: this lock, then the writer, then the
+/// state.
+struct Maint {
     /// Tail rows at which to try index maintenance again after a failure.
     index_retry_at: usize,
+}
+
+/// What the writer's maintenance thread is asked to do, and has done.
+#[derive(Default)]
+struct Flags {
+    /// A write asked for a pass the thread has not started yet.
+    pending: bool,
+    running: bool,
+    /// The pool is being dropped: run what is pending, then end.
+    stop: bool,
+    /// Passes started and finished.
+    started: u64,
+    finished: u64,
+}
+
+#[derive(Default)]
+struct Signal {
+    flags: Mutex<Flags>,
+    cv: Condvar,
+}
+
+impl Signal {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Flags> {
+        self.flags.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn wait<'a>(&self, g: std::sync::MutexGuard<'a, Flags>) -> std::sync::MutexGuard<'a, Flags> {
+        self.cv.wait(g).unwrap_or_else(|p| p.into_inner())
+    }
 }
 
 impl Writer {
@@ -170,7 +207,36 @@ impl Writer {
 }
 
 /// The context pool. See the module docs for the contract.
+///
+/// A writer owns a maintenance thread: every write asks it for a pass
+/// (eviction, compaction, index seals and merges, checkpoints), and the
+/// write returns without waiting for it. [`Pool::settle`] waits for it;
+/// dropping the pool runs what is pending, then ends the thread.
 pub struct Pool {
+    core: Arc<PoolCore>,
+    worker: Option<std::thread::JoinHandle<()>>,
+}
+
+impl std::ops::Deref for Pool {
+    type Target = PoolCore;
+    fn deref(&self) -> &PoolCore {
+        &self.core
+    }
+}
+
+impl Drop for Pool {
+    fn drop(&mut self) {
+        if let Some(h) = self.worker.take() {
+            self.signal.lock().stop = true;
+            self.signal.cv.notify_all();
+            let _ = h.join();
+        }
+    }
+}
+
+/// What a [`Pool`] handle shares with its maintenance thread.
+#[doc(hidden)]
+pub struct PoolCore {
     path: PathBuf,
     dir: Arc<dyn Dir>,
     read_only: bool,
@@ -189,6 +255,8 @@ pub struct Pool {
     /// reader bounds itself by the published end only while one does).
     on_disk: bool,
     maintenance_error: Mutex<Option<String>>,
+    maint: Mutex<Maint>,
+    signal: Signal,
     _lock: Option<WriterLock>,
 }
 
@@ -325,7 +393,7 @@ impl Pool {
                 got: opts.dim,
             });
         }
-        let pool = Pool {
+        let core = PoolCore {
             path: path.to_path_buf(),
             dir,
             read_only: opts.read_only,
@@ -335,7 +403,6 @@ impl Pool {
                 poisoned: None,
                 compressor: None,
                 dict_retry_at: DICT_MIN_SLICES,
-                index_retry_at: 0,
             }),
             state: RwLock::new(state),
             cut,
@@ -343,7 +410,13 @@ impl Pool {
             end_file: Mutex::new(end_file),
             on_disk,
             maintenance_error: Mutex::new(None),
+            maint: Mutex::new(Maint { index_retry_at: 0 }),
+            signal: Signal::default(),
             _lock: lock,
+        };
+        let mut pool = Pool {
+            core: Arc::new(core),
+            worker: None,
         };
         if !opts.read_only {
             pool.publish_end();
@@ -356,20 +429,102 @@ impl Pool {
         if !opts.read_only {
             // Catch the index up with the log (after a crash, or when its
             // files were lost): seal what the tail holds beyond a segment.
-            let mut w = pool.lock_writer()?;
-            pool.maintain(&mut w);
+            let mut m = pool.lock_maint();
+            pool.maintain_locked(&mut m);
             // A full replay (no checkpoint, a stale or damaged one, a pool of
             // an older format) is paid once: the next open loads this one.
             if pool.checkpoint_use().replayed_whole() {
-                if let Err(e) = pool.write_checkpoint(&mut w) {
+                if let Err(e) = pool.write_checkpoint(&mut m) {
                     *pool
                         .maintenance_error
                         .lock()
                         .unwrap_or_else(|p| p.into_inner()) = Some(e.to_string());
                 }
             }
+            drop(m);
+            let handle = Pool {
+                core: pool.core.clone(),
+                worker: None,
+            };
+            let worker = std::thread::Builder::new()
+                .name("uctx-maintain".into())
+                .spawn(move || handle.run_maintenance())
+                .map_err(|e| Error::io("cannot start the pool's maintenance thread", e))?;
+            pool.worker = Some(worker);
         }
         Ok(pool)
+    }
+
+    /// The maintenance thread: a pass each time a write asks for one, until
+    /// the pool is dropped (what is pending then still runs).
+    fn run_maintenance(self) {
+        loop {
+            {
+                let mut f = self.signal.lock();
+                while !f.pending && !f.stop {
+                    f = self.signal.wait(f);
+                }
+                if !f.pending {
+                    return;
+                }
+                f.pending = false;
+                f.running = true;
+                f.started += 1;
+            }
+            let pass = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.maintain()));
+            if pass.is_err() {
+                *self
+                    .maintenance_error
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner()) =
+                    Some("a maintenance pass stopped on an internal error".into());
+            }
+            let mut f = self.signal.lock();
+            f.running = false;
+            f.finished += 1;
+            self.signal.cv.notify_all();
+        }
+    }
+
+    /// Ask the maintenance thread for a pass (a writer's, after a write).
+    fn kick(&self) {
+        self.signal.lock().pending = true;
+        self.signal.cv.notify_all();
+    }
+
+    /// Wait until the maintenance thread has nothing left to do: every
+    /// write so far has had its pass. A reader returns at once.
+    pub fn settle(&self) {
+        if self.worker.is_none() {
+            return;
+        }
+        let mut f = self.signal.lock();
+        while f.pending || f.running {
+            f = self.signal.wait(f);
+        }
+    }
+
+    /// Wait for the pass that is running or asked for to finish (not for
+    /// the passes later writes ask for).
+    fn wait_for_pass(&self) {
+        if self.worker.is_none() {
+            return;
+        }
+        let mut f = self.signal.lock();
+        let want = if f.pending {
+            f.started + 1
+        } else if f.running {
+            f.started
+        } else {
+            return;
+        };
+        while f.finished < want {
+            f = self.signal.wait(f);
+        }
+    }
+
+    fn lock_maint(&self) -> std::sync::MutexGuard<'_, Maint> {
+        self.maint.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     fn read(&self) -> std::sync::RwLockReadGuard<'_, State> {
@@ -489,6 +644,12 @@ impl Pool {
                 )));
             }
         }
+        // Far over the budget: the maintenance thread has fallen behind;
+        // wait for its pass before adding more (never while holding the
+        // writer, which the pass needs).
+        if self.over_hard_limit() {
+            self.wait_for_pass();
+        }
         let mut w = self.lock_writer()?;
         let first = self.read().next_id;
         let time_ms = now_ms();
@@ -546,8 +707,9 @@ impl Pool {
             w.compressor = None;
             return Err(e);
         }
+        drop(w);
         self.lex_appended(batch, first);
-        self.maintain(&mut w);
+        self.kick();
         Ok((first..first + batch.len() as u64).collect())
     }
 
@@ -756,12 +918,14 @@ impl Pool {
             vec![Rec::Witness(ev)]
         };
         self.commit(&mut w, &recs, "record witness events")?;
-        self.maintain(&mut w);
+        drop(w);
+        self.kick();
         Ok(())
     }
 
     /// Delete every slice of namespace `ns`; returns how many.
     pub fn delete_namespace(&self, ns: &str) -> Result<u64> {
+        let _m = self.lock_maint();
         let mut w = self.lock_writer()?;
         let (n, upto) = {
             let s = self.read();
@@ -775,12 +939,13 @@ impl Pool {
             upto,
         };
         self.commit(&mut w, &[rec], &format!("delete namespace {ns:?}"))?;
-        self.maintain(&mut w);
+        self.kick();
         Ok(n)
     }
 
     /// Delete every slice; returns how many.
     pub fn clear(&self) -> Result<u64> {
+        let _m = self.lock_maint();
         let mut w = self.lock_writer()?;
         let (n, upto) = {
             let s = self.read();
@@ -790,7 +955,7 @@ impl Pool {
             return Ok(0);
         }
         self.commit(&mut w, &[Rec::Clear { upto }], "clear")?;
-        self.maintain(&mut w);
+        self.kick();
         Ok(n)
     }
 
@@ -812,11 +977,13 @@ impl Pool {
         }
     }
 
-    /// Change the byte budget; evicts at once when the pool is over it.
+    /// Change the byte budget; the maintenance thread evicts when the pool is
+    /// over it ([`Pool::settle`] waits for it).
     pub fn set_budget(&self, bytes: u64) -> Result<()> {
         let mut w = self.lock_writer()?;
         self.commit(&mut w, &[Rec::Budget(bytes)], "set the budget")?;
-        self.maintain(&mut w);
+        drop(w);
+        self.kick();
         Ok(())
     }
 
@@ -877,8 +1044,9 @@ impl Pool {
         names
     }
 
-    /// The last failure of background maintenance (eviction or compaction)
-    /// after a write that itself succeeded; `None` when all went well.
+    /// The last failure of the maintenance thread (eviction, compaction, an
+    /// index seal or merge, a checkpoint) after writes that themselves
+    /// succeeded; `None` when its last pass went well.
     pub fn maintenance_error(&self) -> Option<String> {
         self.maintenance_error
             .lock()
@@ -1033,10 +1201,27 @@ impl Pool {
         Ok(())
     }
 
-    /// After a write: evict when over budget, compact when dead bytes
-    /// dominate. Failures are kept for [`Pool::maintenance_error`]; the
-    /// write they follow is already durable.
-    fn maintain(&self, w: &mut Writer) {
+    /// Whether the pool is so far over its budget (a quarter more) that an
+    /// append waits for the maintenance thread's pass.
+    fn over_hard_limit(&self) -> bool {
+        let s = self.read();
+        s.bytes_on_disk() > s.budget.saturating_add(s.budget / 4)
+    }
+
+    /// One maintenance pass (the maintenance thread's): evict when over
+    /// budget, compact when dead bytes dominate, keep both indexes in
+    /// shape, write a checkpoint when one is due. Failures are kept for
+    /// [`Pool::maintenance_error`]; the writes they follow are already
+    /// durable.
+    fn maintain(&self) {
+        if self.read_only {
+            return;
+        }
+        let mut m = self.lock_maint();
+        self.maintain_locked(&mut m);
+    }
+
+    fn maintain_locked(&self, w: &mut Maint) {
         let mut result = self.govern(w);
         let mut index_changed = false;
         if result.is_ok() {
@@ -1065,8 +1250,9 @@ impl Pool {
     /// Keep the index in shape: seal the tail, merge segments, rewrite
     /// segments without deleted rows (always when mostly deleted; any with
     /// deletions when the pool is over its budget). Runs under the writer
-    /// lock but not the state lock: searches go on meanwhile.
-    fn maintain_index(&self, w: &mut Writer, changed: &mut bool) -> Result<()> {
+    /// lock, not the writer's or the state's: appends and searches go on
+    /// meanwhile (deletes wait, so a new segment holds no deleted row).
+    fn maintain_index(&self, w: &mut Maint, changed: &mut bool) -> Result<()> {
         loop {
             let (prepared, names) = {
                 let s = self.read();
@@ -1102,7 +1288,7 @@ impl Pool {
         }
     }
 
-    fn govern(&self, w: &mut Writer) -> Result<()> {
+    fn govern(&self, m: &mut Maint) -> Result<()> {
         // `rows`: the live slices' rows in the index.
         let (end, total, budget, live, header, rows) = {
             let s = self.read();
@@ -1133,40 +1319,43 @@ impl Pool {
             let v = witness::victims(&standings, held, target.max(header), now, &self.params);
             let evicted = !v.is_empty();
             if evicted {
-                self.commit(w, &[Rec::Evict(v)], "evict slices over the budget")?;
+                let mut w = self.lock_writer()?;
+                self.commit(&mut w, &[Rec::Evict(v)], "evict slices over the budget")?;
             }
             // Compact when that reclaims something worth a rewrite (nothing
             // may be evictable when pinned slices fill the budget).
             let dead = self.dead_bytes();
             if evicted || dead * 20 >= end {
-                return self.compact_locked(w);
+                return self.compact_locked(m);
             }
             return Ok(());
         }
         let dead = end.saturating_sub(header + live);
         if dead > MIN_DEAD_TO_COMPACT && dead > live {
-            return self.compact_locked(w);
+            return self.compact_locked(m);
         }
         Ok(())
     }
 
     /// Rewrite the log with only live slices and switch to it atomically.
+    /// Appends go on meanwhile; what they wrote is copied over at the end.
     pub fn compact(&self) -> Result<()> {
-        let mut w = self.lock_writer()?;
-        self.compact_locked(&mut w)
+        drop(self.lock_writer()?);
+        let mut m = self.lock_maint();
+        self.compact_locked(&mut m)
     }
 
     /// Compact; a compaction that fails removes the new log it was writing and
     /// leaves the pool as it was.
-    fn compact_locked(&self, w: &mut Writer) -> Result<()> {
-        let result = self.compact_into_new_log(w);
+    fn compact_locked(&self, m: &mut Maint) -> Result<()> {
+        let result = self.compact_into_new_log(m);
         if result.is_err() {
             let _ = self.dir.remove(COMPACT_FILE);
         }
         result
     }
 
-    fn compact_into_new_log(&self, w: &mut Writer) -> Result<()> {
+    fn compact_into_new_log(&self, m: &mut Maint) -> Result<()> {
         let io = |what: &str, e| {
             Error::io(
                 format!(
@@ -1176,9 +1365,10 @@ impl Pool {
                 e,
             )
         };
-        // Readers keep searching the old state while the new log is written;
-        // every mutation waits on the writer lock we hold.
-        let (old, dim, generation, next_id, budget, items, dict) = {
+        // The pool as of one instant (`snap_end` of the log): its live slices
+        // are rewritten while appends go on; deletes and evictions wait on
+        // the maintenance lock held here, so none of them dies meanwhile.
+        let (old, dim, generation, next_id, budget, items, dict, snap_end) = {
             let s = self.read();
             let items: Vec<(u64, u64, u32, u32, u64, bool)> = s
                 .live()
@@ -1198,6 +1388,7 @@ impl Pool {
                 s.budget,
                 items,
                 dict,
+                s.end,
             )
         };
         let fp = self.fingerprint.clone();
@@ -1233,6 +1424,13 @@ impl Pool {
             );
         }
         let dict_id = dict.as_ref().map(|d| d.0);
+        let mut compressor = match &dict {
+            Some((_, raw)) => Some(
+                zstd::bulk::Compressor::with_dictionary(ZSTD_LEVEL, raw)
+                    .map_err(|e| io("load the dictionary", e))?,
+            ),
+            None => None,
+        };
         let mut written = 0u64;
         let mut offsets = Vec::with_capacity(items.len());
         let mut rec = Vec::new();
@@ -1256,12 +1454,11 @@ impl Pool {
             if s.dict != dict_id {
                 // Older text joins the current dictionary.
                 let text = self.text_of(&s)?;
-                s.text_z = w
-                    .compress(
-                        text.as_bytes(),
-                        dict.as_ref().map(|(id, raw)| (*id, raw.as_slice())),
-                    )
-                    .map_err(|e| io("compress text", e))?;
+                s.text_z = match &mut compressor {
+                    Some(c) => c.compress(text.as_bytes()),
+                    None => zstd::bulk::compress(text.as_bytes(), ZSTD_LEVEL),
+                }
+                .map_err(|e| io("compress text", e))?;
                 s.dict = dict_id;
             }
             let at = written + buf.len() as u64;
@@ -1279,15 +1476,44 @@ impl Pool {
             .map_err(|e| io("write the new log", e))?;
         written += buf.len() as u64;
         new.sync().map_err(|e| io("sync the new log", e))?;
+        // What was appended meanwhile follows byte for byte, under the
+        // writer lock: appends wait only for this copy, its sync and the
+        // rename.
+        let w = self.lock_writer()?;
+        let (end_now, last_now) = {
+            let s = self.read();
+            (s.end, s.last_record)
+        };
+        let base = written;
+        let mut at = snap_end;
+        while at < end_now {
+            let n = (end_now - at).min(READ_CHUNK as u64) as usize;
+            buf.resize(n, 0);
+            old.read_at(at, &mut buf)
+                .map_err(|e| io("read what was appended meanwhile", e))?;
+            new.write_at(written, &buf)
+                .map_err(|e| io("write the new log", e))?;
+            written += n as u64;
+            at += n as u64;
+        }
+        if end_now > snap_end {
+            last_record = last_now - snap_end + base;
+        }
+        new.sync().map_err(|e| io("sync the new log", e))?;
         self.dir
             .rename(COMPACT_FILE, LOG_FILE)
             .map_err(|e| io("install the new log", e))?;
         let mut s = self.write_state();
-        let moves: Vec<(u64, u64, u32)> = items
+        let mut moves: Vec<(u64, u64, u32)> = items
             .iter()
             .zip(offsets)
             .map(|(&(id, ..), (off, n))| (id, off, n))
             .collect();
+        moves.extend(
+            s.live()
+                .filter(|e| e.id >= next_id)
+                .map(|e| (e.id, e.offset - snap_end + base, e.bytes)),
+        );
         s.relocate(&moves);
         s.identity = new.identity();
         s.log = new;
@@ -1300,20 +1526,24 @@ impl Pool {
         s.checkpoint_end = 0;
         drop(s);
         self.publish_end();
+        drop(w);
         // The old checkpoint belongs to the old log: write the new one now,
         // or the next open replays the whole log.
-        self.write_checkpoint(w)
+        self.write_checkpoint(m)
     }
 
     /// Write the checkpoint of the state as it is now, replacing the last
     /// one (a writer's; see [`checkpoint`]). Nothing to do when the log has
     /// not moved since the last one.
     pub fn checkpoint(&self) -> Result<()> {
-        let mut w = self.lock_writer()?;
-        self.write_checkpoint(&mut w)
+        drop(self.lock_writer()?);
+        let mut m = self.lock_maint();
+        self.write_checkpoint(&mut m)
     }
 
-    fn write_checkpoint(&self, _w: &mut Writer) -> Result<()> {
+    /// Under the maintenance lock, so that a compaction's checkpoint and
+    /// this one never cross.
+    fn write_checkpoint(&self, _m: &mut Maint) -> Result<()> {
         let (bytes, generation, end) = {
             let s = self.read();
             if s.checkpoint_end == s.end {

@@ -94,6 +94,7 @@ fn busy(dir: &MemDir) {
             .unwrap();
             pool.record(&[WitnessEvent::Unpin(ids[4]), WitnessEvent::Used(ids[1])])
                 .unwrap();
+            pool.settle();
         }
     };
     round(&pool, 30);
@@ -358,6 +359,7 @@ fn a_reader_notices_a_new_checkpoint_without_listing_the_directory() {
     // Enough to seal the vector index: the writer writes a checkpoint.
     w.append(&(10..600).map(|k| slice("a", k)).collect::<Vec<_>>())
         .unwrap();
+    w.settle();
     assert!(w.index_stats().segments > 0);
     assert!(r.refresh().unwrap());
     assert!(!r.checkpoint_use().replayed_whole());

@@ -66,6 +66,9 @@ fn workload(pool: &Pool, acked: &mut Acked) {
             Ok(ids) => acked.slices.extend(ids.into_iter().zip(n..n + size)),
             Err(_) => return,
         }
+        // The maintenance thread's pass (eviction, compaction, seals) runs
+        // here, so that the stop points fall at the same mutations each run.
+        pool.settle();
         n += size;
         // Witness events for slices the pool still holds (evicted ones have none).
         let mut ids: Vec<u64> = pool.metas(Scope::All).iter().map(|m| m.id).collect();
@@ -75,12 +78,14 @@ fn workload(pool: &Pool, acked: &mut Acked) {
             if pool.record(&[WitnessEvent::Used(used)]).is_err() {
                 return;
             }
+            pool.settle();
         }
         if step % 17 == 3 && !ids.is_empty() {
             let pin = ids[(next() % ids.len() as u64) as usize];
             if pool.record(&[WitnessEvent::Pin(pin)]).is_err() {
                 return;
             }
+            pool.settle();
             acked.pinned.push(pin);
         }
         if step % 29 == 28 && pool.compact().is_err() {

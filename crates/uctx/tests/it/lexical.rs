@@ -44,6 +44,8 @@ fn fill_by(pool: &Pool, from: u64, to: u64, per: usize) -> Vec<u64> {
         let batch: Vec<_> = chunk.iter().map(|&n| doc(ns_of(n), n)).collect();
         ids.extend(pool.append(&batch).unwrap());
     }
+    // Seals and merges run on the pool's maintenance thread.
+    pool.settle();
     ids
 }
 

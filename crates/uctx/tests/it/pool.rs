@@ -560,6 +560,7 @@ fn a_full_disk_while_sealing_loses_nothing_and_the_index_catches_up() {
     let mut batch = |pool: &Pool, acked: &mut Vec<(u64, u64)>| -> uctx::Result<()> {
         let b: Vec<_> = (n..n + 20).map(|k| slice("f", k)).collect();
         let ids = pool.append(&b)?;
+        pool.settle();
         acked.extend(ids.into_iter().zip(n..n + 20));
         n += 20;
         Ok(())
@@ -682,6 +683,7 @@ fn budget_evicts_lowest_retention_and_never_pinned() {
         if round % 10 == 0 {
             pool.record(&[WitnessEvent::Used(used)]).unwrap();
         }
+        pool.settle();
         let after = pool.stats().bytes_on_disk;
         max_batch = max_batch.max(after.saturating_sub(before));
         assert!(
@@ -1070,6 +1072,7 @@ fn index_seals_merges_filters_and_recovers_from_its_own_loss() {
         for (id, (s, v)) in got.into_iter().zip(batch) {
             vectors.insert(id, (v, s.namespace));
         }
+        pool.settle();
     }
     assert_eq!(pool.maintenance_error(), None);
     let st = pool.index_stats();
@@ -1173,6 +1176,7 @@ fn index_seals_merges_filters_and_recovers_from_its_own_loss() {
     assert_eq!(pool.index_stats().tail_rows, 3220);
     pool.set_index_tuning(small_index());
     pool.append(&[slice("a", 99_999)]).unwrap();
+    pool.settle();
     let st = pool.index_stats();
     assert!(st.segments >= 1 && st.tail_rows < 500, "{st:?}");
 }
@@ -1189,6 +1193,7 @@ fn a_reader_follows_the_writer_as_it_seals() {
     assert_eq!(r.index_stats().segments, 0);
     w.append(&(100..1200).map(|n| slice("a", n)).collect::<Vec<_>>())
         .unwrap();
+    w.settle();
     assert!(w.index_stats().segments >= 1);
     // The reader maps the new segment and finds every slice.
     let st = r.index_stats();
@@ -1229,6 +1234,7 @@ fn the_budget_counts_index_segments_and_reclaims_them() {
         let batch: Vec<_> = (n..n + 20).map(|k| slice("s", k)).collect();
         n += 20;
         pool.append(&batch).unwrap();
+        pool.settle();
         assert_eq!(pool.maintenance_error(), None);
         let st = pool.stats();
         sealed |= pool.index_stats().segments > 0;
@@ -1371,4 +1377,87 @@ fn a_failed_compaction_removes_its_partial_log_and_loses_nothing() {
     drop(pool);
     let pool = mem_pool(Arc::new(mem.clone())).unwrap();
     assert_eq!(pool.stats().slices, 100);
+}
+
+/// Appends and witness events go on while the log is compacted: what they
+/// wrote after the compaction's snapshot is carried into the new log, so every
+/// acknowledged slice and use is there, in this handle, after a reopen, and in
+/// a full replay (`doctor --verify` compares the checkpoint's state with it).
+#[test]
+fn appends_go_on_while_the_log_is_compacted() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let pool = Arc::new(Pool::open(dir, opts()).unwrap());
+    let first: Vec<_> = (0..1500).map(|k| slice("a", k)).collect();
+    pool.append(&first).unwrap();
+    let appender = {
+        let pool = pool.clone();
+        std::thread::spawn(move || {
+            let mut acked = Vec::new();
+            for b in 0..60u64 {
+                let batch: Vec<_> = (0..5).map(|i| slice("b", 10_000 + b * 5 + i)).collect();
+                let ids = pool.append(&batch).unwrap();
+                pool.record(&[WitnessEvent::Used(ids[0])]).unwrap();
+                acked.extend(ids.into_iter().zip((0..5).map(|i| 10_000 + b * 5 + i)));
+            }
+            acked
+        })
+    };
+    for _ in 0..8 {
+        pool.compact().unwrap();
+    }
+    let acked = appender.join().unwrap();
+    pool.settle();
+    let check = |pool: &Pool, what: &str| {
+        for &(id, k) in &acked {
+            let s = pool
+                .get(id)
+                .unwrap()
+                .unwrap_or_else(|| panic!("{what}: {id} lost"));
+            assert_eq!(s.text, text_of(k), "{what}");
+            assert_eq!(pool.meta(id).unwrap().uses, u32::from(k % 5 == 0), "{what}");
+        }
+        assert_eq!(pool.stats().slices, 1500 + acked.len() as u64, "{what}");
+    };
+    check(&pool, "the writer");
+    pool.compact().unwrap();
+    check(&pool, "after one more compaction");
+    drop(pool);
+    let v = Pool::verify(dir).unwrap();
+    assert!(v.whole(), "{v:?}");
+    assert_eq!(v.checkpoint_agrees, Some(true));
+    let pool = Pool::open(dir, opts()).unwrap();
+    check(&pool, "reopened");
+}
+
+/// A write returns before its maintenance: the maintenance thread evicts over
+/// the budget on its own, `settle` waits for it, and the pool never stays more
+/// than a quarter over its budget.
+#[test]
+fn maintenance_runs_beside_the_writes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let budget = 400_000;
+    let pool = Pool::open(
+        tmp.path(),
+        PoolOptions {
+            budget_bytes: Some(budget),
+            ..opts()
+        },
+    )
+    .unwrap();
+    let mut k = 0;
+    for _ in 0..400 {
+        let batch: Vec<_> = (k..k + 10).map(|n| slice("c", n)).collect();
+        k += 10;
+        pool.append(&batch).unwrap();
+        assert!(
+            pool.stats().bytes_on_disk <= budget + budget / 4 + 20_000,
+            "{} bytes on disk",
+            pool.stats().bytes_on_disk
+        );
+    }
+    pool.settle();
+    assert!(pool.stats().bytes_on_disk <= budget);
+    assert!(pool.stats().slices < 4000);
+    assert_eq!(pool.maintenance_error(), None);
 }

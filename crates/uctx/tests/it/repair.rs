@@ -247,10 +247,12 @@ fn a_lost_delete_brings_its_slices_back_searchable_after_repair() {
         .map(|n| slice(if n % 3 == 0 { "a" } else { "b" }, n))
         .collect();
     let written = pool.append(&batch).unwrap();
+    pool.settle();
     assert!(pool.index_stats().segments >= 1);
     assert_eq!(pool.delete_namespace("b").unwrap(), 400);
     // The segment, mostly deleted, is rewritten without the deleted rows.
     pool.append(&[slice("a", 1000)]).unwrap();
+    pool.settle();
     assert!(!segment_files(dir).is_empty());
     drop(pool);
     // Damage the delete: the last record but one.
@@ -275,6 +277,7 @@ fn a_lost_delete_brings_its_slices_back_searchable_after_repair() {
     // And the writer seals the index again.
     pool.set_index_tuning(small_index());
     pool.append(&[slice("a", 1001)]).unwrap();
+    pool.settle();
     assert!(pool.index_stats().segments >= 1);
 }
 
