@@ -168,9 +168,13 @@ fn text(rng: &mut Rng, bytes: usize) -> String {
     let mut t = String::with_capacity(bytes + 16);
     while t.len() < bytes {
         t.push_str(WORDS[(rng.next() % WORDS.len() as u64) as usize]);
-        t.push(if rng.next() % 12 == 0 { '.' } else { ' ' });
+        t.push(if rng.next().is_multiple_of(12) {
+            '.'
+        } else {
+            ' '
+        });
         // Numbers and names: what makes real text less repetitive.
-        if rng.next() % 9 == 0 {
+        if rng.next().is_multiple_of(9) {
             t.push_str(&format!("{} ", rng.next() % 100_000));
         }
     }
@@ -248,13 +252,13 @@ pub fn run(a: &Args) -> anyhow::Result<ChurnReport> {
         let bytes = ids
             .iter()
             .filter_map(|&id| pool.meta(id))
-            .map(|m| m.bytes as u64)
+            .map(|m| m.bytes)
             .sum::<u64>();
-        if n % 64 == 0 {
+        if n.is_multiple_of(64) {
             *peak = (*peak).max(resident_memory().private_bytes);
         }
         // Now and then a slice is used again: eviction is not plain FIFO.
-        if rng.next() % 8 == 0 {
+        if rng.next().is_multiple_of(8) {
             let ids = pool.sample(16);
             if let Some(&id) = ids.get((rng.next() % 16) as usize) {
                 pool.record(&[WitnessEvent::Used(id)])?;
