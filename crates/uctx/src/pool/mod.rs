@@ -644,7 +644,7 @@ impl Pool {
                 )));
             }
         }
-        // Far over the budget: the maintenance thread has fallen behind;
+        // A tenth over the budget: the maintenance thread has fallen behind;
         // wait for its pass before adding more (never while holding the
         // writer, which the pass needs).
         if self.over_hard_limit() {
@@ -977,13 +977,14 @@ impl Pool {
         }
     }
 
-    /// Change the byte budget; the maintenance thread evicts when the pool is
-    /// over it ([`Pool::settle`] waits for it).
+    /// Change the byte budget; when the pool is over it, the maintenance
+    /// thread evicts, and this returns once it has.
     pub fn set_budget(&self, bytes: u64) -> Result<()> {
         let mut w = self.lock_writer()?;
         self.commit(&mut w, &[Rec::Budget(bytes)], "set the budget")?;
         drop(w);
         self.kick();
+        self.settle();
         Ok(())
     }
 
@@ -1201,11 +1202,11 @@ impl Pool {
         Ok(())
     }
 
-    /// Whether the pool is so far over its budget (a quarter more) that an
+    /// Whether the pool is so far over its budget (a tenth more) that an
     /// append waits for the maintenance thread's pass.
     fn over_hard_limit(&self) -> bool {
         let s = self.read();
-        s.bytes_on_disk() > s.budget.saturating_add(s.budget / 4)
+        s.bytes_on_disk() > s.budget.saturating_add(s.budget / 10)
     }
 
     /// One maintenance pass (the maintenance thread's): evict when over

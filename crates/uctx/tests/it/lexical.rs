@@ -43,9 +43,10 @@ fn fill_by(pool: &Pool, from: u64, to: u64, per: usize) -> Vec<u64> {
     for chunk in all.chunks(per) {
         let batch: Vec<_> = chunk.iter().map(|&n| doc(ns_of(n), n)).collect();
         ids.extend(pool.append(&batch).unwrap());
+        // Seals and merges run on the pool's maintenance thread: a pass
+        // after each batch, as a writer that appends slowly gets.
+        pool.settle();
     }
-    // Seals and merges run on the pool's maintenance thread.
-    pool.settle();
     ids
 }
 

@@ -1432,7 +1432,7 @@ fn appends_go_on_while_the_log_is_compacted() {
 
 /// A write returns before its maintenance: the maintenance thread evicts over
 /// the budget on its own, `settle` waits for it, and the pool never stays more
-/// than a quarter over its budget.
+/// than a tenth over its budget (and a batch).
 #[test]
 fn maintenance_runs_beside_the_writes() {
     let tmp = tempfile::tempdir().unwrap();
@@ -1451,7 +1451,7 @@ fn maintenance_runs_beside_the_writes() {
         k += 10;
         pool.append(&batch).unwrap();
         assert!(
-            pool.stats().bytes_on_disk <= budget + budget / 4 + 20_000,
+            pool.stats().bytes_on_disk <= budget + budget / 10 + 20_000,
             "{} bytes on disk",
             pool.stats().bytes_on_disk
         );
