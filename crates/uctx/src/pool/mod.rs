@@ -504,20 +504,17 @@ impl Pool {
         }
     }
 
-    /// Wait for the pass that is running or asked for to finish (not for
-    /// the passes later writes ask for).
-    fn wait_for_pass(&self) {
+    /// Ask for a pass and wait until one that began after the asking has
+    /// finished, so that it saw every write acknowledged before it (a pass
+    /// already running may have begun before them).
+    fn wait_for_fresh_pass(&self) {
         if self.worker.is_none() {
             return;
         }
         let mut f = self.signal.lock();
-        let want = if f.pending {
-            f.started + 1
-        } else if f.running {
-            f.started
-        } else {
-            return;
-        };
+        f.pending = true;
+        self.signal.cv.notify_all();
+        let want = f.started + 1;
         while f.finished < want {
             f = self.signal.wait(f);
         }
@@ -645,10 +642,10 @@ impl Pool {
             }
         }
         // A tenth over the budget: the maintenance thread has fallen behind;
-        // wait for its pass before adding more (never while holding the
-        // writer, which the pass needs).
+        // wait for a pass that sees every write so far before adding more
+        // (never while holding the writer, which the pass needs).
         if self.over_hard_limit() {
-            self.wait_for_pass();
+            self.wait_for_fresh_pass();
         }
         let mut w = self.lock_writer()?;
         let first = self.read().next_id;
