@@ -17,6 +17,7 @@
 use std::path::PathBuf;
 use std::time::Instant;
 
+use crate::scale::mb;
 use anyhow::Context;
 use uctx::pool::bench::{resident_memory, Latency};
 use uctx::pool::{Pool, PoolOptions, WitnessEvent};
@@ -310,10 +311,6 @@ pub fn run(a: &Args) -> anyhow::Result<ChurnReport> {
         maintenance_error: pool.maintenance_error(),
         peak_private_bytes: peak,
     })
-}
-
-fn mb(b: u64) -> String {
-    format!("{:.1} MB", b as f64 / 1e6)
 }
 
 pub fn table(r: &ChurnReport) -> String {

@@ -279,7 +279,8 @@ fn ms(l: &Latency) -> String {
     format!("{:.2} / {:.2} ms", l.p50_ms, l.p99_ms)
 }
 
-fn mb(b: u64) -> String {
+/// Bytes as megabytes with one decimal (the scale and churn tables).
+pub(crate) fn mb(b: u64) -> String {
     format!("{:.1} MB", b as f64 / 1e6)
 }
 

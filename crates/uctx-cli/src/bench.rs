@@ -44,7 +44,20 @@ fn bench_churn(g: &Global, a: &ChurnArgs) -> anyhow::Result<ExitCode> {
             })?,
     };
     // Emptied first: never a directory that holds anything but a pool.
-    let is_pool_or_empty = std::fs::read_dir(&pool_dir).map_or(true, |mut entries| {
+    check_bench_dir(&pool_dir)?;
+    let report = churn::run(&churn::Args {
+        pool_dir,
+        budget: (a.mb * 1e6) as u64,
+        factor: a.factor,
+        batch: a.batch,
+    })?;
+    emit(g, &report, churn::table(&report))
+}
+
+/// A bench's pool directory is emptied first: it must be new, empty or a pool, never a
+/// directory that holds anything else.
+fn check_bench_dir(pool_dir: &std::path::Path) -> anyhow::Result<()> {
+    let is_pool_or_empty = std::fs::read_dir(pool_dir).map_or(true, |mut entries| {
         pool_dir.join(uctx::pool::LOG_FILE).exists() || entries.next().is_none()
     });
     if !is_pool_or_empty {
@@ -53,13 +66,7 @@ fn bench_churn(g: &Global, a: &ChurnArgs) -> anyhow::Result<ExitCode> {
             pool_dir.display()
         );
     }
-    let report = churn::run(&churn::Args {
-        pool_dir,
-        budget: (a.mb * 1e6) as u64,
-        factor: a.factor,
-        batch: a.batch,
-    })?;
-    emit(g, &report, churn::table(&report))
+    Ok(())
 }
 
 fn bench_scale(g: &Global, a: &ScaleArgs) -> anyhow::Result<ExitCode> {
@@ -79,15 +86,7 @@ fn bench_scale(g: &Global, a: &ScaleArgs) -> anyhow::Result<ExitCode> {
         .dir
         .clone()
         .unwrap_or_else(|| data.join("bench-scale-pool"));
-    let is_pool_or_empty = std::fs::read_dir(&pool_dir).map_or(true, |mut entries| {
-        pool_dir.join(uctx::pool::LOG_FILE).exists() || entries.next().is_none()
-    });
-    if !is_pool_or_empty {
-        anyhow::bail!(
-            "{} holds files that are not a pool; pass --dir with a new or empty directory",
-            pool_dir.display()
-        );
-    }
+    check_bench_dir(&pool_dir)?;
     let show = !g.json && std::io::stderr().is_terminal();
     let progress = |done: u64, target: u64| {
         if show {
